@@ -1,0 +1,100 @@
+"""Member histories: chronological cluster sequences of positively engaged items.
+
+A member's history is the sequence of clusters of the items they engaged with positively, in
+time order (ties broken by item id), with consecutive repeats merged into one run:
+
+    items  a(c1) b(c1) c(c4) d(c1)  ->  history [c1, c4, c1]
+
+Its last K clusters are the *history key*, the unit the exploration models reason over.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from catalog.schemas import HISTORIES
+
+
+def cluster_lookup(item_ids: np.ndarray, item_cluster: np.ndarray, query: np.ndarray, *,
+                   source: str = "interactions") -> np.ndarray:
+    """Cluster of each id in `query`; a ValueError naming the unknown item ids if any is missing."""
+    order = np.argsort(item_ids, kind="stable")
+    sorted_ids = item_ids[order]
+    pos = np.searchsorted(sorted_ids, query)
+    pos_c = np.minimum(pos, len(sorted_ids) - 1)
+    found = sorted_ids[pos_c] == query
+    if not found.all():
+        missing = np.unique(query[~found])
+        raise ValueError(f"{source}, column 'item_id': {len(missing)} item id(s) not in the catalog, "
+                         f"e.g. {missing[:5].tolist()}. Rebuild the catalog from the same data, or drop them.")
+    return item_cluster[order][pos_c]
+
+
+def build_histories(interactions: pa.Table, item_ids: np.ndarray, item_cluster: np.ndarray, *,
+                    min_rating: float = 4.0) -> pa.Table:
+    """HISTORIES table, one row per member with at least one positive interaction (rating >= min_rating)."""
+    rating = interactions["rating"].to_numpy()
+    keep = rating >= min_rating
+    member = interactions["member_id"].to_numpy()[keep]
+    item = interactions["item_id"].to_numpy()[keep]
+    ts = interactions["timestamp"].to_numpy()[keep]
+    if len(member) == 0:
+        return HISTORIES.empty_table()
+    cluster = cluster_lookup(np.asarray(item_ids), np.asarray(item_cluster), item)
+
+    order = np.lexsort((item, ts, member))  # member, then time, then item id
+    member, cluster, ts = member[order], cluster[order], ts[order]
+    new_member = np.empty(len(member), dtype=bool)
+    new_member[0] = True
+    new_member[1:] = member[1:] != member[:-1]
+    run_start = new_member.copy()
+    run_start[1:] |= cluster[1:] != cluster[:-1]
+
+    run_member = member[run_start]
+    member_start = np.flatnonzero(np.r_[True, run_member[1:] != run_member[:-1]])
+    offsets = np.r_[member_start, len(run_member)].astype(np.int32)
+    n_pos = np.diff(np.r_[np.flatnonzero(new_member), len(member)]).astype(np.int32)
+    return pa.table({
+        "member_id": pa.array(run_member[member_start]),
+        "clusters": pa.ListArray.from_arrays(pa.array(offsets), pa.array(cluster[run_start].astype(np.int32))),
+        "timestamps": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ts[run_start].astype(np.int64))),
+        "n_positive": pa.array(n_pos),
+    }, schema=HISTORIES)
+
+
+def history_key(history: list[int], k: int) -> tuple[int, ...] | None:
+    """The last k clusters of a history, oldest first; None when the history is shorter than k."""
+    if k < 1:
+        raise ValueError(f"history key length k={k}: must be >= 1.")
+    return tuple(history[-k:]) if len(history) >= k else None
+
+
+def history_keys(histories: pa.Table, k: int) -> pa.Table:
+    """member_id and history_key (list<int32> of length k) for every member whose history has >= k runs."""
+    rows = [(m, key) for m, h in zip(histories["member_id"].to_pylist(), histories["clusters"].to_pylist(),
+                                     strict=True)
+            if (key := history_key(h, k)) is not None]
+    return pa.table({
+        "member_id": pa.array([m for m, _ in rows], pa.int64()),
+        "history_key": pa.array([list(key) for _, key in rows], pa.list_(pa.int32())),
+    })
+
+
+def key_coverage(histories: pa.Table, k: int, n_clusters: int) -> dict:
+    """How much of the M^K space of history keys members actually occupy."""
+    keys = Counter(tuple(key) for key in history_keys(histories, k)["history_key"].to_pylist())
+    n_members = histories.num_rows
+    with_key = sum(keys.values())
+    return {
+        "k": k,
+        "members": n_members,
+        "members_with_key": with_key,
+        "members_with_key_share": with_key / n_members if n_members else 0.0,
+        "distinct_keys": len(keys),
+        "possible_keys": n_clusters**k,
+        "key_space_share": len(keys) / n_clusters**k,
+        "top_keys": [(list(key), n) for key, n in keys.most_common(5)],
+    }

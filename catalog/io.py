@@ -1,0 +1,163 @@
+"""Parquet reading and writing against the schemas of catalog.schemas.
+
+Writers are atomic: a table goes to a temporary name beside its destination and is renamed
+into place only once complete, so a crash never leaves a half-written file that looks whole.
+Readers validate the file's schema and name the file and the column on any mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class SchemaMismatchError(ValueError):
+    """A parquet file does not match the schema the reader expects."""
+
+    def __init__(self, path: str | os.PathLike, column: str | None, problem: str, fix: str):
+        self.path = str(path)
+        self.column = column
+        where = f"{self.path}" + (f", column '{column}'" if column else "")
+        super().__init__(f"{where}: {problem}. {fix}")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, source: str = "<table>") -> pa.Table:
+    """Select and cast `table`'s columns to `schema`, with errors that name the column."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise SchemaMismatchError(
+            source, missing[0],
+            f"missing column(s) {missing}; present: {table.column_names}",
+            "Produce every column of the schema in catalog.schemas.",
+        )
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        if not field.nullable and col.null_count:
+            raise SchemaMismatchError(
+                source, field.name, f"{col.null_count} null value(s) in a non-nullable column",
+                "Fill or drop those rows before writing.",
+            )
+        if col.type != field.type:
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaMismatchError(
+                    source, field.name, f"type {col.type} cannot be cast to {field.type} ({exc})",
+                    "Convert the column to the schema's type.",
+                ) from exc
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> Path:
+    """Write `table` conformed to `schema` at `path`, atomically. Returns the path."""
+    path = Path(path)
+    table = conform(table, schema, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class ParquetStreamWriter:
+    """Append record batches to one parquet file in bounded memory; renamed into place on close.
+
+    Use as a context manager: on an exception the partial file is removed and nothing appears at
+    `path`.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path = Path(path)
+        self.schema = schema
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _tmp_name(self.path)
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        table = conform(table, self.schema, source=str(self.path))
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetStreamWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such parquet file. Check the path, or build it first.")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaMismatchError(
+            path, None, f"not a readable parquet file ({exc})",
+            "The file is corrupt or truncated; delete it and rebuild it.",
+        ) from exc
+
+
+def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
+    """Raise SchemaMismatchError naming the first column of `path` that does not match."""
+    found = read_schema(path)
+    for field in schema:
+        idx = found.get_field_index(field.name)
+        if idx < 0:
+            raise SchemaMismatchError(
+                path, field.name, f"column is missing; the file has {found.names}",
+                "Rebuild the file with the current catalog version.",
+            )
+        got = found.field(idx).type
+        if got != field.type:
+            raise SchemaMismatchError(
+                path, field.name, f"type is {got}, expected {field.type}",
+                "Rebuild the file with the current catalog version.",
+            )
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Read the schema's columns of `path`, validated. Extra columns in the file are ignored."""
+    check_schema(path, schema)
+    try:
+        table = pq.read_table(path, columns=schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaMismatchError(
+            path, None, f"could not be read ({exc})",
+            "The file is corrupt or truncated; delete it and rebuild it.",
+        ) from exc
+    return conform(table, schema, source=str(path))
+
+
+def iter_batches(path: str | os.PathLike, schema: pa.Schema, batch_size: int = 65536):
+    """Stream validated record batches of the schema's columns from `path`."""
+    check_schema(path, schema)
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_size, columns=schema.names):
+        yield conform(pa.Table.from_batches([batch]), schema, source=str(path))

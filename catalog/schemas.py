@@ -1,0 +1,97 @@
+"""Explicit pyarrow schemas of every table the system passes between its parts.
+
+Each schema is defined here once; writers cast to it and readers validate against it
+(catalog.io). Field metadata carries a one-line description, so `schema.field(name)`
+documents itself in the parquet footer as well.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+ITEMS = pa.schema(
+    [
+        _f("item_id", pa.int64(), "stable item id (MovieLens movie id, or synthetic)"),
+        _f("title", pa.string(), "display title"),
+        _f("year", pa.int32(), "release year; 0 when unknown"),
+        _f("genres", pa.list_(pa.string()), "genre names, catalog.movielens.GENRES vocabulary"),
+        _f("cluster_id", pa.int32(), "the one interest cluster this item belongs to"),
+        _f("n_ratings", pa.int32(), "ratings seen for the item in the source data"),
+    ]
+)
+
+CLUSTERS = pa.schema(
+    [
+        _f("cluster_id", pa.int32(), "stable id, 0..M-1"),
+        _f("name", pa.string(), "unique short name, lower-case words joined by '-'"),
+        _f("keywords", pa.list_(pa.string()), "keywords an LLM reads: genres, era, titles"),
+        _f("description", pa.string(), "one-line keyword description shown to LLMs"),
+        _f("parent_id", pa.int32(), "level-1 group of the two-level hierarchy"),
+        _f("parent_name", pa.string(), "name of the level-1 group"),
+        _f("n_items", pa.int32(), "items in the cluster"),
+    ]
+)
+
+MEMBERS = pa.schema(
+    [
+        _f("member_id", pa.int64(), "stable member id"),
+        _f("age", pa.int32(), "age in years; 0 when unknown"),
+        _f("gender", pa.string(), "as recorded by the source"),
+        _f("occupation", pa.string(), "as recorded by the source"),
+        _f("zip_code", pa.string(), "as recorded by the source"),
+    ]
+)
+
+INTERACTIONS = pa.schema(
+    [
+        _f("member_id", pa.int64(), "who"),
+        _f("item_id", pa.int64(), "what"),
+        _f("rating", pa.float32(), "explicit rating 1..5"),
+        _f("timestamp", pa.int64(), "unix seconds"),
+    ]
+)
+
+HISTORIES = pa.schema(
+    [
+        _f("member_id", pa.int64(), "whose history"),
+        _f("clusters", pa.list_(pa.int32()), "chronological clusters of positive items, repeats merged"),
+        _f("timestamps", pa.list_(pa.int64()), "unix seconds of the first positive item of each run"),
+        _f("n_positive", pa.int32(), "positive interactions behind the history"),
+    ]
+)
+
+# One row per impression served; the same schema whether the simulator or production logs it.
+FEEDBACK_LOG = pa.schema(
+    [
+        _f("request_id", pa.string(), "id of the ranking request that produced the impression"),
+        _f("member_id", pa.int64(), "who saw it"),
+        _f("timestamp", pa.int64(), "unix milliseconds of the impression"),
+        _f("history_key", pa.list_(pa.int32()), "the member's last K clusters at request time"),
+        _f("item_id", pa.int64(), "shown item"),
+        _f("cluster_id", pa.int32(), "cluster of the shown item"),
+        _f("source", pa.string(), "'explore' (novel cluster from the cache) or 'exploit'"),
+        _f("position", pa.int32(), "0-based slot in the ranked list"),
+        _f("content_type", pa.string(), "context group for dwell percentiles, e.g. 'movie'"),
+        _f("click", pa.bool_(), "opened the item"),
+        _f("like", pa.bool_(), "liked it"),
+        _f("share", pa.bool_(), "shared it"),
+        _f("skip", pa.bool_(), "skipped it explicitly"),
+        _f("dwell_s", pa.float32(), "seconds spent on the item; 0 without a click"),
+    ]
+)
+
+SOURCES = ("explore", "exploit")
+
+TABLES: dict[str, pa.Schema] = {
+    "items": ITEMS,
+    "clusters": CLUSTERS,
+    "members": MEMBERS,
+    "interactions": INTERACTIONS,
+    "histories": HISTORIES,
+    "feedback_log": FEEDBACK_LOG,
+}

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.histories import build_histories, key_coverage
-from catalog.io import read_table, write_table
+from catalog.io import conform, read_table, write_table
 from catalog.movielens import GENRES, load_movielens_100k
 from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
 from catalog.taxonomy import TaxonomyConfig, build_taxonomy
@@ -124,8 +124,10 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
         "timings": timings,
         "created_unix": int(time.time()),
     }
-    return Catalog(items=items, clusters=tax.clusters, members=ml.members, interactions=ml.interactions,
-                   histories=histories, manifest=manifest)
+    tables = {"items": items, "clusters": tax.clusters, "members": ml.members, "interactions": ml.interactions,
+              "histories": histories}
+    return Catalog(**{name: conform(t, TABLE_SCHEMAS[name], source=name) for name, t in tables.items()},
+                   manifest=manifest)
 
 
 def summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:

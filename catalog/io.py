@@ -127,14 +127,14 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
 def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
     """Raise SchemaMismatchError naming the first column of `path` that does not match."""
     found = read_schema(path)
+    missing = [f.name for f in schema if found.get_field_index(f.name) < 0]
+    if missing:
+        raise SchemaMismatchError(
+            path, missing[0], f"column(s) {missing} missing; the file has {found.names}",
+            "Rebuild the file with the current catalog version.",
+        )
     for field in schema:
-        idx = found.get_field_index(field.name)
-        if idx < 0:
-            raise SchemaMismatchError(
-                path, field.name, f"column is missing; the file has {found.names}",
-                "Rebuild the file with the current catalog version.",
-            )
-        got = found.field(idx).type
+        got = found.field(found.get_field_index(field.name)).type
         if got != field.type:
             raise SchemaMismatchError(
                 path, field.name, f"type is {got}, expected {field.type}",

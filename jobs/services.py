@@ -255,11 +255,12 @@ def start_ray(*, num_cpus: int | None = None, object_store_mb: int = 160, addres
     for k, v in LIGHT_RAY_ENV.items():
         os.environ.setdefault(k, v)
     address = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        _check_address(address, timeout_s)
     if ray.is_initialized():
         return RaySession(address=address or "local", started_here=False,
                           num_cpus=ray.cluster_resources().get("CPU", 0))
     if address and address != "local":
-        _check_address(address, timeout_s)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except Exception as exc:  # Ray raises several types for an unreachable or incompatible cluster

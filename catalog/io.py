@@ -34,7 +34,8 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str = "<table>") -> p
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise SchemaMismatchError(
-            source, missing[0],
+            source,
+            missing[0],
             f"missing column(s) {missing}; present: {table.column_names}",
             "Produce every column of the schema in catalog.schemas.",
         )
@@ -43,7 +44,9 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str = "<table>") -> p
         col = table.column(field.name)
         if not field.nullable and col.null_count:
             raise SchemaMismatchError(
-                source, field.name, f"{col.null_count} null value(s) in a non-nullable column",
+                source,
+                field.name,
+                f"{col.null_count} null value(s) in a non-nullable column",
                 "Fill or drop those rows before writing.",
             )
         if col.type != field.type:
@@ -51,7 +54,9 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str = "<table>") -> p
                 col = col.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaMismatchError(
-                    source, field.name, f"type {col.type} cannot be cast to {field.type} ({exc})",
+                    source,
+                    field.name,
+                    f"type {col.type} cannot be cast to {field.type} ({exc})",
                     "Convert the column to the schema's type.",
                 ) from exc
         columns.append(col)
@@ -119,7 +124,9 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
         return pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaMismatchError(
-            path, None, f"not a readable parquet file ({exc})",
+            path,
+            None,
+            f"not a readable parquet file ({exc})",
             "The file is corrupt or truncated; delete it and rebuild it.",
         ) from exc
 
@@ -130,14 +137,18 @@ def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
     missing = [f.name for f in schema if found.get_field_index(f.name) < 0]
     if missing:
         raise SchemaMismatchError(
-            path, missing[0], f"column(s) {missing} missing; the file has {found.names}",
+            path,
+            missing[0],
+            f"column(s) {missing} missing; the file has {found.names}",
             "Rebuild the file with the current catalog version.",
         )
     for field in schema:
         got = found.field(found.get_field_index(field.name)).type
         if got != field.type:
             raise SchemaMismatchError(
-                path, field.name, f"type is {got}, expected {field.type}",
+                path,
+                field.name,
+                f"type is {got}, expected {field.type}",
                 "Rebuild the file with the current catalog version.",
             )
 
@@ -149,7 +160,9 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
         table = pq.read_table(path, columns=schema.names)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaMismatchError(
-            path, None, f"could not be read ({exc})",
+            path,
+            None,
+            f"could not be read ({exc})",
             "The file is corrupt or truncated; delete it and rebuild it.",
         ) from exc
     return conform(table, schema, source=str(path))

@@ -30,13 +30,57 @@ from catalog.io import ParquetStreamWriter
 from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
 
 _THEMES = (
-    "space", "mystery", "romance", "heist", "war", "family", "sports", "music", "horror", "comedy",
-    "noir", "western", "fantasy", "history", "cooking", "travel", "science", "crime", "animation",
-    "documentary", "superhero", "spy", "courtroom", "medical", "teen", "survival", "political", "satire",
-    "martial-arts", "disaster", "mythology", "cyberpunk",
+    "space",
+    "mystery",
+    "romance",
+    "heist",
+    "war",
+    "family",
+    "sports",
+    "music",
+    "horror",
+    "comedy",
+    "noir",
+    "western",
+    "fantasy",
+    "history",
+    "cooking",
+    "travel",
+    "science",
+    "crime",
+    "animation",
+    "documentary",
+    "superhero",
+    "spy",
+    "courtroom",
+    "medical",
+    "teen",
+    "survival",
+    "political",
+    "satire",
+    "martial-arts",
+    "disaster",
+    "mythology",
+    "cyberpunk",
 )
-_MOODS = ("dark", "light", "epic", "quiet", "quirky", "gritty", "classic", "modern", "cozy", "tense",
-          "indie", "retro", "lavish", "raw", "witty", "bleak")
+_MOODS = (
+    "dark",
+    "light",
+    "epic",
+    "quiet",
+    "quirky",
+    "gritty",
+    "classic",
+    "modern",
+    "cozy",
+    "tense",
+    "indie",
+    "retro",
+    "lavish",
+    "raw",
+    "witty",
+    "bleak",
+)
 _OCCUPATIONS = ("student", "engineer", "artist", "educator", "healthcare", "writer", "retired", "other")
 
 
@@ -59,10 +103,14 @@ class SyntheticConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"SyntheticConfig.{name}={getattr(self, name)}: must be >= 1.")
         if self.n_groups > self.n_clusters:
-            raise ValueError(f"SyntheticConfig.n_groups={self.n_groups} exceeds n_clusters={self.n_clusters}.")
+            raise ValueError(
+                f"SyntheticConfig.n_groups={self.n_groups} exceeds n_clusters={self.n_clusters}."
+            )
         if self.topics_per_member > self.n_groups:
-            raise ValueError(f"SyntheticConfig.topics_per_member={self.topics_per_member} exceeds "
-                             f"n_groups={self.n_groups}.")
+            raise ValueError(
+                f"SyntheticConfig.topics_per_member={self.topics_per_member} exceeds "
+                f"n_groups={self.n_groups}."
+            )
         if not 0 <= self.stickiness < 1:
             raise ValueError(f"SyntheticConfig.stickiness={self.stickiness}: must be in [0, 1).")
         if self.mean_items_per_cluster < 1 or self.mean_interactions < 1:
@@ -106,13 +154,18 @@ def _cluster_table(cfg: SyntheticConfig, w: _World) -> pa.Table:
         names.append(f"{m}-{t}-{c:04d}")
         keywords.append([m, t, g, era])
         descriptions.append(f"{m} {t}; {g} family; {era}")
-    return pa.table({
-        "cluster_id": pa.array(np.arange(cfg.n_clusters, dtype=np.int32)),
-        "name": names, "keywords": keywords, "description": descriptions,
-        "parent_id": pa.array(w.group_of.astype(np.int32)),
-        "parent_name": [f"{group_theme[g]}-{g:03d}" for g in w.group_of],
-        "n_items": pa.array(w.cluster_size.astype(np.int32)),
-    }, schema=CLUSTERS)
+    return pa.table(
+        {
+            "cluster_id": pa.array(np.arange(cfg.n_clusters, dtype=np.int32)),
+            "name": names,
+            "keywords": keywords,
+            "description": descriptions,
+            "parent_id": pa.array(w.group_of.astype(np.int32)),
+            "parent_name": [f"{group_theme[g]}-{g:03d}" for g in w.group_of],
+            "n_items": pa.array(w.cluster_size.astype(np.int32)),
+        },
+        schema=CLUSTERS,
+    )
 
 
 def _item_chunks(cfg: SyntheticConfig, w: _World, chunk: int = 200_000):
@@ -123,14 +176,17 @@ def _item_chunks(cfg: SyntheticConfig, w: _World, chunk: int = 200_000):
         clusters = w.item_cluster[idx]
         themes = [_THEMES[(w.group_of[c] * 7) % len(_THEMES)] for c in clusters]
         years = np.clip(w.years[clusters] + rng.integers(-4, 5, len(idx)), 1900, 2026)
-        yield pa.table({
-            "item_id": pa.array(idx + 1, pa.int64()),
-            "title": [f"item {i + 1}" for i in idx],
-            "year": pa.array(years.astype(np.int32)),
-            "genres": [[t] for t in themes],
-            "cluster_id": pa.array(clusters),
-            "n_ratings": pa.array(np.zeros(len(idx), np.int32)),
-        }, schema=ITEMS)
+        yield pa.table(
+            {
+                "item_id": pa.array(idx + 1, pa.int64()),
+                "title": [f"item {i + 1}" for i in idx],
+                "year": pa.array(years.astype(np.int32)),
+                "genres": [[t] for t in themes],
+                "cluster_id": pa.array(clusters),
+                "n_ratings": pa.array(np.zeros(len(idx), np.int32)),
+            },
+            schema=ITEMS,
+        )
 
 
 def _member_chunk(cfg: SyntheticConfig, w: _World, lo: int, hi: int) -> tuple[pa.Table, pa.Table]:
@@ -138,13 +194,16 @@ def _member_chunk(cfg: SyntheticConfig, w: _World, lo: int, hi: int) -> tuple[pa
     rng = np.random.default_rng([cfg.seed, 4, lo])
     n = hi - lo
     ids = np.arange(lo + 1, hi + 1, dtype=np.int64)
-    members = pa.table({
-        "member_id": ids,
-        "age": pa.array(rng.integers(16, 75, n).astype(np.int32)),
-        "gender": pa.array(np.where(rng.random(n) < 0.5, "F", "M")),
-        "occupation": pa.array(np.array(_OCCUPATIONS)[rng.integers(len(_OCCUPATIONS), size=n)]),
-        "zip_code": pa.array([f"{z:05d}" for z in rng.integers(0, 100_000, n)]),
-    }, schema=MEMBERS)
+    members = pa.table(
+        {
+            "member_id": ids,
+            "age": pa.array(rng.integers(16, 75, n).astype(np.int32)),
+            "gender": pa.array(np.where(rng.random(n) < 0.5, "F", "M")),
+            "occupation": pa.array(np.array(_OCCUPATIONS)[rng.integers(len(_OCCUPATIONS), size=n)]),
+            "zip_code": pa.array([f"{z:05d}" for z in rng.integers(0, 100_000, n)]),
+        },
+        schema=MEMBERS,
+    )
 
     topics = np.argsort(rng.random((n, cfg.n_groups)), axis=1)[:, : cfg.topics_per_member]  # (n, T)
     weights = rng.dirichlet(np.full(cfg.topics_per_member, 0.7), size=n)  # (n, T)
@@ -175,14 +234,21 @@ def _member_chunk(cfg: SyntheticConfig, w: _World, lo: int, hi: int) -> tuple[pa
     csum = np.cumsum(gaps)
     base = np.repeat(csum[first] - gaps[first], counts)
     ts = member_start[row_member] + (csum - base)
-    interactions = pa.table({
-        "member_id": ids[row_member], "item_id": item_idx + 1, "rating": rating, "timestamp": ts,
-    }, schema=INTERACTIONS)
+    interactions = pa.table(
+        {
+            "member_id": ids[row_member],
+            "item_id": item_idx + 1,
+            "rating": rating,
+            "timestamp": ts,
+        },
+        schema=INTERACTIONS,
+    )
     return members, interactions
 
 
-def generate_world(out_dir: str | os.PathLike, config: SyntheticConfig | None = None,
-                   progress: bool = False) -> dict:
+def generate_world(
+    out_dir: str | os.PathLike, config: SyntheticConfig | None = None, progress: bool = False
+) -> dict:
     """Write a catalog folder (same tables and manifest as a MovieLens catalog). Returns the manifest."""
     cfg = config or SyntheticConfig()
     out = Path(out_dir)
@@ -191,8 +257,14 @@ def generate_world(out_dir: str | os.PathLike, config: SyntheticConfig | None = 
     t0 = time.perf_counter()
     w = _world(cfg)
     item_ids = np.arange(1, len(w.item_cluster) + 1, dtype=np.int64)
-    counts = {"clusters": cfg.n_clusters, "items": len(item_ids), "members": 0, "interactions": 0,
-              "histories": 0, "positives": 0}
+    counts = {
+        "clusters": cfg.n_clusters,
+        "items": len(item_ids),
+        "members": 0,
+        "interactions": 0,
+        "histories": 0,
+        "positives": 0,
+    }
     with ParquetStreamWriter(out / "clusters.parquet", CLUSTERS) as cw:
         cw.write(_cluster_table(cfg, w))
     with ParquetStreamWriter(out / "items.parquet", ITEMS) as iw:
@@ -203,9 +275,11 @@ def generate_world(out_dir: str | os.PathLike, config: SyntheticConfig | None = 
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="synthetic members", unit="chunk")
-    with (ParquetStreamWriter(out / "members.parquet", MEMBERS) as mw,
-          ParquetStreamWriter(out / "interactions.parquet", INTERACTIONS) as xw,
-          ParquetStreamWriter(out / "histories.parquet", HISTORIES) as hw):
+    with (
+        ParquetStreamWriter(out / "members.parquet", MEMBERS) as mw,
+        ParquetStreamWriter(out / "interactions.parquet", INTERACTIONS) as xw,
+        ParquetStreamWriter(out / "histories.parquet", HISTORIES) as hw,
+    ):
         for lo in chunks:
             hi = min(cfg.n_members, lo + cfg.chunk_members)
             members, interactions = _member_chunk(cfg, w, lo, hi)

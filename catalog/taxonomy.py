@@ -43,7 +43,9 @@ class TaxonomyConfig:
         if self.n_clusters < 2:
             raise ValueError(f"TaxonomyConfig.n_clusters={self.n_clusters}: need at least 2 clusters.")
         if not 1 <= self.n_groups <= self.n_clusters:
-            raise ValueError(f"TaxonomyConfig.n_groups={self.n_groups}: must be in [1, n_clusters={self.n_clusters}].")
+            raise ValueError(
+                f"TaxonomyConfig.n_groups={self.n_groups}: must be in [1, n_clusters={self.n_clusters}]."
+            )
         if self.n_factors < 1:
             raise ValueError(f"TaxonomyConfig.n_factors={self.n_factors}: must be >= 1.")
         for name in ("genre_weight", "era_weight", "cf_shrinkage"):
@@ -80,7 +82,9 @@ def item_vectors(
     members, m_idx = np.unique(interactions["member_id"].to_numpy(), return_inverse=True)
     i_idx = np.array([row_of[int(i)] for i in interactions["item_id"].to_numpy()], dtype=np.int64)
     ratings = interactions["rating"].to_numpy().astype(np.float64)
-    member_mean = np.bincount(m_idx, ratings, len(members)) / np.maximum(np.bincount(m_idx, minlength=len(members)), 1)
+    member_mean = np.bincount(m_idx, ratings, len(members)) / np.maximum(
+        np.bincount(m_idx, minlength=len(members)), 1
+    )
 
     # member-centred ratings plus a constant for "rated at all" (co-occurrence signal)
     dense = np.zeros((n_items, len(members)))
@@ -121,8 +125,9 @@ def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, w: np.ndarray) -
     return np.array(centres)
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int, restarts: int = 4, iters: int = 60,
-           weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int, restarts: int = 4, iters: int = 60, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Weighted Lloyd k-means. Returns (labels (N,), centres (k, D), inertia). No cluster is empty."""
     if k > len(x):
         raise ValueError(f"k-means: k={k} clusters requested for only {len(x)} points; lower n_clusters.")
@@ -217,8 +222,12 @@ def _rank_genres(member_genres: list[list[str]], global_share: dict[str, float])
 
 
 def describe_clusters(
-    labels: np.ndarray, item_titles: list[str], item_genres: list[list[str]], years: np.ndarray,
-    n_ratings: np.ndarray, n_titles: int,
+    labels: np.ndarray,
+    item_titles: list[str],
+    item_genres: list[list[str]],
+    years: np.ndarray,
+    n_ratings: np.ndarray,
+    n_titles: int,
 ) -> list[dict]:
     """Name, keywords and description of each cluster; names unique across clusters."""
     k = int(labels.max()) + 1
@@ -235,32 +244,48 @@ def describe_clusters(
         name = unique_name([g for g, _ in ranked], era_short, "-".join(title_words), used)
         keywords = [g.lower() for g in genres] + [era_kw] + titles
         description = f"{', '.join(g.lower() for g in genres)}; {era_kw}; e.g. {'; '.join(titles)}"
-        out.append({"name": name, "keywords": keywords, "description": description,
-                    "genres": genres, "n_items": len(idx)})
+        out.append(
+            {
+                "name": name,
+                "keywords": keywords,
+                "description": description,
+                "genres": genres,
+                "n_items": len(idx),
+            }
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------------
 
 
-def build_taxonomy(items: pa.Table, interactions: pa.Table, genre_vocab: tuple[str, ...],
-                   config: TaxonomyConfig) -> Taxonomy:
+def build_taxonomy(
+    items: pa.Table, interactions: pa.Table, genre_vocab: tuple[str, ...], config: TaxonomyConfig
+) -> Taxonomy:
     """Cluster `items` (item_id, title, year, genres, n_ratings) into config.n_clusters clusters."""
     item_ids = items["item_id"].to_numpy().astype(np.int64)
     if config.n_clusters > len(item_ids):
-        raise ValueError(f"TaxonomyConfig.n_clusters={config.n_clusters} exceeds the {len(item_ids)} items; "
-                         "lower it.")
+        raise ValueError(
+            f"TaxonomyConfig.n_clusters={config.n_clusters} exceeds the {len(item_ids)} items; lower it."
+        )
     titles = items["title"].to_pylist()
     genres = items["genres"].to_pylist()
     years = items["year"].to_numpy().astype(np.int64)
     n_ratings = items["n_ratings"].to_numpy().astype(np.int64)
 
     x = item_vectors(item_ids, genres, years, interactions, genre_vocab, config)
-    labels, centres, inertia = kmeans(x, config.n_clusters, seed=config.seed,
-                                      restarts=config.kmeans_restarts, iters=config.kmeans_iters)
+    labels, centres, inertia = kmeans(
+        x, config.n_clusters, seed=config.seed, restarts=config.kmeans_restarts, iters=config.kmeans_iters
+    )
     sizes = np.bincount(labels, minlength=config.n_clusters)
-    g_labels, _, _ = kmeans(centres, config.n_groups, seed=config.seed + 1,
-                            restarts=config.kmeans_restarts, iters=config.kmeans_iters, weights=sizes)
+    g_labels, _, _ = kmeans(
+        centres,
+        config.n_groups,
+        seed=config.seed + 1,
+        restarts=config.kmeans_restarts,
+        iters=config.kmeans_iters,
+        weights=sizes,
+    )
 
     # stable ids: groups by size, clusters by (group, size desc, smallest item id)
     g_sizes = np.bincount(g_labels, weights=sizes, minlength=config.n_groups)
@@ -282,13 +307,16 @@ def build_taxonomy(items: pa.Table, interactions: pa.Table, genre_vocab: tuple[s
         rows = np.flatnonzero(np.isin(item_cluster, np.flatnonzero(parent == gid)))
         ranked = _rank_genres([genres[i] for i in rows], global_share)
         parent_names.append(unique_name([g for g, _ in ranked][:1], _era(years[rows])[0], "", used))
-    clusters = pa.table({
-        "cluster_id": pa.array(np.arange(config.n_clusters, dtype=np.int32)),
-        "name": [d["name"] for d in desc],
-        "keywords": [d["keywords"] for d in desc],
-        "description": [d["description"] for d in desc],
-        "parent_id": pa.array(parent),
-        "parent_name": [parent_names[p] for p in parent],
-        "n_items": pa.array([d["n_items"] for d in desc], pa.int32()),
-    }, schema=CLUSTERS)
+    clusters = pa.table(
+        {
+            "cluster_id": pa.array(np.arange(config.n_clusters, dtype=np.int32)),
+            "name": [d["name"] for d in desc],
+            "keywords": [d["keywords"] for d in desc],
+            "description": [d["description"] for d in desc],
+            "parent_id": pa.array(parent),
+            "parent_name": [parent_names[p] for p in parent],
+            "n_items": pa.array([d["n_items"] for d in desc], pa.int32()),
+        },
+        schema=CLUSTERS,
+    )
     return Taxonomy(clusters=clusters, item_ids=item_ids, item_cluster=item_cluster, inertia=inertia)

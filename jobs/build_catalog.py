@@ -1,6 +1,6 @@
 """Build the MovieLens-100K catalog: clusters, items, members, interactions, histories.
 
-    python -m jobs.build_catalog --out runs/catalog [--config catalog.toml] [--n-clusters 48] ...
+python -m jobs.build_catalog --out runs/catalog [--config catalog.toml] [--n-clusters 48] ...
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ class CatalogJobConfig(BaseModel):
     seed: int = 0
 
     def catalog_config(self) -> CatalogConfig:
-        tax = TaxonomyConfig(n_clusters=self.n_clusters, n_groups=self.n_groups, n_factors=self.n_factors,
-                             seed=self.seed)
+        tax = TaxonomyConfig(
+            n_clusters=self.n_clusters, n_groups=self.n_groups, n_factors=self.n_factors, seed=self.seed
+        )
         return CatalogConfig(taxonomy=tax, min_rating=self.min_rating, history_k=self.history_k)
 
 
@@ -42,7 +43,9 @@ def add_catalog_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-groups", dest="n_groups", type=int, help="level-1 groups (default 8)")
     p.add_argument("--n-factors", dest="n_factors", type=int, help="rating-matrix SVD rank (default 24)")
     p.add_argument("--history-k", dest="history_k", type=int, help="K, history key length (default 2)")
-    p.add_argument("--min-rating", dest="min_rating", type=float, help="positive engagement threshold (default 4)")
+    p.add_argument(
+        "--min-rating", dest="min_rating", type=float, help="positive engagement threshold (default 4)"
+    )
     p.add_argument("--seed", type=int, help="taxonomy seed (default 0)")
 
 

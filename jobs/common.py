@@ -17,8 +17,14 @@ from catalog.movielens import DataNotFoundError
 from jobs.services import ServiceError
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ServiceError, SchemaMismatchError, DataNotFoundError, FileNotFoundError, ValueError,
-               pydantic.ValidationError)
+USER_ERRORS = (
+    ServiceError,
+    SchemaMismatchError,
+    DataNotFoundError,
+    FileNotFoundError,
+    ValueError,
+    pydantic.ValidationError,
+)
 
 
 def load_config(path: str | None) -> dict:

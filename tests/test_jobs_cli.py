@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args, env=None, timeout=180):
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _dead_port() -> int:
@@ -31,7 +32,9 @@ def test_help(module):
 
 
 def test_build_catalog_job_writes_a_complete_folder(tmp_path):
-    res = _run(["jobs.build_catalog", "--out", str(tmp_path / "cat"), "--n-clusters", "16", "--n-groups", "4"])
+    res = _run(
+        ["jobs.build_catalog", "--out", str(tmp_path / "cat"), "--n-clusters", "16", "--n-groups", "4"]
+    )
     assert res.returncode == 0, res.stderr
     assert "1682 items in 16 clusters (4 groups)" in res.stdout
     manifest = json.loads((tmp_path / "cat" / "manifest.json").read_text())
@@ -57,15 +60,27 @@ def test_bad_config_value_names_the_field(tmp_path):
 
 
 def test_synthesize_job(tmp_path):
-    res = _run(["jobs.synthesize", "--out", str(tmp_path / "w"), "--members", "2000", "--clusters", "50",
-                "--groups", "5"])
+    res = _run(
+        [
+            "jobs.synthesize",
+            "--out",
+            str(tmp_path / "w"),
+            "--members",
+            "2000",
+            "--clusters",
+            "50",
+            "--groups",
+            "5",
+        ]
+    )
     assert res.returncode == 0, res.stderr
     assert "2000 members, 50 clusters" in res.stdout and (tmp_path / "w" / "manifest.json").exists()
 
 
 def test_demo_with_unreachable_redis_url_fails_cleanly(tmp_path):
-    res = _run(["jobs.demo", "--runs", str(tmp_path)],
-               env={"REDIS_URL": f"redis://127.0.0.1:{_dead_port()}/0"})
+    res = _run(
+        ["jobs.demo", "--runs", str(tmp_path)], env={"REDIS_URL": f"redis://127.0.0.1:{_dead_port()}/0"}
+    )
     assert res.returncode == 2, res.stderr
     assert "does not answer" in res.stderr and "Traceback" not in res.stderr
 

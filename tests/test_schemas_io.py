@@ -8,6 +8,7 @@ from catalog.schemas import FEEDBACK_LOG, HISTORIES, INTERACTIONS, TABLES
 
 def _sample(schema: pa.Schema, n: int = 3) -> pa.Table:
     """A table of `n` rows with a plausible value for every field type of the schema."""
+
     def value(t: pa.DataType, i: int):
         if pa.types.is_list(t):
             return [value(t.value_type, i), value(t.value_type, i + 1)]
@@ -18,8 +19,10 @@ def _sample(schema: pa.Schema, n: int = 3) -> pa.Table:
         if pa.types.is_boolean(t):
             return i % 2 == 0
         return f"s{i}"
-    return pa.table({f.name: pa.array([value(f.type, i) for i in range(n)], f.type) for f in schema},
-                    schema=schema)
+
+    return pa.table(
+        {f.name: pa.array([value(f.type, i) for i in range(n)], f.type) for f in schema}, schema=schema
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -33,8 +36,14 @@ def test_round_trip_every_schema(tmp_path, name):
 
 
 def test_writer_casts_compatible_types(tmp_path):
-    t = pa.table({"member_id": pa.array([1, 2], pa.int32()), "item_id": [3, 4],
-                  "rating": pa.array([4.0, 5.0], pa.float64()), "timestamp": [10, 20]})
+    t = pa.table(
+        {
+            "member_id": pa.array([1, 2], pa.int32()),
+            "item_id": [3, 4],
+            "rating": pa.array([4.0, 5.0], pa.float64()),
+            "timestamp": [10, 20],
+        }
+    )
     back = read_table(write_table(t, tmp_path / "x.parquet", INTERACTIONS), INTERACTIONS)
     assert back.schema.field("member_id").type == pa.int64()
     assert back.schema.field("rating").type == pa.float32()
@@ -51,9 +60,12 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 def test_wrong_type_names_column_and_types(tmp_path):
     path = tmp_path / "hist.parquet"
-    pq.write_table(pa.table({"member_id": [1], "clusters": ["not-a-list"], "timestamps": [[1]],
-                             "n_positive": [1]}), path)
-    with pytest.raises(SchemaMismatchError, match=r"column 'clusters': type is string, expected list<item: int32>"):
+    pq.write_table(
+        pa.table({"member_id": [1], "clusters": ["not-a-list"], "timestamps": [[1]], "n_positive": [1]}), path
+    )
+    with pytest.raises(
+        SchemaMismatchError, match=r"column 'clusters': type is string, expected list<item: int32>"
+    ):
         read_table(path, HISTORIES)
 
 

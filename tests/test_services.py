@@ -106,7 +106,9 @@ def test_unreachable_ray_address_is_a_clear_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.monotonic()
-    with pytest.raises(ServiceError, match=r"RAY_ADDRESS='ray://127.0.0.1:\d+' does not answer.*unset RAY_ADDRESS"):
+    with pytest.raises(
+        ServiceError, match=r"RAY_ADDRESS='ray://127.0.0.1:\d+' does not answer.*unset RAY_ADDRESS"
+    ):
         start_ray(address=f"ray://127.0.0.1:{port}", timeout_s=1)
     assert time.monotonic() - t0 < 5
     with pytest.raises(ServiceError, match="is not host:port"):

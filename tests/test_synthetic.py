@@ -51,7 +51,9 @@ def test_same_seed_same_world(world, tmp_path):
     out, _ = world
     generate_world(tmp_path, SMALL)
     for name in TABLE_SCHEMAS:
-        assert pq.read_table(tmp_path / f"{name}.parquet").equals(pq.read_table(out / f"{name}.parquet")), name
+        assert pq.read_table(tmp_path / f"{name}.parquet").equals(pq.read_table(out / f"{name}.parquet")), (
+            name
+        )
 
 
 def test_memory_is_bounded_by_the_chunk_not_the_world(tmp_path):

@@ -1,0 +1,63 @@
+"""Benchmark runner: `python -m bench [NAME ...] [--quick]` (or `make bench`).
+
+Each benchmark measures its subject and a baseline in the same run and reports both, with their
+ratio; the runner prints a table and writes bench/results/<timestamp>.json with the machine's
+description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+from bench.machine import describe
+
+BENCHMARKS = {
+    "catalog": "bench.bench_catalog",
+    "synthetic": "bench.bench_synthetic",
+    "redis": "bench.bench_redis",
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], help="benchmarks to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, one repeat")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
+    args = p.parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    machine = describe()
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"gpu={machine['gpu']}"
+    )
+    results = []
+    for name in names:
+        t0 = time.perf_counter()
+        rows = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+        for r in rows:
+            r["benchmark"] = name
+            r["wall_s"] = round(time.perf_counter() - t0, 2)
+            results.append(r)
+            print(
+                f"{r['name']:<30} {_fmt(r['value']):>12} {r['unit']:<20} baseline ({r['baseline']}): "
+                f"{_fmt(r['baseline_value'])}  ratio {r['ratio']:.2f}",
+                flush=True,
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": machine, "quick": args.quick, "results": results}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

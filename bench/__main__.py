@@ -19,6 +19,7 @@ BENCHMARKS = {
     "catalog": "bench.bench_catalog",
     "synthetic": "bench.bench_synthetic",
     "redis": "bench.bench_redis",
+    "sim": "bench.bench_sim",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

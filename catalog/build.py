@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from catalog.histories import build_histories, key_coverage
+from catalog.histories import build_histories, key_coverage, split_by_time
 from catalog.io import conform, read_table, write_table
 from catalog.movielens import GENRES, load_movielens_100k
 from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
@@ -37,12 +37,17 @@ class CatalogConfig:
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     min_rating: float = 4.0  # a rating at or above this is a positive engagement
     history_k: int = 2  # K, the history key length
+    # Each member's last share of ratings (by time) is held out: the system never sees it; the member
+    # simulator (sim/) uses it. 0 keeps everything (real logs, where no simulator stands in for members).
+    holdout_fraction: float = 0.2
 
     def __post_init__(self):
         if not 1 <= self.min_rating <= 5:
             raise ValueError(f"CatalogConfig.min_rating={self.min_rating}: MovieLens ratings are 1..5.")
         if self.history_k < 1:
             raise ValueError(f"CatalogConfig.history_k={self.history_k}: must be >= 1.")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"CatalogConfig.holdout_fraction={self.holdout_fraction}: must be in [0, 1).")
 
 
 @dataclass
@@ -106,16 +111,23 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
     timings = {}
     t0 = time.perf_counter()
     ml = load_movielens_100k(data_dir)
+    seen, held_out = split_by_time(ml.interactions, config.holdout_fraction)
     timings["load_s"] = time.perf_counter() - t0
 
+    # everything below sees only the seen part, popularity counts included
+    item_ids = ml.items["item_id"].to_numpy()
+    counts = np.bincount(seen["item_id"].to_numpy(), minlength=int(item_ids.max()) + 1)[item_ids]
+    raw_items = ml.items.set_column(
+        ml.items.schema.get_field_index("n_ratings"), "n_ratings", pa.array(counts.astype(np.int32))
+    )
     t0 = time.perf_counter()
-    tax = build_taxonomy(ml.items, ml.interactions, GENRES, config.taxonomy)
+    tax = build_taxonomy(raw_items, seen, GENRES, config.taxonomy)
     timings["taxonomy_s"] = time.perf_counter() - t0
-    items = ml.items.append_column("cluster_id", pa.array(tax.item_cluster, pa.int32()))
+    items = raw_items.append_column("cluster_id", pa.array(tax.item_cluster, pa.int32()))
     items = items.select(ITEMS.names)
 
     t0 = time.perf_counter()
-    histories = build_histories(ml.interactions, tax.item_ids, tax.item_cluster, min_rating=config.min_rating)
+    histories = build_histories(seen, tax.item_ids, tax.item_cluster, min_rating=config.min_rating)
     timings["histories_s"] = time.perf_counter() - t0
 
     coverage = key_coverage(histories, config.history_k, tax.clusters.num_rows)
@@ -130,12 +142,14 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
             "taxonomy": config.taxonomy.to_dict(),
             "min_rating": config.min_rating,
             "history_k": config.history_k,
+            "holdout_fraction": config.holdout_fraction,
         },
         "counts": {
             "items": items.num_rows,
             "clusters": tax.clusters.num_rows,
             "members": ml.members.num_rows,
-            "interactions": ml.interactions.num_rows,
+            "interactions": seen.num_rows,
+            "held_out_interactions": held_out.num_rows,
             "histories": histories.num_rows,
             "positives": int(np.sum(histories["n_positive"].to_numpy())),
         },
@@ -148,7 +162,7 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
         "items": items,
         "clusters": tax.clusters,
         "members": ml.members,
-        "interactions": ml.interactions,
+        "interactions": seen,
         "histories": histories,
     }
     return Catalog(
@@ -164,7 +178,8 @@ def summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:
     lines = [
         f"catalog: {c['items']} items in {c['clusters']} clusters "
         f"({catalog.clusters['parent_id'].to_numpy().max() + 1} groups), {c['members']} members, "
-        f"{c['interactions']} ratings, {c['positives']} positive",
+        f"{c['interactions']} ratings seen ({c.get('held_out_interactions', 0)} held out), "
+        f"{c['positives']} positive",
         f"histories: {c['histories']} members, mean length "
         f"{np.mean([len(h) for h in catalog.histories['clusters'].to_pylist()]):.1f} clusters",
         f"history keys (K={cov['k']}): {cov['members_with_key']}/{cov['members']} members have one "

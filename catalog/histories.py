@@ -113,3 +113,20 @@ def key_coverage(histories: pa.Table, k: int, n_clusters: int) -> dict:
         "key_space_share": len(keys) / n_clusters**k,
         "top_keys": [(list(key), n) for key, n in keys.most_common(5)],
     }
+
+
+def split_by_time(interactions: pa.Table, holdout_fraction: float) -> tuple[pa.Table, pa.Table]:
+    """(seen, held_out): each member's last `holdout_fraction` of ratings in time order (ties by item id)
+    are held out; a member with n ratings keeps floor(n * (1 - fraction)) of them, at least one."""
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction={holdout_fraction}: must be in [0, 1).")
+    member = interactions["member_id"].to_numpy()
+    order = np.lexsort((interactions["item_id"].to_numpy(), interactions["timestamp"].to_numpy(), member))
+    m_sorted = member[order]
+    starts = np.flatnonzero(np.r_[True, m_sorted[1:] != m_sorted[:-1]])
+    counts = np.diff(np.r_[starts, len(m_sorted)])
+    rank = np.arange(len(m_sorted)) - np.repeat(starts, counts)
+    keep_n = np.maximum(1, np.floor(counts * (1 - holdout_fraction)).astype(np.int64))
+    held = np.zeros(len(member), dtype=bool)
+    held[order] = rank >= np.repeat(keep_n, counts)
+    return interactions.filter(pa.array(~held)), interactions.filter(pa.array(held))

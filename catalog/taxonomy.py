@@ -31,9 +31,9 @@ class TaxonomyConfig:
     n_clusters: int = 48  # M: interest clusters (the LLMs' vocabulary of interests)
     n_groups: int = 8  # G: level-1 groups of the two-level hierarchy
     n_factors: int = 24  # rank of the rating-matrix SVD behind the collaborative part
-    genre_weight: float = 0.7  # weight of the genre part relative to the collaborative part
-    era_weight: float = 0.6  # weight of the release-era part
-    cf_shrinkage: float = 25.0  # rating count at which the collaborative part gets half weight
+    genre_weight: float = 0.6  # weight of the genre part relative to the collaborative part
+    era_weight: float = 0.4  # weight of the release-era part
+    cf_shrinkage: float = 10.0  # rating count at which the collaborative part gets half weight
     n_titles: int = 3  # representative titles in a cluster's keywords
     kmeans_restarts: int = 4  # k-means runs from different seeds; the lowest inertia wins
     kmeans_iters: int = 60  # Lloyd iterations per run (stops early on convergence)

@@ -26,16 +26,22 @@ class CatalogJobConfig(BaseModel):
     n_factors: int = Field(24, ge=1)
     history_k: int = Field(2, ge=1)
     min_rating: float = Field(4.0, ge=1, le=5)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
 
     def catalog_config(self) -> CatalogConfig:
         tax = TaxonomyConfig(
             n_clusters=self.n_clusters, n_groups=self.n_groups, n_factors=self.n_factors, seed=self.seed
         )
-        return CatalogConfig(taxonomy=tax, min_rating=self.min_rating, history_k=self.history_k)
+        return CatalogConfig(
+            taxonomy=tax,
+            min_rating=self.min_rating,
+            history_k=self.history_k,
+            holdout_fraction=self.holdout_fraction,
+        )
 
 
-FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "seed"]
+FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "holdout_fraction", "seed"]
 
 
 def add_catalog_flags(p: argparse.ArgumentParser) -> None:
@@ -45,6 +51,12 @@ def add_catalog_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history-k", dest="history_k", type=int, help="K, history key length (default 2)")
     p.add_argument(
         "--min-rating", dest="min_rating", type=float, help="positive engagement threshold (default 4)"
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        dest="holdout_fraction",
+        type=float,
+        help="each member's last share of ratings kept from the system for the simulator (default 0.2)",
     )
     p.add_argument("--seed", type=int, help="taxonomy seed (default 0)")
 

@@ -3,8 +3,11 @@
     python -m jobs.demo [--runs runs] [--config demo.toml] [--n-clusters 48] ...
 
 Stages so far: bring up Ray and Redis (or use RAY_ADDRESS / REDIS_URL), build the catalog from
-MovieLens-100K, check from a Ray worker that the run folder's tables are readable there, print a
-summary, write everything under one run folder, shut down what it started.
+MovieLens-100K (each member's last 20% of ratings held out for the simulator), check from a Ray
+worker that the run folder's tables are readable there, fit the member simulator, run round 0 of the
+loop (simulated members answer a random and a most-frequent-next-cluster explore policy; feedback
+logs under logs/round0/), print a summary, write everything under one run folder, shut down what it
+started.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from jobs.build_catalog import FLAGS as CATALOG_FLAGS
 from jobs.build_catalog import CatalogJobConfig, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.services import ray_session, redis_service
+from jobs.simulate import simulate_round, summary_line
+from sim import MemberSimulator, SimConfig
 
 
 class DemoConfig(BaseModel):
@@ -33,6 +38,7 @@ class DemoConfig(BaseModel):
     n_factors: int = Field(24, ge=1)
     history_k: int = Field(2, ge=1)
     min_rating: float = Field(4.0, ge=1, le=5)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
 
     def catalog_job(self, out: Path) -> CatalogJobConfig:
@@ -128,6 +134,24 @@ def main(argv: list[str] | None = None) -> None:
                 f"  a Ray worker read the run folder back: {check['rows']} history keys, "
                 f"{check['distinct']} distinct"
             )
+
+            # round 0 of the loop: simulated members answer baseline explore policies
+            simulator = stages.run(
+                "simulator", MemberSimulator.for_catalog, catalog, SimConfig(seed=cfg.seed)
+            )
+            summary["round0"] = {}
+            for policy in ("random", "most-frequent"):
+                s = stages.run(
+                    f"round0-{policy}",
+                    simulate_round,
+                    catalog,
+                    simulator,
+                    policy,
+                    str(run_dir / "logs" / "round0" / policy),
+                    seed=cfg.seed,
+                )
+                summary["round0"][policy] = s
+                print("  " + summary_line(s))
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")

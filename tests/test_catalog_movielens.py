@@ -79,14 +79,14 @@ def test_clusters_carry_real_signal(ml_catalog):
     _, cid = ml_catalog.item_cluster()
     real = _member_cluster_entropy(ml_catalog, cid)
     shuffled = _member_cluster_entropy(ml_catalog, np.random.default_rng(0).permutation(cid))
-    assert real < 0.93 * shuffled, (real, shuffled)  # measured about 0.89
+    assert real < 0.9 * shuffled, (real, shuffled)  # measured about 0.85
     genres = ml_catalog.items["genres"].to_pylist()
     shares = []
     for row in ml_catalog.clusters.to_pylist():
         lead = row["keywords"][0]
         members = [gs for gs, c in zip(genres, cid, strict=True) if c == row["cluster_id"]]
         shares.append(np.mean([lead in {x.lower() for x in gs} for gs in members]))
-    assert np.mean(shares) > 0.85  # measured about 0.94
+    assert np.mean(shares) > 0.85  # measured about 0.90
 
 
 def test_deterministic_for_a_seed_and_seed_matters(ml_catalog):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("module", ["jobs.demo", "jobs.build_catalog", "jobs.synthesize"])
+@pytest.mark.parametrize("module", ["jobs.demo", "jobs.build_catalog", "jobs.synthesize", "jobs.simulate"])
 def test_help(module):
     res = _run([module, "--help"])
     assert res.returncode == 0 and "usage:" in res.stdout
@@ -39,6 +40,28 @@ def test_build_catalog_job_writes_a_complete_folder(tmp_path):
     assert "1682 items in 16 clusters (4 groups)" in res.stdout
     manifest = json.loads((tmp_path / "cat" / "manifest.json").read_text())
     assert manifest["counts"]["clusters"] == 16
+
+    res = _run(
+        [
+            "jobs.simulate",
+            "--catalog",
+            str(tmp_path / "cat"),
+            "--out",
+            str(tmp_path / "log"),
+            "--policy",
+            "random",
+            "--slate-size",
+            "5",
+            "--explore-slots",
+            "1",
+        ]
+    )
+    assert res.returncode == 0, res.stderr
+    assert "random" in res.stdout and "explore slots" in res.stdout
+    log = pq.read_table(tmp_path / "log" / "part-000000.parquet")
+    assert 4 * manifest["counts"]["histories"] < log.num_rows <= 5 * manifest["counts"]["histories"]
+    res = _run(["jobs.simulate", "--catalog", str(tmp_path / "nope"), "--out", str(tmp_path / "log")])
+    assert res.returncode == 2 and "manifest.json is missing" in res.stderr
 
 
 def test_missing_data_package_is_one_paragraph_and_exit_2(tmp_path):
@@ -94,3 +117,6 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["catalog"]["items"] == 1682 and summary["services"]["redis"]["started_here"]
     assert (run / "catalog" / "manifest.json").exists()
+    for policy in ("random", "most-frequent"):
+        assert summary["round0"][policy]["impressions"] > 5000
+        assert (run / "logs" / "round0" / policy / "part-000000.parquet").exists()

@@ -1,0 +1,52 @@
+"""Feedback logs: a folder of parquet parts in the FEEDBACK_LOG schema, appended batch by batch.
+
+Production logging and the member simulator write the same folders, so everything downstream
+(aggregation, ranker training) reads real or simulated logs unchanged. Each part is written
+atomically (temp name, then rename), so a reader never sees half a part.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from catalog.io import read_table, write_table
+from catalog.schemas import FEEDBACK_LOG
+
+
+class FeedbackLogWriter:
+    """Appends FEEDBACK_LOG batches to `folder` as part-NNNNNN.parquet files."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rows = 0
+        self._next = max(
+            (int(p.stem.split("-")[1]) + 1 for p in self.folder.glob("part-*.parquet")), default=0
+        )
+
+    def append(self, events: pa.Table) -> Path:
+        path = write_table(events, self.folder / f"part-{self._next:06d}.parquet", FEEDBACK_LOG)
+        self._next += 1
+        self.rows += events.num_rows
+        return path
+
+
+def log_parts(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"feedback log folder {folder} does not exist. Point at a folder written by "
+            "FeedbackLogWriter (the simulator or production logging)."
+        )
+    return sorted(folder.glob("part-*.parquet"))
+
+
+def read_feedback_log(folder: str | os.PathLike) -> pa.Table:
+    """All parts of a log folder, each validated against FEEDBACK_LOG."""
+    parts = log_parts(folder)
+    if not parts:
+        return FEEDBACK_LOG.empty_table()
+    return pa.concat_tables([read_table(p, FEEDBACK_LOG) for p in parts])

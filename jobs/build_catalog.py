@@ -16,11 +16,10 @@ from catalog.taxonomy import TaxonomyConfig
 from jobs.common import merge_config, run_main
 
 
-class CatalogJobConfig(BaseModel):
-    """What `--config` may hold (TOML or JSON); flags override it."""
+class CatalogFields(BaseModel):
+    """The catalog settings every job that builds a catalog accepts (flags or `--config`)."""
 
     model_config = ConfigDict(extra="forbid")
-    out: str = "runs/catalog"
     n_clusters: int = Field(48, ge=2)
     n_groups: int = Field(8, ge=1)
     n_factors: int = Field(24, ge=1)
@@ -39,6 +38,12 @@ class CatalogJobConfig(BaseModel):
             history_k=self.history_k,
             holdout_fraction=self.holdout_fraction,
         )
+
+
+class CatalogJobConfig(CatalogFields):
+    """What `--config` may hold (TOML or JSON); flags override it."""
+
+    out: str = "runs/catalog"
 
 
 FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "holdout_fraction", "seed"]

@@ -16,33 +16,21 @@ import argparse
 import json
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from catalog.build import build_movielens_catalog, summary_lines
 from jobs.build_catalog import FLAGS as CATALOG_FLAGS
-from jobs.build_catalog import CatalogJobConfig, add_catalog_flags
+from jobs.build_catalog import CatalogFields, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.services import ray_session, redis_service
 from jobs.simulate import simulate_round, summary_line
 from sim import MemberSimulator, SimConfig
 
 
-class DemoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DemoConfig(CatalogFields):
     runs: str = "runs"  # parent folder of run folders
     num_cpus: int | None = Field(None, ge=1)  # CPUs for a local Ray (default: all)
-    n_clusters: int = Field(48, ge=2)
-    n_groups: int = Field(8, ge=1)
-    n_factors: int = Field(24, ge=1)
-    history_k: int = Field(2, ge=1)
-    min_rating: float = Field(4.0, ge=1, le=5)
-    holdout_fraction: float = Field(0.2, ge=0, lt=1)
-    seed: int = 0
-
-    def catalog_job(self, out: Path) -> CatalogJobConfig:
-        return CatalogJobConfig(out=str(out), **self.model_dump(include=set(CATALOG_FLAGS) - {"out"}))
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -106,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             )
 
             catalog_dir = run_dir / "catalog"
-            job = cfg.catalog_job(catalog_dir)
-            catalog = stages.run("catalog", build_movielens_catalog, job.catalog_config())
+            catalog = stages.run("catalog", build_movielens_catalog, cfg.catalog_config())
             catalog.save(catalog_dir)
             for line in summary_lines(catalog):
                 print("  " + line)

@@ -10,7 +10,17 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.build import build_movielens_catalog
+from catalog.histories import split_by_time
+from catalog.movielens import load_movielens_100k
 from sim import MemberSimulator, MostFrequentNextCluster, SimConfig, build_impressions
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Rank-sum AUC of `score` against boolean `label`."""
+    ranks = np.empty(len(score))
+    ranks[np.argsort(score)] = np.arange(1, len(score) + 1)
+    n_pos = label.sum()
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(label) - n_pos)))
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -30,6 +40,13 @@ def run(quick: bool = False) -> list[dict]:
         simulator.respond(row)
     loop = n_loop / (time.perf_counter() - t0)
     clicks = float(np.mean(log["click"].to_numpy(zero_copy_only=False)))
+    click = log["click"].to_numpy(zero_copy_only=False)
+    position = log["position"].to_numpy()
+    ctr_by_position = [round(float(click[position == k].mean()), 3) for k in range(10)]
+    _, held = split_by_time(load_movielens_100k().interactions, 0.2)
+    p_like = simulator.like_probability(held["member_id"].to_numpy(), held["item_id"].to_numpy())
+    auc = _auc(p_like, held["rating"].to_numpy() >= 4)
+    print(f"  held-out like AUC {auc:.3f}; click rate by position 0..9: {ctr_by_position}")
     return [
         {
             "name": "simulated_impressions",

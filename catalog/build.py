@@ -88,7 +88,13 @@ class Catalog:
                 f"{root} is not a complete catalog folder: {MANIFEST} is missing. "
                 "Build it with `python -m jobs.build_catalog --out DIR`."
             )
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{manifest_path}: not valid JSON ({exc}). The catalog folder is corrupt; rebuild it with "
+                "`python -m jobs.build_catalog --out DIR`."
+            ) from exc
         tables = {
             name: read_table(root / f"{name}.parquet", schema) for name, schema in TABLE_SCHEMAS.items()
         }

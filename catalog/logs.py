@@ -8,12 +8,15 @@ atomically (temp name, then rename), so a reader never sees half a part.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
 
 from catalog.io import read_table, write_table
 from catalog.schemas import FEEDBACK_LOG
+
+_PART = re.compile(r"part-(\d+)\.parquet")
 
 
 class FeedbackLogWriter:
@@ -23,9 +26,10 @@ class FeedbackLogWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows = 0
-        self._next = max(
-            (int(p.stem.split("-")[1]) + 1 for p in self.folder.glob("part-*.parquet")), default=0
-        )
+        numbers = [
+            int(m.group(1)) for p in self.folder.glob("part-*.parquet") if (m := _PART.fullmatch(p.name))
+        ]
+        self._next = max(numbers, default=-1) + 1
 
     def append(self, events: pa.Table) -> Path:
         path = write_table(events, self.folder / f"part-{self._next:06d}.parquet", FEEDBACK_LOG)
@@ -41,7 +45,7 @@ def log_parts(folder: str | os.PathLike) -> list[Path]:
             f"feedback log folder {folder} does not exist. Point at a folder written by "
             "FeedbackLogWriter (the simulator or production logging)."
         )
-    return sorted(folder.glob("part-*.parquet"))
+    return sorted(p for p in folder.glob("part-*.parquet") if _PART.fullmatch(p.name))
 
 
 def read_feedback_log(folder: str | os.PathLike) -> pa.Table:

@@ -35,9 +35,9 @@ class DemoConfig(CatalogFields):
 
 def _worker_check(histories_path: str, k: int) -> dict:
     """Runs in a Ray worker: reads the histories table the driver wrote and counts history keys."""
-    from catalog.build import HISTORIES
     from catalog.histories import history_keys
     from catalog.io import read_table
+    from catalog.schemas import HISTORIES
 
     keys = history_keys(read_table(histories_path, HISTORIES), k)
     return {"rows": keys.num_rows, "distinct": len({tuple(x) for x in keys["history_key"].to_pylist()})}

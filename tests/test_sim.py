@@ -205,3 +205,18 @@ def test_models_never_import_the_simulator(package):
     assert "sim" not in found and "jobs" not in found, found
     if package == "catalog":
         assert not found & {"explore", "alignment", "ranking", "sim", "jobs", "bench"}
+
+
+def test_log_writer_ignores_foreign_files_and_corrupt_manifest_is_clear(tmp_path, ml_catalog):
+    from catalog.build import Catalog
+
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "part-notes.parquet").write_text("not ours")
+    writer = FeedbackLogWriter(tmp_path / "log")
+    imp = build_impressions(ml_catalog, RandomNovelCluster(ml_catalog.n_clusters), member_ids=[1], seed=0)
+    assert writer.append(MemberSimulator.for_catalog(ml_catalog).respond(imp)).name == "part-000000.parquet"
+    assert read_feedback_log(tmp_path / "log").num_rows == imp.num_rows
+    ml_catalog.save(tmp_path / "cat")
+    (tmp_path / "cat" / "manifest.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="manifest.json: not valid JSON"):
+        Catalog.load(tmp_path / "cat")

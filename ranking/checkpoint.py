@@ -1,0 +1,151 @@
+"""Self-describing ranker checkpoints: a folder of safetensors weights and JSON, loadable from the
+folder alone (no pickle), plus an export of the serving model with torch.export.
+
+<folder>/
+  config.json         format, RankerConfig, TrainConfig, bandit settings, the tasks
+  schema.json         the fitted FeatureSchema (vocabularies, imputation values, long-dwell tables)
+  model.safetensors   weights and buffers
+  fisher.safetensors  diagonal empirical Fisher (for the next incremental period), optional
+  bandit.safetensors  Bayesian last-layer posterior, optional
+  metrics.json        evaluation figures, optional
+  serving.pt2         torch.export program of the serving forward, optional
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ranking.bandit import BayesianLastLayer
+from ranking.config import RankerConfig
+from ranking.model import LiRankModel, build_model
+from ranking.schema import FeatureSchema
+
+FORMAT = "lirank-ranker/1"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model: LiRankModel,
+    schema: FeatureSchema,
+    config: RankerConfig,
+    *,
+    train_config: dict | None = None,
+    fisher: dict[str, torch.Tensor] | None = None,
+    bandit: BayesianLastLayer | None = None,
+    bandit_task: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_tensors(model.state_dict(), folder / "model.safetensors")
+    if fisher is not None:
+        _save_tensors(fisher, folder / "fisher.safetensors")
+    if bandit is not None:
+        _save_tensors(bandit.state_dict(), folder / "bandit.safetensors")
+    if metrics is not None:
+        _write_json(folder / "metrics.json", metrics)
+    _write_json(folder / "schema.json", schema.to_dict())
+    _write_json(
+        folder / "config.json",
+        {
+            "format": FORMAT,
+            "ranker": config.to_dict(),
+            "train": train_config or {},
+            "tasks": list(schema.tasks),
+            "bandit_task": bandit_task,
+        },
+    )
+    return folder
+
+
+def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfig, FeatureSchema]:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a ranker checkpoint: config.json is missing.")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        schema = FeatureSchema.from_dict(json.loads((folder / "schema.json").read_text()))
+    except (json.JSONDecodeError, FileNotFoundError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{folder}: corrupt or incomplete checkpoint ({exc}); retrain or restore it."
+        ) from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format {meta.get('format')!r}, this code reads {FORMAT!r}.")
+    return meta, RankerConfig.from_dict(meta["ranker"]), schema
+
+
+def load_model(
+    folder: str | os.PathLike, *, data_schema: FeatureSchema | None = None
+) -> tuple[LiRankModel, FeatureSchema, RankerConfig, dict]:
+    """Rebuild the model from the folder alone; refuse data whose schema has another structure."""
+    folder = Path(folder)
+    meta, config, schema = read_checkpoint_config(folder)
+    if data_schema is not None:
+        schema.check_compatible(data_schema, what=f"checkpoint {folder}")
+    model = build_model(schema, config)
+    state = load_file(str(folder / "model.safetensors"))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{folder}/model.safetensors does not match config.json: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}."
+        )
+    return model.eval(), schema, config, meta
+
+
+def load_fisher(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    path = Path(folder) / "fisher.safetensors"
+    return load_file(str(path)) if path.is_file() else None
+
+
+def load_bandit(folder: str | os.PathLike) -> BayesianLastLayer | None:
+    path = Path(folder) / "bandit.safetensors"
+    return BayesianLastLayer.from_state_dict(load_file(str(path))) if path.is_file() else None
+
+
+class ServingModule(torch.nn.Module):
+    """What serving runs: inputs -> (calibrated probabilities (B, T), last-layer inputs (B, T, H))."""
+
+    def __init__(self, model: LiRankModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse, dense, hist_items, hist_actions, hist_mask, calib):
+        out = self.model(sparse, dense, hist_items, hist_actions, hist_mask, calib)
+        return torch.sigmoid(out.logits), out.phi
+
+
+def export_serving(
+    model: LiRankModel, example_inputs: tuple[torch.Tensor, ...], path: str | os.PathLike
+) -> Path:
+    """torch.export the serving forward with a dynamic batch size and save it as a .pt2 program."""
+    module = ServingModule(model.eval())
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = tuple({0: batch} for _ in example_inputs)
+    program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic)
+    path = Path(path)
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_serving(path: str | os.PathLike):
+    """The exported serving program as a callable module."""
+    return torch.export.load(str(path)).module()

@@ -1,0 +1,143 @@
+"""Streaming example readers: parquet (or an in-memory table) -> featurized `Batch`es, prepared on a
+background thread while the model trains, and copied to the GPU ahead of use when there is one."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ranking.features import Batch, Featurizer
+
+_END = object()
+
+
+def _table_batches(
+    source: pa.Table | str | os.PathLike | list, batch_size: int, shuffle: bool, seed: int
+) -> Iterator[pa.Table]:
+    """Row batches from an in-memory table (shuffled when asked) or parquet files (streamed in file
+    order; with shuffle, each file's row groups are read whole and shuffled within a window)."""
+    if isinstance(source, pa.Table):
+        n = source.num_rows
+        idx = np.random.default_rng(seed).permutation(n) if shuffle else None
+        for s in range(0, n, batch_size):
+            yield source.take(idx[s : s + batch_size]) if shuffle else source.slice(s, batch_size)
+        return
+    paths = source if isinstance(source, list) else [source]
+    files = []
+    for p in paths:
+        p = Path(p)
+        files += sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no parquet files at {source}.")
+    rng = np.random.default_rng(seed)
+    for f in files:
+        pf = pq.ParquetFile(f)
+        if not shuffle:
+            for rb in pf.iter_batches(batch_size=batch_size):
+                yield pa.Table.from_batches([rb])
+            continue
+        for rg in rng.permutation(pf.num_row_groups):
+            t = pf.read_row_group(int(rg))
+            idx = rng.permutation(t.num_rows)
+            for s in range(0, t.num_rows, batch_size):
+                yield t.take(idx[s : s + batch_size])
+
+
+class ExampleStream:
+    """Iterates featurized batches with `prefetch` batches prepared ahead on a worker thread.
+
+    Args:
+        source: a pa.Table, a parquet file, a folder of parquet files, or a list of those.
+        featurizer: turns row batches into tensors.
+        batch_size: rows per batch.  shuffle: shuffle rows each epoch (seeded by `seed` + epoch).
+        device: where batches go; on CUDA they are pinned and copied on a side stream.
+        prefetch: batches kept ready ahead of the consumer.
+    """
+
+    def __init__(
+        self,
+        source,
+        featurizer: Featurizer,
+        *,
+        batch_size: int = 512,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        prefetch: int = 4,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1.")
+        self.source, self.featurizer = source, featurizer
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.device = torch.device(device)
+        self.prefetch = prefetch
+        self.epoch = 0
+
+    @property
+    def num_rows(self) -> int:
+        if isinstance(self.source, pa.Table):
+            return self.source.num_rows
+        paths = self.source if isinstance(self.source, list) else [self.source]
+        files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.parquet")) if p.is_dir() else [p])]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def __len__(self) -> int:
+        """Batches per epoch (exact for in-memory tables, an upper bound for shuffled parquet)."""
+        return -(-self.num_rows // self.batch_size)
+
+    def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for table in _table_batches(self.source, self.batch_size, self.shuffle, self.seed + self.epoch):
+                if stop.is_set():
+                    return
+                batch = self.featurizer(table)
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
+                q.put(batch)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+        finally:
+            q.put(_END)
+
+    def __iter__(self) -> Iterator[Batch]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(q, stop), daemon=True)
+        worker.start()
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        pending = None
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is _END:
+                    break
+                if cuda:
+                    with torch.cuda.stream(stream):
+                        moved = item.to(self.device, non_blocking=True)
+                    if pending is not None:
+                        yield pending
+                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    pending = moved
+                else:
+                    yield item
+            if pending is not None:
+                yield pending
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+            self.epoch += 1

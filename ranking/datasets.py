@@ -1,0 +1,291 @@
+"""Example tables for the ranker, built from catalog tables.
+
+- `movielens_ctr`: MovieLens-100K as a CTR task (like = rating >= 4) split by time, with member and
+  item features and the member's causal history (every earlier rating: item and rating as the action).
+- `feedback_examples`: the multi-task feedback logs that sim/ and production write (click, like,
+  share, skip, long dwell), joined with member and item features and the member's rating history.
+
+Each builder returns plain Arrow tables plus the (unfitted) FeatureSchema that reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog.schemas import FEEDBACK_LOG
+from ranking.labels import fit_long_dwell, long_dwell_labels, position_bucket
+from ranking.schema import DenseField, FeatureSchema, HistorySpec, LongDwellSpec, SparseField
+
+MOVIELENS = "movielens-ctr"
+FEEDBACK = "feedback-log"
+FEEDBACK_TASKS = ("click", "like", "share", "skip", "long_dwell")
+ACTIONS = 6  # history action = the rating 1..5; 0 pads
+
+
+@dataclass
+class Examples:
+    train: pa.Table
+    test: pa.Table
+    schema: FeatureSchema  # fitted on `train`
+
+
+def _activity(n_prev: np.ndarray) -> np.ndarray:
+    return np.array(["0", "1-9", "10-49", "50-199", "200+"])[
+        np.searchsorted([1, 10, 50, 200], n_prev, "right")
+    ]
+
+
+def _member_table(catalog) -> dict[int, np.ndarray]:
+    members = catalog.members
+    return {
+        "member_id": members["member_id"].to_numpy(),
+        "age": members["age"].to_numpy().astype(np.float32),
+        "gender": np.asarray(members["gender"].to_pylist(), dtype=object),
+        "occupation": np.asarray(members["occupation"].to_pylist(), dtype=object),
+    }
+
+
+def _item_table(catalog) -> dict[str, np.ndarray]:
+    items = catalog.items
+    genres = items["genres"].to_pylist()
+    return {
+        "item_id": items["item_id"].to_numpy(),
+        "cluster_id": items["cluster_id"].to_numpy(),
+        "year": np.where(items["year"].to_numpy() > 0, items["year"].to_numpy(), np.nan).astype(np.float32),
+        "genre": np.asarray([g[0] if g else "unknown" for g in genres], dtype=object),
+    }
+
+
+def _lookup(keys: np.ndarray, ids: np.ndarray, name: str) -> np.ndarray:
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys, ids, sorter=order).clip(0, len(keys) - 1)
+    rows = order[pos]
+    if not np.array_equal(keys[rows], ids):
+        bad = ids[keys[rows] != ids][0]
+        raise ValueError(
+            f"{name} {int(bad)} is not in the catalog; rebuild the examples with the catalog it came from."
+        )
+    return rows
+
+
+def _list_column(values: np.ndarray, offsets: np.ndarray, type_: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type_))
+
+
+def movielens_schema(history_length: int = 50, buckets: int = 1 << 16) -> FeatureSchema:
+    return FeatureSchema(
+        sparse=(
+            SparseField("member_id", "qr", buckets),
+            SparseField("item_id", "qr", buckets),
+            SparseField("cluster_id", "table"),
+            SparseField("genre", "table"),
+            SparseField("gender", "table"),
+            SparseField("occupation", "table"),
+            SparseField("activity", "table"),
+        ),
+        dense=(
+            DenseField("age"),
+            DenseField("year"),
+            DenseField("item_train_count", log1p=True),
+            DenseField("member_n_prev", log1p=True),
+            DenseField("member_like_rate_prev"),
+        ),
+        tasks=("like",),
+        history=HistorySpec("hist_items", "hist_actions", "item_id", ACTIONS, history_length),
+        calibration=("activity",),
+        dataset=MOVIELENS,
+    )
+
+
+def movielens_ctr(
+    catalog,
+    *,
+    test_fraction: float = 0.2,
+    history_length: int = 50,
+    history_cap: int = 100,
+    min_rating: float = 4.0,
+) -> Examples:
+    """Every rating in the catalog's interactions as one example, the last `test_fraction` by time held out.
+
+    History features are causal: a row sees only the member's earlier ratings (at most `history_cap`
+    are stored; the featurizer keeps the last `history_length`). Item counts come from the training
+    part only.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction}: must be in (0, 1).")
+    inter = catalog.interactions
+    m, it = inter["member_id"].to_numpy(), inter["item_id"].to_numpy()
+    r, ts = inter["rating"].to_numpy(), inter["timestamp"].to_numpy()
+    order = np.lexsort((it, ts, m))
+    m, it, r, ts = m[order], it[order], r[order], ts[order]
+    n = len(m)
+    like = (r >= min_rating).astype(np.float32)
+    first = np.r_[True, m[1:] != m[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    n_prev = np.arange(n) - start
+    cum = np.cumsum(like) - like
+    like_rate_prev = np.where(n_prev > 0, (cum - cum[start]) / np.maximum(n_prev, 1), np.nan)
+    lens = np.minimum(n_prev, history_cap)
+    offsets = np.r_[0, np.cumsum(lens)]
+    src = np.repeat(np.arange(n) - lens, lens) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lens))
+    # time split: rank rows by (timestamp, member, item)
+    rank = np.empty(n, np.int64)
+    rank[np.lexsort((it, m, ts))] = np.arange(n)
+    is_test = rank >= int(round(n * (1 - test_fraction)))
+
+    items, members = _item_table(catalog), _member_table(catalog)
+    irow = _lookup(items["item_id"], it, "item_id")
+    mrow = _lookup(members["member_id"], m, "member_id")
+    train_count = np.bincount(irow[~is_test], minlength=len(items["item_id"]))
+    table = pa.table(
+        {
+            "member_id": pa.array(m, pa.int64()),
+            "item_id": pa.array(it, pa.int64()),
+            "timestamp": pa.array(ts, pa.int64()),
+            "cluster_id": pa.array(items["cluster_id"][irow], pa.int32()),
+            "genre": pa.array(items["genre"][irow], pa.string()),
+            "gender": pa.array(members["gender"][mrow], pa.string()),
+            "occupation": pa.array(members["occupation"][mrow], pa.string()),
+            "activity": pa.array(_activity(n_prev), pa.string()),
+            "age": pa.array(members["age"][mrow], pa.float32()),
+            "year": pa.array(items["year"][irow], pa.float32()),
+            "item_train_count": pa.array(train_count[irow].astype(np.float32)),
+            "member_n_prev": pa.array(n_prev.astype(np.float32)),
+            "member_like_rate_prev": pa.array(like_rate_prev.astype(np.float32)),
+            "hist_items": _list_column(it[src], offsets, pa.int64()),
+            "hist_actions": _list_column(r[src].round().astype(np.int32), offsets, pa.int32()),
+            "like": pa.array(like, pa.float32()),
+        }
+    )
+    train = table.filter(pa.array(~is_test)).sort_by("timestamp")
+    test = table.filter(pa.array(is_test)).sort_by("timestamp")
+    return Examples(train, test, movielens_schema(history_length).fit(train))
+
+
+def popularity_scores(
+    train: pa.Table, test: pa.Table, label: str = "like", prior: float = 10.0
+) -> np.ndarray:
+    """The popularity baseline: each test item's smoothed like rate in the training part."""
+    tr_item, y = train["item_id"].to_numpy(), train[label].to_numpy().astype(np.float64)
+    mean = y.mean()
+    uniq, inv = np.unique(tr_item, return_inverse=True)
+    rate = (np.bincount(inv, y) + prior * mean) / (np.bincount(inv) + prior)
+    pos = np.searchsorted(uniq, test["item_id"].to_numpy()).clip(0, len(uniq) - 1)
+    seen = uniq[pos] == test["item_id"].to_numpy()
+    return np.where(seen, rate[pos], mean)
+
+
+def feedback_schema(
+    history_length: int = 50, buckets: int = 1 << 16, percentile: float = 75.0
+) -> FeatureSchema:
+    return FeatureSchema(
+        sparse=(
+            SparseField("member_id", "qr", buckets),
+            SparseField("item_id", "qr", buckets),
+            SparseField("cluster_id", "table"),
+            SparseField("genre", "table"),
+            SparseField("gender", "table"),
+            SparseField("occupation", "table"),
+            SparseField("source", "table"),
+            SparseField("content_type", "table"),
+            SparseField("position_bucket", "table"),
+        ),
+        dense=(
+            DenseField("position"),
+            DenseField("age"),
+            DenseField("year"),
+            DenseField("item_n_ratings", log1p=True),
+        ),
+        tasks=FEEDBACK_TASKS,
+        history=HistorySpec("hist_items", "hist_actions", "item_id", ACTIONS, history_length),
+        calibration=("position_bucket", "content_type"),
+        long_dwell=LongDwellSpec("dwell_s", ("position_bucket", "content_type"), percentile),
+        dataset=FEEDBACK,
+    )
+
+
+def feedback_features(log: pa.Table, catalog, history_cap: int = 100) -> pa.Table:
+    """Join feedback-log rows with member and item features and each member's rating history."""
+    missing = [c for c in FEEDBACK_LOG.names if c not in log.schema.names]
+    if missing:
+        raise ValueError(
+            f"feedback log is missing column(s) {missing}; it must follow catalog.schemas.FEEDBACK_LOG."
+        )
+    items, members = _item_table(catalog), _member_table(catalog)
+    irow = _lookup(items["item_id"], log["item_id"].to_numpy(), "item_id")
+    mrow = _lookup(members["member_id"], log["member_id"].to_numpy(), "member_id")
+    n_ratings = catalog.items["n_ratings"].to_numpy().astype(np.float32)
+    # each member's last `history_cap` catalog ratings, in time order
+    inter = catalog.interactions
+    hm, hi = inter["member_id"].to_numpy(), inter["item_id"].to_numpy()
+    order = np.lexsort((hi, inter["timestamp"].to_numpy(), hm))
+    hm, hi, hr = hm[order], hi[order], inter["rating"].to_numpy()[order]
+    uniq, first, counts = np.unique(hm, return_index=True, return_counts=True)
+    lens = np.minimum(counts, history_cap)
+    per_member_offsets = np.r_[0, np.cumsum(lens)]
+    src = np.repeat(first + counts - lens, lens) + (
+        np.arange(per_member_offsets[-1]) - np.repeat(per_member_offsets[:-1], lens)
+    )
+    hist_items = _list_column(hi[src], per_member_offsets, pa.int64())
+    hist_actions = _list_column(hr[src].round().astype(np.int32), per_member_offsets, pa.int32())
+    log_m = log["member_id"].to_numpy()
+    pos = np.searchsorted(uniq, log_m).clip(0, max(len(uniq) - 1, 0))
+    has = (uniq[pos] == log_m) if len(uniq) else np.zeros(len(log_m), bool)
+    take = pa.array(np.where(has, pos, -1)).cast(pa.int64())
+    take = pc.if_else(pc.equal(take, -1), pa.scalar(None, pa.int64()), take)
+    position = log["position"].to_numpy()
+    cols = {
+        name: log[name]
+        for name in (
+            "request_id",
+            "member_id",
+            "timestamp",
+            "item_id",
+            "cluster_id",
+            "source",
+            "content_type",
+        )
+    }
+    cols.update(
+        position=pc.cast(log["position"], pa.float32()),
+        position_bucket=pa.array(position_bucket(position), pa.string()),
+        genre=pa.array(items["genre"][irow], pa.string()),
+        gender=pa.array(members["gender"][mrow], pa.string()),
+        occupation=pa.array(members["occupation"][mrow], pa.string()),
+        age=pa.array(members["age"][mrow], pa.float32()),
+        year=pa.array(items["year"][irow], pa.float32()),
+        item_n_ratings=pa.array(n_ratings[irow]),
+        hist_items=hist_items.take(take),
+        hist_actions=hist_actions.take(take),
+    )
+    for t in ("click", "like", "share", "skip", "dwell_s"):
+        cols[t] = log[t]
+    return pa.table(cols)
+
+
+def feedback_examples(
+    log: pa.Table, catalog, *, test_fraction: float = 0.2, history_length: int = 50, percentile: float = 75.0
+) -> Examples:
+    """Multi-task examples from feedback logs, split by impression time; long-dwell thresholds and
+    vocabularies are fitted on the training part."""
+    table = feedback_features(log, catalog).sort_by([("timestamp", "ascending"), ("request_id", "ascending")])
+    cut = int(round(table.num_rows * (1 - test_fraction)))
+    train, test = table.slice(0, cut), table.slice(cut)
+    schema = feedback_schema(history_length, percentile=percentile)
+    spec = fit_long_dwell(train, schema.long_dwell)
+    from dataclasses import replace
+
+    schema = replace(schema, long_dwell=spec)
+    train, test = (with_long_dwell(t, spec) for t in (train, test))
+    return Examples(train, test, schema.fit(train))
+
+
+def with_long_dwell(table: pa.Table, spec: LongDwellSpec) -> pa.Table:
+    labels = pa.array(long_dwell_labels(table, spec).astype(np.float32))
+    if "long_dwell" in table.schema.names:
+        return table.set_column(table.schema.get_field_index("long_dwell"), "long_dwell", labels)
+    return table.append_column("long_dwell", labels)

@@ -1,0 +1,170 @@
+"""Arrow tables to model tensors, with a documented policy for every kind of bad input.
+
+| input | policy |
+| --- | --- |
+| missing column | ValueError naming the missing and the present columns |
+| dense NaN, inf or null | replaced by the field's training mean; counted in `stats['imputed']` |
+| unknown value of a 'table' field (or null) | row 0, the shared unknown row; counted in `stats['unknown']` |
+| any id of a 'qr' field | hashed, so never unknown; a null id hashes like the empty string |
+| history longer than L | the most recent L actions kept; counted in `stats['truncated']` |
+| empty or null history | an all-padding row; TransAct reads it as one empty token |
+| action code outside 1..n_actions-1 | ValueError naming the column and the value |
+| label null or NaN | ValueError naming the column (labels are never imputed) |
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ranking.hashing import field_seed, hash_ids
+from ranking.schema import FeatureSchema
+
+
+@dataclass
+class Batch:
+    """Model inputs for B examples (L is the history length, 0 without a history)."""
+
+    sparse: torch.Tensor  # (B, F_s) int64: hashed ids ('qr') or vocabulary rows ('table')
+    dense: torch.Tensor  # (B, F_d) float32
+    hist_items: torch.Tensor  # (B, L) int64 hashed item ids, right-aligned
+    hist_actions: torch.Tensor  # (B, L) int64 action codes, 0 = padding
+    hist_mask: torch.Tensor  # (B, L) bool, True = a real action
+    calib: torch.Tensor  # (B, F_c) int64 calibration feature rows
+    labels: torch.Tensor | None = None  # (B, T) float32
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.sparse, self.dense, self.hist_items, self.hist_actions, self.hist_mask, self.calib
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(**{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> Batch:
+        return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
+
+
+def _move(t, device, non_blocking):
+    return None if t is None else t.to(device, non_blocking=non_blocking)
+
+
+def _pin(t):
+    return None if t is None else t.pin_memory()
+
+
+def _require(table: pa.Table | pa.RecordBatch, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in table.schema.names]
+    if missing:
+        raise ValueError(
+            f"batch is missing column(s) {missing}; it has {table.schema.names}. Build the examples with "
+            "the dataset builder the model was trained with (ranking.datasets)."
+        )
+
+
+def _float_column(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+        raise ValueError(f"column {name!r} has type {col.type}; a numeric column is needed.")
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+
+
+class Featurizer:
+    """Turns tables that carry a schema's columns into `Batch`es; keeps counts of what it repaired."""
+
+    def __init__(self, schema: FeatureSchema, *, with_labels: bool = True, history: bool = True):
+        self.schema = schema
+        self.with_labels = with_labels
+        self.use_history = history and schema.history is not None
+        self.stats: Counter = Counter()
+        self._seeds = {f.name: field_seed(f.name) for f in schema.sparse}
+        self._vocab = {f.name: pa.array(f.vocab, pa.string()) for f in schema.sparse if f.kind == "table"}
+
+    def sparse_ids(self, name: str, col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        f = self.schema.field(name)
+        if f.kind == "qr":
+            if pa.types.is_integer(col.type):
+                vals = pc.fill_null(col, -1).to_numpy(zero_copy_only=False)
+            else:
+                vals = pc.cast(col, pa.string()).to_pylist()
+            return hash_ids(vals, self._seeds[name])
+        idx = pc.index_in(pc.cast(col, pa.string()), value_set=self._vocab[name])
+        self.stats["unknown"] += idx.null_count
+        return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+    def history(self, table: pa.Table | pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        spec = self.schema.history
+        L = spec.length
+        out = []
+        for name in (spec.items, spec.actions):
+            col = table[name]
+            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+                raise ValueError(f"column {name!r} has type {col.type}; a list of ids is needed.")
+            col = pc.fill_null(col, pa.scalar([], col.type)) if col.null_count else col
+            offsets = col.offsets.to_numpy().astype(np.int64)
+            values = col.flatten().to_numpy(zero_copy_only=False)
+            out.append((offsets, values))
+        (offsets, items), (offsets_a, actions) = out
+        if not np.array_equal(offsets, offsets_a):
+            raise ValueError(f"columns {spec.items!r} and {spec.actions!r} differ in length on some rows.")
+        lengths = np.diff(offsets)
+        self.stats["truncated"] += int((lengths > L).sum())
+        idx = offsets[1:, None] - L + np.arange(L)[None, :]  # (B, L), right-aligned source positions
+        valid = idx >= (offsets[1:] - np.minimum(lengths, L))[:, None]
+        safe = np.where(valid, idx, 0)
+        if len(items) == 0:
+            return np.zeros((n, L), np.int64), np.zeros((n, L), np.int64), np.zeros((n, L), bool)
+        bad = (actions < 1) | (actions >= spec.n_actions)
+        if bad.any():
+            raise ValueError(
+                f"column {spec.actions!r} holds action code {int(actions[bad][0])}; codes must be in "
+                f"1..{spec.n_actions - 1} (0 is padding)."
+            )
+        hashed = hash_ids(items, self._seeds[spec.item_field])
+        return np.where(valid, hashed[safe], 0), np.where(valid, actions[safe], 0).astype(np.int64), valid
+
+    def __call__(self, table: pa.Table | pa.RecordBatch) -> Batch:
+        s = self.schema
+        need = [f.name for f in s.sparse] + [f.name for f in s.dense]
+        if self.use_history:
+            need += [s.history.items, s.history.actions]
+        _require(table, need + (list(s.tasks) if self.with_labels else []))
+        n = table.num_rows
+        sparse = np.stack([self.sparse_ids(f.name, table[f.name]) for f in s.sparse], axis=1)
+        dense = np.empty((n, len(s.dense)), np.float32)
+        for j, f in enumerate(s.dense):
+            x = _float_column(table[f.name], f.name)
+            if f.log1p:
+                x = np.log1p(np.maximum(x, 0))
+            bad = ~np.isfinite(x)
+            self.stats["imputed"] += int(bad.sum())
+            dense[:, j] = np.where(bad, f.fill, x)
+        names = [f.name for f in s.sparse]
+        calib = sparse[:, [names.index(c) for c in s.calibration]]
+        if self.use_history:
+            hi, ha, hm = self.history(table, n)
+        else:
+            hi = ha = np.zeros((n, 0), np.int64)
+            hm = np.zeros((n, 0), bool)
+        labels = None
+        if self.with_labels:
+            labels = np.stack([_float_column(table[t], t) for t in s.tasks], axis=1).astype(np.float32)
+            if not np.isfinite(labels).all():
+                t = s.tasks[int(np.nonzero(~np.isfinite(labels).all(axis=0))[0][0])]
+                raise ValueError(f"label column {t!r} has null or NaN values; drop or fix those rows first.")
+        self.stats["rows"] += n
+        return Batch(
+            sparse=torch.from_numpy(sparse),
+            dense=torch.from_numpy(dense),
+            hist_items=torch.from_numpy(np.ascontiguousarray(hi)),
+            hist_actions=torch.from_numpy(np.ascontiguousarray(ha)),
+            hist_mask=torch.from_numpy(np.ascontiguousarray(hm)),
+            calib=torch.from_numpy(np.ascontiguousarray(calib)),
+            labels=None if labels is None else torch.from_numpy(labels),
+        )

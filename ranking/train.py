@@ -1,0 +1,255 @@
+"""The LiRank training recipe: Adam on dense parameters, Adagrad on id embeddings, learning-rate
+warm-up over a fraction of the steps, gradient clipping, and incremental training with a
+Fisher-weighted prior toward the cold-start and the previous model."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ranking.data import ExampleStream
+from ranking.model import LiRankModel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2  # passes over the training examples
+    batch_size: int = 512  # examples per step
+    lr: float = 2e-3  # Adam learning rate, dense parameters
+    sparse_lr: float = 0.05  # Adagrad learning rate, id embedding tables
+    warmup_fraction: float = 0.5  # linear warm-up over this share of all steps (paper: 50%)
+    clip_norm: float = 1.0  # global gradient-norm clip; 0 turns it off
+    task_weights: tuple[float, ...] = ()  # loss weight per task; () weighs every task 1
+    forgetting_factor: float = 0.0  # lambda_f: strength of the incremental-training prior (0 = off)
+    cold_weight: float = 0.5  # alpha: share of the cold-start model w0 in the prior and the initialisation
+    fisher_batches: int = 32  # batches used to estimate the diagonal empirical Fisher after training
+    seed: int = 0
+
+    def __post_init__(self):
+        def bad(name, fix):
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {fix}")
+
+        for name in ("epochs", "batch_size", "fisher_batches"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1.")
+        for name in ("lr", "sparse_lr"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0.")
+        if not 0 <= self.warmup_fraction <= 1:
+            bad("warmup_fraction", "must be in [0, 1].")
+        if not 0 <= self.cold_weight <= 1:
+            bad("cold_weight", "must be in [0, 1].")
+        if self.forgetting_factor < 0 or self.clip_norm < 0:
+            bad("forgetting_factor" if self.forgetting_factor < 0 else "clip_norm", "must be >= 0.")
+        object.__setattr__(self, "task_weights", tuple(self.task_weights))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise ValueError(
+                f"TrainConfig: unknown field(s) {sorted(set(d) - known)}; known: {sorted(known)}."
+            )
+        return cls(**d)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but torch sees no CUDA device; use 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+class IncrementalPrior:
+    """The incremental-training prior of LiRank section 3.9.
+
+    w_init = alpha w0 + (1 - alpha) w_prev
+    penalty(w) = lambda_f / 2 * sum_i [alpha H0_i (w_i - w0_i)^2 + (1 - alpha) Hprev_i (w_i - wprev_i)^2]
+
+    H0, Hprev: diagonal empirical Fisher of the cold-start and previous models (`empirical_fisher`).
+    Parameters absent from a state (e.g. a new table) get no prior.
+    """
+
+    def __init__(
+        self, w0: dict, h0: dict, w_prev: dict, h_prev: dict, alpha: float, forgetting_factor: float
+    ):
+        self.w0, self.h0, self.w_prev, self.h_prev = w0, h0, w_prev, h_prev
+        self.alpha, self.lam = alpha, forgetting_factor
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        return {k: self.alpha * self.w0[k] + (1 - self.alpha) * self.w_prev[k] for k in self.w_prev}
+
+    def to(self, device: torch.device) -> IncrementalPrior:
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return IncrementalPrior(
+            move(self.w0), move(self.h0), move(self.w_prev), move(self.h_prev), self.alpha, self.lam
+        )
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        total = None
+        for name, w in model.named_parameters():
+            if name not in self.h_prev:
+                continue
+            term = (
+                self.alpha * (self.h0[name] * (w - self.w0[name]) ** 2).sum()
+                + (1 - self.alpha) * (self.h_prev[name] * (w - self.w_prev[name]) ** 2).sum()
+            )
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return 0.5 * self.lam * total
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean binary cross-entropy per task, weighted and summed over tasks. logits, labels (B, T)."""
+    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)  # (T,)
+    return (per_task * weights).sum() if weights is not None else per_task.sum()
+
+
+def empirical_fisher(model: LiRankModel, stream: ExampleStream, n_batches: int, device: torch.device) -> dict:
+    """Diagonal empirical Fisher, E[g_i^2] per parameter, estimated as B * mean over batches of the squared
+    mean-loss gradient (equal to E[g_i^2] when per-example gradients are uncorrelated around zero mean,
+    as near a trained optimum)."""
+    model.eval()  # batch norm uses its running statistics
+    acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    seen = 0
+    for batch in stream:
+        batch = batch.to(device)
+        model.zero_grad(set_to_none=True)
+        out = model.run(batch)
+        task_loss(out.logits, batch.labels, None).backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                acc[n] += p.grad.detach() ** 2 * len(batch)
+        seen += 1
+        if seen >= n_batches:
+            break
+    model.zero_grad(set_to_none=True)
+    return {n: (v / max(seen, 1)).cpu() for n, v in acc.items()}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    examples: int
+    seconds: float
+    final_loss: float
+    losses: list[float]
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+class Trainer:
+    """Trains a LiRankModel on an ExampleStream with the paper's recipe.
+
+    Args:
+        model: the ranker (moved to `device`).  config: TrainConfig.
+        prior: an IncrementalPrior for incremental training, else None.
+    """
+
+    def __init__(
+        self,
+        model: LiRankModel,
+        config: TrainConfig,
+        device: torch.device,
+        prior: IncrementalPrior | None = None,
+    ):
+        self.model = model.to(device)
+        self.config, self.device = config, device
+        self.prior = prior.to(device) if prior is not None else None
+        if prior is not None:
+            missing = model.load_state_dict({**model.state_dict(), **prior.initial_state()}, strict=True)
+            del missing
+        sparse_ids = {id(t.weight) for t in model.embedding_tables()}
+        sparse = [p for p in model.parameters() if id(p) in sparse_ids]
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        self.dense_opt = torch.optim.Adam(dense, lr=config.lr)
+        self.sparse_opt = torch.optim.Adagrad(sparse, lr=config.sparse_lr)
+        self.step_count = 0
+
+    def _weights(self, n_tasks: int) -> torch.Tensor | None:
+        tw = self.config.task_weights
+        if not tw:
+            return None
+        if len(tw) != n_tasks:
+            raise ValueError(f"TrainConfig.task_weights has {len(tw)} values for {n_tasks} tasks.")
+        return torch.tensor(tw, dtype=torch.float32, device=self.device)
+
+    def fit(self, stream: ExampleStream, progress=None) -> TrainResult:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        total = cfg.epochs * len(stream)
+        warmup = max(1, math.ceil(cfg.warmup_fraction * total))
+        scale = lambda step: min(1.0, (step + 1) / warmup)  # noqa: E731
+        dense_sched = torch.optim.lr_scheduler.LambdaLR(self.dense_opt, scale)
+        sparse_sched = torch.optim.lr_scheduler.LambdaLR(self.sparse_opt, scale)
+        self.model.train()
+        losses, examples, t0 = [], 0, time.perf_counter()
+        weights = None
+        for _ in range(cfg.epochs):
+            for batch in stream:
+                batch = batch.to(self.device)
+                if weights is None:
+                    weights = self._weights(batch.labels.shape[1])
+                out = self.model.run(batch)
+                loss = task_loss(out.logits, batch.labels, weights)
+                if self.prior is not None and self.prior.lam > 0:
+                    loss = loss + self.prior.penalty(self.model)
+                self.dense_opt.zero_grad(set_to_none=True)
+                self.sparse_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_norm:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                self.dense_opt.step()
+                self.sparse_opt.step()
+                dense_sched.step()
+                sparse_sched.step()
+                self.step_count += 1
+                examples += len(batch)
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(len(batch), losses[-1])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        tail = losses[-max(1, len(losses) // 10) :]
+        return TrainResult(
+            self.step_count, examples, seconds, float(np.mean(tail)) if tail else float("nan"), losses
+        )
+
+
+@torch.no_grad()
+def predict(
+    model: LiRankModel, stream: ExampleStream, device: torch.device, *, keep_phi: bool = False
+) -> dict:
+    """Calibrated probabilities (N, T), raw-logit probabilities, labels when present, optionally phi."""
+    model.eval()
+    probs, raw, labels, phis = [], [], [], []
+    for batch in stream:
+        batch = batch.to(device)
+        out = model.run(batch)
+        probs.append(torch.sigmoid(out.logits).cpu())
+        raw.append(torch.sigmoid(out.raw_logits).cpu())
+        if batch.labels is not None:
+            labels.append(batch.labels.cpu())
+        if keep_phi:
+            phis.append(out.phi.cpu())
+    result = {"probs": torch.cat(probs).numpy(), "raw_probs": torch.cat(raw).numpy()}
+    if labels:
+        result["labels"] = torch.cat(labels).numpy()
+    if keep_phi:
+        result["phi"] = torch.cat(phis).numpy()
+    return result

@@ -19,6 +19,18 @@ from ranking.features import Batch, Featurizer
 _END = object()
 
 
+def parquet_files(source) -> list[Path]:
+    """A parquet file, a folder of them, or a list of those -> the files, in order."""
+    files = []
+    for p in map(Path, source if isinstance(source, list) else [source]):
+        if not p.exists():
+            raise FileNotFoundError(f"no parquet files at {p}: no such file or folder.")
+        files += sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no parquet files at {source}: the folder has no *.parquet.")
+    return files
+
+
 def _table_batches(
     source: pa.Table | str | os.PathLike | list, batch_size: int, shuffle: bool, seed: int
 ) -> Iterator[pa.Table]:
@@ -30,13 +42,7 @@ def _table_batches(
         for s in range(0, n, batch_size):
             yield source.take(idx[s : s + batch_size]) if shuffle else source.slice(s, batch_size)
         return
-    paths = source if isinstance(source, list) else [source]
-    files = []
-    for p in paths:
-        p = Path(p)
-        files += sorted(p.glob("*.parquet")) if p.is_dir() else [p]
-    if not files:
-        raise FileNotFoundError(f"no parquet files at {source}.")
+    files = parquet_files(source)
     rng = np.random.default_rng(seed)
     for f in files:
         pf = pq.ParquetFile(f)
@@ -85,9 +91,7 @@ class ExampleStream:
     def num_rows(self) -> int:
         if isinstance(self.source, pa.Table):
             return self.source.num_rows
-        paths = self.source if isinstance(self.source, list) else [self.source]
-        files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.parquet")) if p.is_dir() else [p])]
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(self.source))
 
     def __len__(self) -> int:
         """Batches per epoch (exact for in-memory tables, an upper bound for shuffled parquet)."""

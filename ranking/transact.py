@@ -79,10 +79,9 @@ class TransAct(nn.Module):
         self, items: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, candidate: torch.Tensor
     ) -> torch.Tensor:
         B, L, _ = items.shape
-        empty = ~mask.any(dim=1)  # (B,)
+        keep = mask.unsqueeze(-1).to(items.dtype)  # (B, L, 1): real actions keep their content
         mask = mask.clone()
-        mask[:, -1] |= empty
-        keep = mask.unsqueeze(-1).to(items.dtype)  # (B, L, 1)
+        mask[:, -1] |= ~mask.any(dim=1)  # an empty history attends to one empty token
         hist = torch.cat([items, self.action(actions)], dim=-1) * keep  # (B, L, D + D_a)
         x = torch.cat([hist, candidate.unsqueeze(1).expand(B, L, -1)], dim=-1)  # (B, L, E)
         for layer in self.encoder:

@@ -1,0 +1,263 @@
+"""Train the LiRank ranker on MovieLens-100K (CTR: like = rating >= 4) or on feedback logs (click, like,
+share, skip, long dwell), evaluate it on the later part by time, and write a self-describing checkpoint.
+
+    python -m jobs.train_ranker --out runs/ranker                      # MovieLens CTR, default preset
+    python -m jobs.train_ranker --dataset feedback --logs runs/<demo>/logs/round0/random --out runs/r2
+    python -m jobs.train_ranker --warm-start runs/ranker --out runs/ranker-p2    # incremental period
+
+Outputs in --out: the checkpoint (config.json, schema.json, model.safetensors, fisher.safetensors,
+bandit.safetensors), metrics.json, reliability.png, serving.pt2 (torch.export), examples/*.parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.common import merge_config, run_main
+
+
+class TrainJobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str = "runs/ranker"
+    dataset: str = Field("movielens", pattern="^(movielens|feedback)$")
+    catalog: str | None = None  # catalog folder; default: build MovieLens-100K in memory
+    logs: list[str] = []  # feedback-log folders (dataset=feedback)
+    preset: str = Field("default", pattern="^(tiny|default|paper)$")
+    ranker: dict = {}  # RankerConfig fields overriding the preset
+    train: dict = {}  # TrainConfig fields
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    history_length: int = Field(50, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
+    warm_start: str | None = None  # previous period's checkpoint: incremental training
+    cold_start: str | None = None  # the cold-start model w0 (default: the warm start's own cold start)
+    forgetting_factor: float | None = Field(None, ge=0)
+    cold_weight: float | None = Field(None, ge=0, le=1)
+    bandit_prior_precision: float = Field(1.0, gt=0)
+    bandit_noise: float = Field(0.5, gt=0)
+    device: str = "auto"
+    export: bool = True
+    seed: int = 0
+
+
+FLAGS = [
+    "out", "dataset", "catalog", "logs", "preset", "epochs", "batch_size", "history_length", "test_fraction",
+    "warm_start", "cold_start", "forgetting_factor", "cold_weight", "device", "seed",
+]  # fmt: skip
+
+
+def load_examples(cfg, catalog):
+    from catalog.logs import read_feedback_log
+    from ranking.datasets import feedback_examples, movielens_ctr
+
+    if cfg.dataset == "movielens":
+        return movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
+    if not cfg.logs:
+        raise ValueError(
+            "--dataset feedback needs --logs DIR (a feedback-log folder, e.g. from `make demo`)."
+        )
+    import pyarrow as pa
+
+    log = pa.concat_tables([read_feedback_log(d) for d in cfg.logs])
+    return feedback_examples(
+        log,
+        catalog,
+        test_fraction=cfg.test_fraction,
+        history_length=cfg.history_length,
+        percentile=cfg.long_dwell_percentile,
+    )
+
+
+def baseline_metrics(examples) -> dict:
+    """The popularity baseline per task: each item's smoothed rate in the training part."""
+    from ranking.datasets import popularity_scores
+    from ranking.metrics import task_metrics
+
+    out = {}
+    for task in examples.schema.tasks:
+        p = popularity_scores(examples.train, examples.test, label=task)
+        out[task] = task_metrics(examples.test[task].to_numpy(), p)
+    return out
+
+
+def incremental_prior(cfg, tcfg, data_schema):
+    """Previous and cold-start checkpoints -> (IncrementalPrior, the previous schema and RankerConfig,
+    cold-start path). The new period keeps the previous model's architecture and vocabularies."""
+    from ranking.checkpoint import load_fisher, load_model
+    from ranking.train import IncrementalPrior
+
+    prev_model, prev_schema, prev_config, prev_meta = load_model(cfg.warm_start, data_schema=data_schema)
+    cold_path = cfg.cold_start or prev_meta.get("train", {}).get("cold_start") or cfg.warm_start
+    cold_model, _, _, _ = load_model(cold_path, data_schema=data_schema)
+    h_prev, h0 = load_fisher(cfg.warm_start), load_fisher(cold_path)
+    if h_prev is None or h0 is None:
+        raise ValueError(
+            f"incremental training needs fisher.safetensors in {cfg.warm_start} and {cold_path}; "
+            "retrain those with this job (it writes the Fisher)."
+        )
+    prior = IncrementalPrior(
+        {k: v.float() for k, v in cold_model.state_dict().items()},
+        h0,
+        {k: v.float() for k, v in prev_model.state_dict().items()},
+        h_prev,
+        tcfg.cold_weight,
+        tcfg.forgetting_factor,
+    )
+    return prior, prev_schema, prev_config, str(Path(cold_path).resolve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="checkpoint folder (default runs/ranker)")
+    p.add_argument("--config", help="TOML or JSON file with the fields of TrainJobConfig")
+    p.add_argument("--dataset", help="'movielens' (CTR on ratings, default) or 'feedback' (multi-task logs)")
+    p.add_argument("--catalog", help="catalog folder (default: build MovieLens-100K in memory)")
+    p.add_argument("--logs", nargs="+", help="feedback-log folders for --dataset feedback")
+    p.add_argument("--preset", help="model size: tiny, default or paper (4 x 3500 MLP)")
+    p.add_argument("--epochs", type=int, help="passes over the training part (default 2)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per step (default 512)")
+    p.add_argument(
+        "--history-length", dest="history_length", type=int, help="L, TransAct history (default 50)"
+    )
+    p.add_argument("--test-fraction", dest="test_fraction", type=float, help="latest share held out (0.2)")
+    p.add_argument("--warm-start", dest="warm_start", help="previous checkpoint: train incrementally from it")
+    p.add_argument("--cold-start", dest="cold_start", help="cold-start checkpoint w0 for the prior")
+    p.add_argument("--forgetting-factor", dest="forgetting_factor", type=float, help="lambda_f (default 0)")
+    p.add_argument("--cold-weight", dest="cold_weight", type=float, help="alpha (default 0.5)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--seed", type=int)
+    args = p.parse_args(argv)
+    run_main(lambda: train(merge_config(TrainJobConfig, args, FLAGS)))
+
+
+def train(cfg: TrainJobConfig) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from catalog.build import Catalog, build_movielens_catalog
+    from catalog.io import write_table
+    from ranking.checkpoint import export_serving, load_serving
+    from ranking.config import PRESETS, RankerConfig
+    from ranking.experiment import evaluate, train_and_evaluate
+    from ranking.features import Featurizer
+    from ranking.metrics import reliability_diagram
+    from ranking.model import count_flops
+    from ranking.quantization import embedding_bytes, quantize_embeddings
+    from ranking.ranker import Ranker
+    from ranking.data import ExampleStream
+    from ranking.train import TrainConfig, empirical_fisher, pick_device
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    config = RankerConfig.from_dict({**PRESETS[cfg.preset]().to_dict(), **cfg.ranker})
+    overrides = {
+        k: getattr(cfg, k) for k in ("epochs", "batch_size", "forgetting_factor", "cold_weight", "seed")
+    }
+    tcfg = TrainConfig.from_dict({**cfg.train, **{k: v for k, v in overrides.items() if v is not None}})
+
+    catalog = Catalog.load(cfg.catalog) if cfg.catalog else build_movielens_catalog()
+    examples = load_examples(cfg, catalog)
+    # the streaming reader trains from parquet, as it would from shared storage at scale
+    paths = {}
+    for part in ("train", "test"):
+        table = getattr(examples, part)
+        paths[part] = write_table(table, out / "examples" / f"{part}.parquet", table.schema)
+    print(
+        f"examples: {examples.train.num_rows} train, {examples.test.num_rows} test ({cfg.dataset}), "
+        f"tasks {list(examples.schema.tasks)}, device {device}"
+    )
+
+    prior, schema, cold_start = None, None, None
+    if cfg.warm_start:
+        prior, schema, config, cold_start = incremental_prior(cfg, tcfg, examples.schema)
+        print(
+            f"incremental: warm start {cfg.warm_start}, cold start {cold_start}, lambda_f {tcfg.forgetting_factor}"
+        )
+    train_cfg_dict = {**tcfg.to_dict(), "cold_start": cold_start or str(out.resolve())}
+
+    total = tcfg.epochs * examples.train.num_rows
+    with tqdm(total=total, unit="ex", desc="train", mininterval=2.0, disable=None) as bar:
+        run = train_and_evaluate(
+            examples,
+            config,
+            tcfg,
+            device,
+            train_source=paths["train"],
+            test_source=paths["test"],
+            prior=prior,
+            schema=schema,
+            progress=lambda n, loss: (bar.update(n), bar.set_postfix(loss=f"{loss:.4f}", refresh=False)),
+        )
+    model, schema = run.model, run.schema
+    featurizer = Featurizer(schema, history=config.history)
+    fisher = empirical_fisher(
+        model,
+        ExampleStream(paths["train"], featurizer, batch_size=tcfg.batch_size),
+        tcfg.fisher_batches,
+        device,
+    )
+    ranker = Ranker(model, schema, config, device=str(device))
+    ranker.update_bandit(paths["train"], prior_precision=cfg.bandit_prior_precision, noise=cfg.bandit_noise)
+
+    baseline = baseline_metrics(examples)
+    qmodel = quantize_embeddings(model.cpu())
+    q_metrics, _ = evaluate(qmodel, schema, config, paths["test"], torch.device("cpu"))
+    model.to(device)
+    sample = featurizer(examples.test.slice(0, 256))
+    flops = count_flops(model.cpu(), sample)
+    model.to(device)
+    metrics = {
+        "dataset": cfg.dataset,
+        "tasks": run.metrics,
+        "popularity_baseline": baseline,
+        "quantized_int8": q_metrics,
+        "embedding_bytes": {"float32": embedding_bytes(model), "int8": embedding_bytes(qmodel)},
+        "train": {
+            "examples": run.train.examples,
+            "seconds": round(run.train.seconds, 2),
+            "examples_per_s": round(run.train.examples_per_s, 1),
+            "final_loss": run.train.final_loss,
+            "device": str(device),
+        },
+        "flops_per_example": flops,
+        "params": sum(p.numel() for p in model.parameters()),
+        "featurizer": dict(featurizer.stats),
+    }
+    ranker.save(out, train_config=train_cfg_dict, fisher=fisher, metrics=metrics)
+    png = reliability_diagram(
+        {
+            t: (run.predictions["labels"][:, i], run.predictions["probs"][:, i])
+            for i, t in enumerate(schema.tasks)
+        },
+        out / "reliability.png",
+    )
+    if cfg.export:
+        pt2 = export_serving(model.cpu(), sample.inputs(), out / "serving.pt2")
+        load_serving(pt2)(*sample.inputs())  # the export must load and run
+
+    print(
+        f"trained {run.train.examples} examples in {run.train.seconds:.1f}s ({run.train.examples_per_s:,.0f} ex/s)"
+    )
+    for t in schema.tasks:
+        m, b, q = run.metrics[t], baseline[t], q_metrics[t]
+        print(
+            f"  {t:<11} AUC {m['auc']:.4f} (popularity {b['auc']:.4f}, int8 {q['auc']:.4f})  "
+            f"logloss {m['logloss']:.4f}  ECE {m['ece']:.4f}  O/E {m['oe']:.3f}  positives {m['positive_rate']:.3f}"
+        )
+    eb = metrics["embedding_bytes"]
+    print(f"embeddings {eb['float32'] / 1e6:.2f} MB float32 -> {eb['int8'] / 1e6:.2f} MB int8")
+    print(f"wrote {out} (reliability diagram {png.name}) in {time.perf_counter() - t_start:.1f}s")
+    (out / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Train one ranker on an example split and evaluate it: what the train job, the ablation, the demo
+and the benchmarks share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ranking.config import RankerConfig
+from ranking.data import ExampleStream
+from ranking.datasets import Examples
+from ranking.features import Featurizer
+from ranking.metrics import task_metrics
+from ranking.model import LiRankModel, build_model
+from ranking.schema import FeatureSchema
+from ranking.train import IncrementalPrior, Trainer, TrainConfig, TrainResult, predict
+
+
+@dataclass
+class RunResult:
+    model: LiRankModel
+    schema: FeatureSchema
+    config: RankerConfig
+    train: TrainResult
+    metrics: dict[str, dict[str, float]]  # task -> auc, logloss, ece, oe, ...
+    predictions: dict[str, np.ndarray]  # probs, raw_probs, labels on the test part
+
+
+def evaluate(
+    model: LiRankModel,
+    schema: FeatureSchema,
+    config: RankerConfig,
+    test,
+    device: torch.device,
+    batch_size: int = 4096,
+) -> tuple[dict, dict]:
+    """Per-task metrics of calibrated probabilities on `test` (a table or parquet path)."""
+    stream = ExampleStream(
+        test, Featurizer(schema, history=config.history), batch_size=batch_size, device=device
+    )
+    preds = predict(model, stream, device)
+    metrics = {
+        t: task_metrics(preds["labels"][:, i], preds["probs"][:, i]) for i, t in enumerate(schema.tasks)
+    }
+    return metrics, preds
+
+
+def train_and_evaluate(
+    examples: Examples,
+    config: RankerConfig,
+    train_config: TrainConfig,
+    device: torch.device,
+    *,
+    train_source=None,
+    test_source=None,
+    prior: IncrementalPrior | None = None,
+    schema: FeatureSchema | None = None,
+    progress=None,
+) -> RunResult:
+    """Build a model for the schema, train it on the training part, evaluate on the test part.
+
+    train_source / test_source default to the in-memory tables; pass parquet paths to stream.
+    schema defaults to the examples' fitted schema (pass a checkpoint's schema for incremental runs).
+    """
+    schema = schema or examples.schema
+    torch.manual_seed(train_config.seed)
+    model = build_model(schema, config)
+    featurizer = Featurizer(schema, history=config.history)
+    stream = ExampleStream(
+        examples.train if train_source is None else train_source,
+        featurizer,
+        batch_size=train_config.batch_size,
+        shuffle=True,
+        seed=train_config.seed,
+        device=device,
+    )
+    result = Trainer(model, train_config, device, prior=prior).fit(stream, progress=progress)
+    metrics, preds = evaluate(
+        model, schema, config, examples.test if test_source is None else test_source, device
+    )
+    return RunResult(model, schema, config, result, metrics, preds)

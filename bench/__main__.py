@@ -20,6 +20,7 @@ BENCHMARKS = {
     "synthetic": "bench.bench_synthetic",
     "redis": "bench.bench_redis",
     "sim": "bench.bench_sim",
+    "ranker": "bench.bench_ranker",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -6,8 +6,9 @@ Stages so far: bring up Ray and Redis (or use RAY_ADDRESS / REDIS_URL), build th
 MovieLens-100K (each member's last 20% of ratings held out for the simulator), check from a Ray
 worker that the run folder's tables are readable there, fit the member simulator, run round 0 of the
 loop (simulated members answer a random and a most-frequent-next-cluster explore policy; feedback
-logs under logs/round0/), print a summary, write everything under one run folder, shut down what it
-started.
+logs under logs/round0/), train the LiRank ranker on MovieLens CTR and on the round-0 feedback logs
+(multi-task; checkpoints under ranker/), print a summary, write everything under one run folder, shut
+down what it started.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from jobs.build_catalog import CatalogFields, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.services import ray_session, redis_service
 from jobs.simulate import simulate_round, summary_line
+from jobs.train_ranker import TrainJobConfig
+from jobs.train_ranker import train as train_ranker
 from sim import MemberSimulator, SimConfig
 
 
@@ -139,6 +142,30 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 summary["round0"][policy] = s
                 print("  " + summary_line(s))
+
+            # the LiRank ranker: MovieLens CTR, then the multi-task feedback logs of round 0
+            summary["ranker"] = {}
+            jobs = {
+                "movielens": TrainJobConfig(
+                    out=str(run_dir / "ranker" / "movielens"), catalog=str(catalog_dir)
+                ),
+                "feedback": TrainJobConfig(
+                    out=str(run_dir / "ranker" / "feedback"),
+                    catalog=str(catalog_dir),
+                    dataset="feedback",
+                    logs=[str(run_dir / "logs" / "round0" / p) for p in ("random", "most-frequent")],
+                    ranker={"task_groups": [["click", "like", "share"], ["skip"], ["long_dwell"]]},
+                ),
+            }
+            for name, job in jobs.items():
+                m = stages.run(f"ranker-{name}", train_ranker, job)
+                summary["ranker"][name] = {
+                    "path": job.out,
+                    "auc": {t: round(v["auc"], 4) for t, v in m["tasks"].items()},
+                    "popularity_auc": {t: round(v["auc"], 4) for t, v in m["popularity_baseline"].items()},
+                    "ece": {t: round(v["ece"], 4) for t, v in m["tasks"].items()},
+                    "examples_per_s": m["train"]["examples_per_s"],
+                }
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")

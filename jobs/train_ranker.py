@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--seed", type=int)
     args = p.parse_args(argv)
-    run_main(lambda: train(merge_config(TrainJobConfig, args, FLAGS)))
+    run_main(lambda: train(merge_config(TrainJobConfig, args, FLAGS)) and 0)
 
 
-def train(cfg: TrainJobConfig) -> int:
+def train(cfg: TrainJobConfig) -> dict:
+    """Run the job; returns the metrics it wrote to metrics.json."""
     import torch
     from tqdm import tqdm
 
@@ -144,13 +145,13 @@ def train(cfg: TrainJobConfig) -> int:
     from catalog.io import write_table
     from ranking.checkpoint import export_serving, load_serving
     from ranking.config import PRESETS, RankerConfig
+    from ranking.data import ExampleStream
     from ranking.experiment import evaluate, train_and_evaluate
     from ranking.features import Featurizer
     from ranking.metrics import reliability_diagram
     from ranking.model import count_flops
     from ranking.quantization import embedding_bytes, quantize_embeddings
     from ranking.ranker import Ranker
-    from ranking.data import ExampleStream
     from ranking.train import TrainConfig, empirical_fisher, pick_device
 
     t_start = time.perf_counter()
@@ -256,7 +257,7 @@ def train(cfg: TrainJobConfig) -> int:
     print(f"embeddings {eb['float32'] / 1e6:.2f} MB float32 -> {eb['int8'] / 1e6:.2f} MB int8")
     print(f"wrote {out} (reliability diagram {png.name}) in {time.perf_counter() - t_start:.1f}s")
     (out / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
-    return 0
+    return metrics
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from ranking.features import Featurizer
 from ranking.metrics import task_metrics
 from ranking.model import LiRankModel, build_model
 from ranking.schema import FeatureSchema
-from ranking.train import IncrementalPrior, Trainer, TrainConfig, TrainResult, predict
+from ranking.train import IncrementalPrior, TrainConfig, Trainer, TrainResult, predict
 
 
 @dataclass

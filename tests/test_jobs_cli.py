@@ -120,3 +120,9 @@ def test_demo_runs_end_to_end(tmp_path):
     for policy in ("random", "most-frequent"):
         assert summary["round0"][policy]["impressions"] > 5000
         assert (run / "logs" / "round0" / policy / "part-000000.parquet").exists()
+    for name, tasks in (("movielens", ["like"]), ("feedback", ["click", "like", "share", "skip", "long_dwell"])):
+        ranker = summary["ranker"][name]
+        assert list(ranker["auc"]) == tasks
+        assert ranker["auc"][tasks[0]] > ranker["popularity_auc"][tasks[0]]
+        for f in ("config.json", "schema.json", "model.safetensors", "fisher.safetensors", "serving.pt2"):
+            assert (run / "ranker" / name / f).exists()

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "redis": "bench.bench_redis",
     "sim": "bench.bench_sim",
     "ranker": "bench.bench_ranker",
+    "incremental": "bench.bench_incremental",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

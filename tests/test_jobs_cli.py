@@ -120,7 +120,10 @@ def test_demo_runs_end_to_end(tmp_path):
     for policy in ("random", "most-frequent"):
         assert summary["round0"][policy]["impressions"] > 5000
         assert (run / "logs" / "round0" / policy / "part-000000.parquet").exists()
-    for name, tasks in (("movielens", ["like"]), ("feedback", ["click", "like", "share", "skip", "long_dwell"])):
+    for name, tasks in (
+        ("movielens", ["like"]),
+        ("feedback", ["click", "like", "share", "skip", "long_dwell"]),
+    ):
         ranker = summary["ranker"][name]
         assert list(ranker["auc"]) == tasks
         assert ranker["auc"][tasks[0]] > ranker["popularity_auc"][tasks[0]]

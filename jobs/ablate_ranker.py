@@ -15,47 +15,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from jobs.common import merge_config, run_main
-from jobs.train_ranker import load_examples
+from jobs.train_ranker import DATA_FLAGS, RankerJobFields, add_data_flags, load_examples
 
 
-class AblationJobConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AblationJobConfig(RankerJobFields):
     out: str = "runs/ablation"
-    dataset: str = Field("movielens", pattern="^(movielens|feedback)$")
-    catalog: str | None = None
-    logs: list[str] = []
-    preset: str = Field("default", pattern="^(tiny|default|paper)$")
-    ranker: dict = {}
-    train: dict = {}
-    epochs: int | None = Field(None, ge=1)
-    history_length: int = Field(50, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
     task_groups: list[list[str]] = [["click", "like", "share"], ["skip"], ["long_dwell"]]
-    device: str = "auto"
-    seed: int = 0
-
-
-FLAGS = ["out", "dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed"]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="output folder (default runs/ablation)")
     p.add_argument("--config", help="TOML or JSON file with the fields of AblationJobConfig")
-    p.add_argument("--dataset", help="'movielens' (default) or 'feedback'")
-    p.add_argument("--catalog", help="catalog folder (default: build MovieLens-100K in memory)")
-    p.add_argument("--logs", nargs="+", help="feedback-log folders for --dataset feedback")
-    p.add_argument("--preset", help="sizes of the full model: tiny, default, paper")
-    p.add_argument("--epochs", type=int, help="passes per row (default 2)")
-    p.add_argument("--history-length", dest="history_length", type=int, help="L (default 50)")
-    p.add_argument("--device", help="auto, cpu, cuda")
-    p.add_argument("--seed", type=int)
+    add_data_flags(p)
     args = p.parse_args(argv)
-    run_main(lambda: ablate(merge_config(AblationJobConfig, args, FLAGS)))
+    run_main(lambda: ablate(merge_config(AblationJobConfig, args, ["out", *DATA_FLAGS])))
 
 
 def ablate(cfg: AblationJobConfig) -> int:

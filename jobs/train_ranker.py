@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.common import merge_config, run_main
 
 
-class TrainJobConfig(BaseModel):
+class RankerJobFields(BaseModel):
+    """What every ranker job accepts: the data, the model preset and the training settings."""
+
     model_config = ConfigDict(extra="forbid")
-    out: str = "runs/ranker"
     dataset: str = Field("movielens", pattern="^(movielens|feedback)$")
     catalog: str | None = None  # catalog folder; default: build MovieLens-100K in memory
     logs: list[str] = []  # feedback-log folders (dataset=feedback)
@@ -31,24 +32,44 @@ class TrainJobConfig(BaseModel):
     ranker: dict = {}  # RankerConfig fields overriding the preset
     train: dict = {}  # TrainConfig fields
     epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
     history_length: int = Field(50, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
+    device: str = "auto"
+    seed: int = 0
+
+
+DATA_FLAGS = ["dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed"]
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="'movielens' (CTR on ratings, default) or 'feedback' (multi-task logs)")
+    p.add_argument("--catalog", help="catalog folder (default: build MovieLens-100K in memory)")
+    p.add_argument("--logs", nargs="+", help="feedback-log folders for --dataset feedback")
+    p.add_argument("--preset", help="model size: tiny, default or paper (4 x 3500 MLP)")
+    p.add_argument("--epochs", type=int, help="passes over the training part (default 2)")
+    p.add_argument(
+        "--history-length", dest="history_length", type=int, help="L, TransAct history (default 50)"
+    )
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--seed", type=int)
+
+
+class TrainJobConfig(RankerJobFields):
+    out: str = "runs/ranker"
+    batch_size: int | None = Field(None, ge=1)
     warm_start: str | None = None  # previous period's checkpoint: incremental training
     cold_start: str | None = None  # the cold-start model w0 (default: the warm start's own cold start)
     forgetting_factor: float | None = Field(None, ge=0)
     cold_weight: float | None = Field(None, ge=0, le=1)
     bandit_prior_precision: float = Field(1.0, gt=0)
     bandit_noise: float = Field(0.5, gt=0)
-    device: str = "auto"
     export: bool = True
-    seed: int = 0
 
 
 FLAGS = [
-    "out", "dataset", "catalog", "logs", "preset", "epochs", "batch_size", "history_length", "test_fraction",
-    "warm_start", "cold_start", "forgetting_factor", "cold_weight", "device", "seed",
+    "out", *DATA_FLAGS, "batch_size", "test_fraction", "warm_start", "cold_start", "forgetting_factor",
+    "cold_weight",
 ]  # fmt: skip
 
 
@@ -116,22 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="checkpoint folder (default runs/ranker)")
     p.add_argument("--config", help="TOML or JSON file with the fields of TrainJobConfig")
-    p.add_argument("--dataset", help="'movielens' (CTR on ratings, default) or 'feedback' (multi-task logs)")
-    p.add_argument("--catalog", help="catalog folder (default: build MovieLens-100K in memory)")
-    p.add_argument("--logs", nargs="+", help="feedback-log folders for --dataset feedback")
-    p.add_argument("--preset", help="model size: tiny, default or paper (4 x 3500 MLP)")
-    p.add_argument("--epochs", type=int, help="passes over the training part (default 2)")
+    add_data_flags(p)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per step (default 512)")
-    p.add_argument(
-        "--history-length", dest="history_length", type=int, help="L, TransAct history (default 50)"
-    )
     p.add_argument("--test-fraction", dest="test_fraction", type=float, help="latest share held out (0.2)")
     p.add_argument("--warm-start", dest="warm_start", help="previous checkpoint: train incrementally from it")
     p.add_argument("--cold-start", dest="cold_start", help="cold-start checkpoint w0 for the prior")
     p.add_argument("--forgetting-factor", dest="forgetting_factor", type=float, help="lambda_f (default 0)")
     p.add_argument("--cold-weight", dest="cold_weight", type=float, help="alpha (default 0.5)")
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--seed", type=int)
     args = p.parse_args(argv)
     run_main(lambda: train(merge_config(TrainJobConfig, args, FLAGS)) and 0)
 

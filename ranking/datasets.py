@@ -76,17 +76,21 @@ def _list_column(values: np.ndarray, offsets: np.ndarray, type_: pa.DataType) ->
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type_))
 
 
+def _id_fields(buckets: int) -> tuple[SparseField, ...]:
+    """Member and item ids (QR-hashed) and their small categorical features, shared by both datasets."""
+    return (
+        SparseField("member_id", "qr", buckets),
+        SparseField("item_id", "qr", buckets),
+        SparseField("cluster_id", "table"),
+        SparseField("genre", "table"),
+        SparseField("gender", "table"),
+        SparseField("occupation", "table"),
+    )
+
+
 def movielens_schema(history_length: int = 50, buckets: int = 1 << 16) -> FeatureSchema:
     return FeatureSchema(
-        sparse=(
-            SparseField("member_id", "qr", buckets),
-            SparseField("item_id", "qr", buckets),
-            SparseField("cluster_id", "table"),
-            SparseField("genre", "table"),
-            SparseField("gender", "table"),
-            SparseField("occupation", "table"),
-            SparseField("activity", "table"),
-        ),
+        sparse=(*_id_fields(buckets), SparseField("activity", "table")),
         dense=(
             DenseField("age"),
             DenseField("year"),
@@ -184,12 +188,7 @@ def feedback_schema(
 ) -> FeatureSchema:
     return FeatureSchema(
         sparse=(
-            SparseField("member_id", "qr", buckets),
-            SparseField("item_id", "qr", buckets),
-            SparseField("cluster_id", "table"),
-            SparseField("genre", "table"),
-            SparseField("gender", "table"),
-            SparseField("occupation", "table"),
+            *_id_fields(buckets),
             SparseField("source", "table"),
             SparseField("content_type", "table"),
             SparseField("position_bucket", "table"),

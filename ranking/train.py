@@ -170,9 +170,8 @@ class Trainer:
         self.model = model.to(device)
         self.config, self.device = config, device
         self.prior = prior.to(device) if prior is not None else None
-        if prior is not None:
-            missing = model.load_state_dict({**model.state_dict(), **prior.initial_state()}, strict=True)
-            del missing
+        if prior is not None:  # start from alpha w0 + (1 - alpha) w_prev
+            model.load_state_dict({**model.state_dict(), **prior.initial_state()}, strict=True)
         sparse_ids = {id(t.weight) for t in model.embedding_tables()}
         sparse = [p for p in model.parameters() if id(p) in sparse_ids]
         dense = [p for p in model.parameters() if id(p) not in sparse_ids]

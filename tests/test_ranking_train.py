@@ -15,7 +15,6 @@ from ranking import (
     ExampleStream,
     Featurizer,
     Ranker,
-    RankerConfig,
     TrainConfig,
     build_model,
     feedback_examples,
@@ -119,7 +118,6 @@ def test_checkpoint_round_trip_export_and_schema_check(trained, ml_examples, tmp
     assert np.allclose(a["like"], b["like"], atol=1e-6) and np.array_equal(a["score"], a["like"])
     assert torch.allclose(loaded.bandit.mean, ranker.bandit.mean)
     # a schema with another structure is refused with the difference named
-    other = RankerConfig()  # noqa: F841 (only the data schema matters here)
     from dataclasses import replace
 
     wrong = replace(ml_examples.schema, tasks=("click",))

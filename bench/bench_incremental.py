@@ -26,6 +26,7 @@ def run(quick: bool = False) -> list[dict]:
     fisher = empirical_fisher(
         first.model, ExampleStream(p1.train, Featurizer(ex.schema), batch_size=512), tcfg.fisher_batches, CPU
     )
+    fisher_mean = float(sum(v.sum() for v in fisher.values()) / sum(v.numel() for v in fisher.values()))
     w1 = {k: v.detach().clone().float() for k, v in first.model.state_dict().items()}
     results = {}
     # lambda_f = N_old / N_new (1 here) weighs the previous period like its own data; larger values
@@ -44,7 +45,8 @@ def run(quick: bool = False) -> list[dict]:
     sweep = ", ".join(f"{k} {v['auc']:.4f}" for k, v in results.items())
     print(
         f"  AUC on the test part: period 1 only {first.metrics['like']['auc']:.4f}, period 2 from scratch "
-        f"{scratch['auc']:.4f}, {sweep}, both periods at once {full['auc']:.4f}"
+        f"{scratch['auc']:.4f}, {sweep}, both periods at once {full['auc']:.4f}; "
+        f"mean diagonal Fisher of the period-1 model {fisher_mean:.2e}"
     )
     return [
         {
@@ -59,6 +61,7 @@ def run(quick: bool = False) -> list[dict]:
                 "period1_auc": first.metrics["like"]["auc"],
                 **{f"{k}_auc": v["auc"] for k, v in results.items()},
                 "both_periods_auc": full["auc"],
+                "fisher_mean": fisher_mean,
                 "incremental_logloss": inc["logloss"],
                 "scratch_logloss": scratch["logloss"],
             },

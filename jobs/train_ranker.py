@@ -192,7 +192,8 @@ def train(cfg: TrainJobConfig) -> dict:
     if cfg.warm_start:
         prior, schema, config, cold_start = incremental_prior(cfg, tcfg, examples.schema)
         print(
-            f"incremental: warm start {cfg.warm_start}, cold start {cold_start}, lambda_f {tcfg.forgetting_factor}"
+            f"incremental: warm start {cfg.warm_start}, cold start {cold_start}, lambda_f {tcfg.forgetting_factor}; "
+            "architecture and vocabularies come from the warm start (--preset and ranker fields are ignored)"
         )
     train_cfg_dict = {**tcfg.to_dict(), "cold_start": cold_start or str(out.resolve())}
 
@@ -223,9 +224,8 @@ def train(cfg: TrainJobConfig) -> dict:
     baseline = baseline_metrics(examples)
     qmodel = quantize_embeddings(model.cpu())
     q_metrics, _ = evaluate(qmodel, schema, config, paths["test"], torch.device("cpu"))
-    model.to(device)
     sample = featurizer(examples.test.slice(0, 256))
-    flops = count_flops(model.cpu(), sample)
+    flops = count_flops(model, sample)  # quantize_embeddings above left the model on the CPU
     model.to(device)
     metrics = {
         "dataset": cfg.dataset,

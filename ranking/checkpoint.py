@@ -101,8 +101,13 @@ def load_model(
     if data_schema is not None:
         schema.check_compatible(data_schema, what=f"checkpoint {folder}")
     model = build_model(schema, config)
-    state = load_file(str(folder / "model.safetensors"))
-    result = model.load_state_dict(state, strict=False)
+    state = _load_tensors(folder / "model.safetensors")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise ValueError(
+            f"{folder}/model.safetensors does not match config.json and schema.json: {exc}"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{folder}/model.safetensors does not match config.json: missing {result.missing_keys[:5]}, "
@@ -111,14 +116,25 @@ def load_model(
     return model.eval(), schema, config, meta
 
 
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the checkpoint folder is incomplete; retrain or restore it."
+        )
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type on a corrupt or truncated file
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); retrain or restore it.") from exc
+
+
 def load_fisher(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     path = Path(folder) / "fisher.safetensors"
-    return load_file(str(path)) if path.is_file() else None
+    return _load_tensors(path) if path.is_file() else None
 
 
 def load_bandit(folder: str | os.PathLike) -> BayesianLastLayer | None:
     path = Path(folder) / "bandit.safetensors"
-    return BayesianLastLayer.from_state_dict(load_file(str(path))) if path.is_file() else None
+    return BayesianLastLayer.from_state_dict(_load_tensors(path)) if path.is_file() else None
 
 
 class ServingModule(torch.nn.Module):

@@ -131,7 +131,10 @@ class ExampleStream:
                         moved = item.to(self.device, non_blocking=True)
                     if pending is not None:
                         yield pending
-                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_stream(stream)
+                    for t in moved.inputs() + ((moved.labels,) if moved.labels is not None else ()):
+                        t.record_stream(current)  # allocated on the side stream, used on the current one
                     pending = moved
                 else:
                     yield item

@@ -10,7 +10,7 @@ Each builder returns plain Arrow tables plus the (unfitted) FeatureSchema that r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -276,8 +276,6 @@ def feedback_examples(
     train, test = table.slice(0, cut), table.slice(cut)
     schema = feedback_schema(history_length, percentile=percentile)
     spec = fit_long_dwell(train, schema.long_dwell)
-    from dataclasses import replace
-
     schema = replace(schema, long_dwell=spec)
     train, test = (with_long_dwell(t, spec) for t in (train, test))
     return Examples(train, test, schema.fit(train))

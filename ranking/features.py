@@ -8,7 +8,7 @@
 | any id of a 'qr' field | hashed, so never unknown; a null id hashes like the empty string |
 | history longer than L | the most recent L actions kept; counted in `stats['truncated']` |
 | empty or null history | an all-padding row; TransAct reads it as one empty token |
-| action code outside 1..n_actions-1 | ValueError naming the column and the value |
+| action code outside 1..n_actions-1, or a null inside a history list | ValueError naming the column |
 | label null or NaN | ValueError naming the column (labels are never imputed) |
 """
 
@@ -107,6 +107,10 @@ class Featurizer:
             if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
                 raise ValueError(f"column {name!r} has type {col.type}; a list of ids is needed.")
             col = pc.fill_null(col, pa.scalar([], col.type)) if col.null_count else col
+            if col.flatten().null_count:
+                raise ValueError(
+                    f"column {name!r} has null entries inside its lists; drop them before scoring."
+                )
             offsets = col.offsets.to_numpy().astype(np.int64)
             values = col.flatten().to_numpy(zero_copy_only=False)
             out.append((offsets, values))

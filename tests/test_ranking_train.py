@@ -102,6 +102,17 @@ def test_featurizer_bad_input_policies(ml_examples):
     )
     with pytest.raises(ValueError, match="'hist_actions' holds action code 9"):
         Featurizer(schema)(bad_action)
+    null_inside = t.set_column(
+        t.schema.get_field_index("hist_items"),
+        "hist_items",
+        pa.array([[1, None]] + [[1, 2]] * 63, pa.list_(pa.int64())),
+    ).set_column(
+        t.schema.get_field_index("hist_actions"),
+        "hist_actions",
+        pa.array([[4, 4]] * 64, pa.list_(pa.int32())),
+    )
+    with pytest.raises(ValueError, match="'hist_items' has null entries inside its lists"):
+        Featurizer(schema)(null_inside)
     nan_label = t.set_column(t.schema.get_field_index("like"), "like", pa.array([np.nan] * 64, pa.float32()))
     with pytest.raises(ValueError, match="label column 'like'"):
         Featurizer(schema)(nan_label)
@@ -123,6 +134,21 @@ def test_checkpoint_round_trip_export_and_schema_check(trained, ml_examples, tmp
     wrong = replace(ml_examples.schema, tasks=("click",))
     with pytest.raises(ValueError, match="tasks: checkpoint .* has \\['like'\\], data has \\['click'\\]"):
         load_model(folder, data_schema=wrong)
+    # a truncated weights file or one from another config is a clear error, not a traceback
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["ranker"]["embedding_dim"] = 12
+    (broken / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(folder / "model.safetensors", broken / "model.safetensors")
+    with pytest.raises(ValueError, match="does not match config.json"):
+        load_model(broken)
     # the exported serving program loads from its file and agrees with the model
     batch = Featurizer(trained.schema, with_labels=False)(cand)
     pt2 = export_serving(trained.model, batch.inputs(), tmp_path / "serving.pt2")

@@ -120,6 +120,13 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such parquet file. Check the path, or build it first.")
+    if path.is_dir():  # a folder of parquet parts (what Ray Data writes): the first part's schema
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise FileNotFoundError(
+                f"{path}: a folder without .parquet files. Check the path, or build it first."
+            )
+        path = parts[0]
     try:
         return pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:

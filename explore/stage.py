@@ -1,0 +1,46 @@
+"""The novelty sampler as a Ray Data stage: a callable class that loads its engine once per actor.
+
+    ds.map_batches(NoveltyStage, fn_constructor_kwargs={"model": DIR, "sampling": {...}},
+                   batch_format="pyarrow", concurrency=1, num_cpus=0.5)
+
+Input batches need `history_key` (list of K cluster ids) and `member_id` (nullable int). Output
+batches are NOVELTY_CANDIDATES rows (catalog.schemas), one per input row, in input order, every one of
+the n samples counted (unlike ray.data.llm, which keeps the first of n). The class runs without Ray
+too: `NoveltyStage(model=DIR)(table)`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from explore.sampler import EngineConfig, NoveltySampler, SamplingConfig, candidates_table
+
+REQUIRED_COLUMNS = ("history_key", "member_id")
+
+
+class NoveltyStage:
+    def __init__(
+        self,
+        model: str,
+        sampling: dict | None = None,
+        engine: dict | None = None,
+        catalog_signature: str | None = None,
+    ):
+        self.sampler = NoveltySampler(model, engine=EngineConfig(**(engine or {})))
+        if catalog_signature is not None and catalog_signature != self.sampler.vocab.signature():
+            raise ValueError(
+                f"model={model!r} was trained on other clusters than the catalog's (signature "
+                f"{self.sampler.vocab.signature()} vs {catalog_signature}). Retrain it on this catalog."
+            )
+        self.sampling = SamplingConfig(**(sampling or {}))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in REQUIRED_COLUMNS if c not in batch.column_names]
+        if missing:
+            raise ValueError(
+                f"NoveltyStage: batch lacks column(s) {missing}; present: {batch.column_names}. "
+                "Feed rows of history_key (list<int32>) and member_id (int64, may be null)."
+            )
+        keys = batch["history_key"].to_pylist()
+        members = batch["member_id"].to_pylist()
+        return candidates_table(self.sampler.sample(keys, self.sampling, member_ids=members))

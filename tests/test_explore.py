@@ -1,0 +1,137 @@
+"""Novelty-LLM pieces that need no engine: transitions, examples, prompts, tokenizer, key sets, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from explore.examples import ExampleConfig, build_examples, novelty_transitions
+from explore.keys import build_key_set, check_key_rows
+from explore.models import check_causal_lm_folder
+from explore.prompts import ClusterVocabulary, PromptFormat
+from explore.sft import collate, read_model_info
+from explore.tokenizer import build_cluster_tokenizer, check_expressible
+
+
+@pytest.fixture(scope="module")
+def vocab(ml_catalog):
+    return ClusterVocabulary.from_clusters(ml_catalog.clusters)
+
+
+def test_novelty_transitions_skip_clusters_in_the_key():
+    h = [1, 2, 1, 3, 2, 4]
+    assert novelty_transitions(h, 2) == [((1, 2), 3), ((2, 1), 3), ((1, 3), 2), ((3, 2), 4)]
+    assert novelty_transitions([5, 6], 2) == []  # no step after the key
+    assert novelty_transitions([1, 2, 1, 2], 2) == []  # never leaves the key
+
+
+def _histories(rows):
+    return pa.table(
+        {
+            "member_id": pa.array([m for m, _ in rows], pa.int64()),
+            "clusters": pa.array([h for _, h in rows], pa.list_(pa.int32())),
+        }
+    )
+
+
+def test_examples_cap_per_key_split_members_and_count_bad_histories():
+    rows = [(m, [0, 1, 2, 3] if m < 30 else [0, 1, 4]) for m in range(60)]
+    rows += [(100, [0]), (101, [0, 99, 1, 2])]  # too short; unknown cluster id
+    train, evals, stats = build_examples(
+        _histories(rows), ExampleConfig(k=2, max_per_key=5, eval_fraction=0.2), 5
+    )
+    assert stats["too_short"] == 1 and stats["unknown_cluster"] == 1
+    per_key = {}
+    for key in train.keys:
+        per_key[key] = per_key.get(key, 0) + 1
+    assert per_key[(0, 1)] == 5 and max(per_key.values()) <= 5  # (0, 1) occurs 60 times before the cap
+    assert not set(train.members) & set(evals.members)  # members are split, not examples
+    assert len(evals) > 0 and stats["eval_examples"] == len(evals)
+
+
+def test_vocabulary_rejects_bad_keys_and_names(vocab):
+    assert vocab.check_key([3, 4], 2) == (3, 4)
+    with pytest.raises(ValueError, match=r"history_key=\[3, 999\]: unknown cluster id\(s\) \[999\]"):
+        vocab.check_key([3, 999], 2)
+    with pytest.raises(ValueError, match=r"has 1 clusters, the model reads K=2"):
+        vocab.check_key([3], 2)
+    with pytest.raises(ValueError, match="must be unique"):
+        ClusterVocabulary(("a", "b", "a"), ("x", "y", "z"))
+    assert vocab.id_of(" " + vocab.names[7] + "\n") == 7 and vocab.id_of("no-such-cluster") is None
+
+
+def test_prompts_show_names_and_keywords(vocab):
+    p = PromptFormat("plain", 2).prompt(vocab, (0, 5))
+    assert p.startswith("history: ") and p.endswith("\nnext:")
+    assert vocab.names[0] in p and vocab.descriptions[5] in p
+    with pytest.raises(ValueError, match="chat template"):
+        PromptFormat("chat", 2).prompt(vocab, (0, 5), tokenizer=None)
+    with pytest.raises(ValueError, match="style='json'"):
+        PromptFormat("json", 2)
+
+
+def test_catalog_tokenizer_expresses_every_name(vocab):
+    tok = build_cluster_tokenizer(vocab, 1024)
+    fmt = PromptFormat("plain", 2)
+    longest = check_expressible(tok, vocab, fmt)
+    assert 2 <= longest <= 20
+    assert tok.decode(tok(fmt.answer(vocab.names[3]))["input_ids"]).strip() == vocab.names[3]
+
+
+def test_a_tokenizer_that_cannot_write_a_name_is_refused(vocab):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"[UNK]": 0, "</s>": 1, "drama": 2}
+    tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>")
+    with pytest.raises(ValueError, match=r"cannot express \d+ cluster name"):
+        check_expressible(hf, vocab, PromptFormat("plain", 2))
+
+
+def test_collate_masks_everything_but_the_answer():
+    ids, mask, labels = collate([([5, 6, 7], [8, 1]), ([5], [9, 9, 1])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 1], [5, 9, 9, 1, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert labels.tolist() == [[-100, -100, -100, 8, 1], [-100, 9, 9, 1, -100]]
+
+
+def test_key_sets(ml_catalog):
+    k, m = ml_catalog.history_k, ml_catalog.n_clusters
+    observed = build_key_set(ml_catalog.histories, k, m, "observed")
+    assert observed.num_rows == ml_catalog.manifest["coverage"]["distinct_keys"]
+    assert build_key_set(ml_catalog.histories, k, m, "all").num_rows == m**k
+    members = build_key_set(ml_catalog.histories, k, m, "members")
+    assert members["member_id"].null_count == 0 and members.num_rows >= observed.num_rows
+    with pytest.raises(ValueError, match="keys='some'"):
+        build_key_set(ml_catalog.histories, k, m, "some")
+
+
+def test_bad_key_rows_are_quarantined_and_counted():
+    t = pa.table({"history_key": [[1, 2], [1], [1, 77], None, [3, 4]], "member_id": [10, 11, 12, 13, None]})
+    good, bad = check_key_rows(t, 2, 48, source="keys.parquet")
+    assert good["history_key"].to_pylist() == [[1, 2], [3, 4]] and good["member_id"].to_pylist() == [10, None]
+    assert bad.num_rows == 3 and bad["member_id"].to_pylist() == [11, 12, 13]
+    assert "K=2" in bad["reason"][0].as_py() and "unknown cluster" in bad["reason"][1].as_py()
+    with pytest.raises(ValueError, match="no 'history_key' column"):
+        check_key_rows(pa.table({"key": [[1, 2]]}), 2, 48, source="keys.parquet")
+
+
+def test_model_folders_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="not a preset"):
+        check_causal_lm_folder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no config.json"):
+        check_causal_lm_folder(tmp_path)
+    from transformers import BertConfig
+
+    BertConfig(architectures=["BertForSequenceClassification"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is not a causal LM"):
+        check_causal_lm_folder(tmp_path)
+    with pytest.raises(ValueError, match="not a novelty model folder"):
+        read_model_info(tmp_path)
+    (tmp_path / "novelty.json").write_text(json.dumps({"prompt_format": {"style": "plain", "k": 2}}))
+    with pytest.raises(ValueError, match="corrupt"):
+        read_model_info(tmp_path)

@@ -6,7 +6,9 @@ Stages so far: bring up Ray and Redis (or use RAY_ADDRESS / REDIS_URL), build th
 MovieLens-100K (each member's last 20% of ratings held out for the simulator), check from a Ray
 worker that the run folder's tables are readable there, fit the member simulator, run round 0 of the
 loop (simulated members answer a random and a most-frequent-next-cluster explore policy; feedback
-logs under logs/round0/), train the LiRank ranker on MovieLens CTR and on the round-0 feedback logs
+logs under logs/round0/), fine-tune the tiny novelty LLM on members' cluster transitions and evaluate
+it with vLLM (novelty/), sample every observed history key with it in a Ray Data job (candidates/),
+train the LiRank ranker on MovieLens CTR and on the round-0 feedback logs
 (multi-task; checkpoints under ranker/), print a summary, write everything under one run folder, shut
 down what it started.
 """
@@ -24,8 +26,14 @@ from catalog.build import build_movielens_catalog, summary_lines
 from jobs.build_catalog import FLAGS as CATALOG_FLAGS
 from jobs.build_catalog import CatalogFields, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
+from jobs.sample_novelty import SampleNoveltyFields
+from jobs.sample_novelty import sample as sample_novelty
+from jobs.sample_novelty import summary_lines as sample_summary_lines
 from jobs.services import ray_session, redis_service
 from jobs.simulate import simulate_round, summary_line
+from jobs.train_novelty import NoveltyTrainFields
+from jobs.train_novelty import summary_lines as novelty_summary_lines
+from jobs.train_novelty import train as train_novelty
 from jobs.train_ranker import TrainJobConfig
 from jobs.train_ranker import train as train_ranker
 from sim import MemberSimulator, SimConfig
@@ -34,6 +42,9 @@ from sim import MemberSimulator, SimConfig
 class DemoConfig(CatalogFields):
     runs: str = "runs"  # parent folder of run folders
     num_cpus: int | None = Field(None, ge=1)  # CPUs for a local Ray (default: all)
+    novelty_steps: int = Field(300, ge=1)  # SFT steps of the tiny novelty LLM
+    novelty_eval_examples: int = Field(500, ge=1)  # held-out transitions in its evaluation
+    slots: int = Field(4, ge=1)  # novel clusters per key to fill; the sampler draws 5x as many
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -66,13 +77,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", help="parent folder of run folders (default runs)")
     p.add_argument("--config", help="TOML or JSON file with the fields of DemoConfig")
     p.add_argument("--num-cpus", dest="num_cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument(
+        "--novelty-steps", dest="novelty_steps", type=int, help="SFT steps of the novelty LLM (300)"
+    )
+    p.add_argument(
+        "--novelty-eval-examples",
+        dest="novelty_eval_examples",
+        type=int,
+        help="held-out transitions evaluated (500)",
+    )
     add_catalog_flags(p)
     args = p.parse_args(argv)
 
     def body() -> int:
         import ray
 
-        cfg = merge_config(DemoConfig, args, ["runs", "num_cpus", *CATALOG_FLAGS[1:]])
+        cfg = merge_config(
+            DemoConfig,
+            args,
+            ["runs", "num_cpus", "novelty_steps", "novelty_eval_examples", *CATALOG_FLAGS[1:]],
+        )
         run_dir = new_run_dir(cfg.runs, "demo")
         stages = Stages()
         summary: dict = {"run_dir": str(run_dir), "config": cfg.model_dump()}
@@ -142,6 +166,41 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 summary["round0"][policy] = s
                 print("  " + summary_line(s))
+
+            # the novelty LLM: fine-tune the tiny preset on members' transitions, evaluate it with vLLM,
+            # then sample every observed history key in a Ray Data job
+            novelty_dir = run_dir / "novelty"
+            report = stages.run(
+                "novelty-train",
+                train_novelty,
+                NoveltyTrainFields(
+                    catalog=str(catalog_dir),
+                    max_steps=cfg.novelty_steps,
+                    eval_n=5 * cfg.slots,
+                    eval_examples=cfg.novelty_eval_examples,
+                    seed=cfg.seed,
+                ),
+                novelty_dir,
+                progress=False,
+            )
+            for line in novelty_summary_lines(report):
+                print("  " + line)
+            sampled = stages.run(
+                "novelty-sample",
+                sample_novelty,
+                SampleNoveltyFields(
+                    catalog=str(catalog_dir), model=str(novelty_dir), slots=cfg.slots, seed=cfg.seed
+                ),
+                run_dir / "candidates",
+            )
+            for line in sample_summary_lines(sampled):
+                print("  " + line)
+            summary["novelty"] = {
+                "path": str(novelty_dir),
+                "heldout_loss": [report["heldout_loss_before"], report["heldout_loss_after"]],
+                "evaluation": report["evaluation"],
+                "sampling": sampled,
+            }
 
             # the LiRank ranker: MovieLens CTR, then the multi-task feedback logs of round 0
             summary["ranker"] = {}

@@ -26,7 +26,17 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("module", ["jobs.demo", "jobs.build_catalog", "jobs.synthesize", "jobs.simulate"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "jobs.demo",
+        "jobs.build_catalog",
+        "jobs.synthesize",
+        "jobs.simulate",
+        "jobs.train_novelty",
+        "jobs.sample_novelty",
+    ],
+)
 def test_help(module):
     res = _run([module, "--help"])
     assert res.returncode == 0 and "usage:" in res.stdout
@@ -110,7 +120,20 @@ def test_demo_with_unreachable_redis_url_fails_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    res = _run(["jobs.demo", "--runs", str(tmp_path), "--num-cpus", "2"], env={"RAY_ADDRESS": ""})
+    res = _run(
+        [
+            "jobs.demo",
+            "--runs",
+            str(tmp_path),
+            "--num-cpus",
+            "2",
+            "--novelty-steps",
+            "40",
+            "--novelty-eval-examples",
+            "40",
+        ],
+        env={"RAY_ADDRESS": ""},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "a Ray worker read the run folder back" in res.stdout
     (run,) = list(tmp_path.iterdir())
@@ -129,3 +152,10 @@ def test_demo_runs_end_to_end(tmp_path):
         assert ranker["auc"][tasks[0]] > ranker["popularity_auc"][tasks[0]]
         for f in ("config.json", "schema.json", "model.safetensors", "fisher.safetensors", "serving.pt2"):
             assert (run / "ranker" / name / f).exists()
+    novelty = summary["novelty"]
+    assert novelty["heldout_loss"][1] < novelty["heldout_loss"][0]
+    assert novelty["evaluation"]["validity_constrained"] == 1.0
+    sampled = novelty["sampling"]
+    assert sampled["keys"] == summary["catalog"]["coverage"]["distinct_keys"]
+    assert sampled["samples"] == 20 * sampled["keys"] and sampled["valid_share"] == 1.0
+    assert list((run / "candidates" / "candidates").glob("*.parquet"))

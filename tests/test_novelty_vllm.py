@@ -25,7 +25,9 @@ def trained(ml_catalog, tmp_path_factory):
     root = tmp_path_factory.mktemp("novelty")
     ml_catalog.save(root / "catalog")
     vocab = ClusterVocabulary.from_clusters(ml_catalog.clusters)
-    config = SFTConfig(max_steps=40, batch_size=24, max_eval_examples=128, tiny=TinyLMConfig(num_hidden_layers=2))
+    config = SFTConfig(
+        max_steps=40, batch_size=24, max_eval_examples=128, tiny=TinyLMConfig(num_hidden_layers=2)
+    )
     report = train_novelty(vocab, ml_catalog.histories, root / "model", config, EXAMPLES, progress=False)
     return {
         "root": root,

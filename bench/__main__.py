@@ -22,6 +22,7 @@ BENCHMARKS = {
     "sim": "bench.bench_sim",
     "ranker": "bench.bench_ranker",
     "incremental": "bench.bench_incremental",
+    "novelty": "bench.bench_novelty",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -198,6 +198,8 @@ class NoveltySampler:
         # under the constraint a name may be spelt in non-canonical tokens (one per byte at worst)
         self._constrained_max_tokens = max(len(c.encode()) for c in self._choices) + 1
         self._prompts: dict[tuple[int, ...], list[int]] = {}
+        self.generated_tokens = 0  # running totals, for throughput figures
+        self.prompt_tokens = 0
 
     @property
     def k(self) -> int:
@@ -252,7 +254,9 @@ class NoveltySampler:
         for i, (key, out) in enumerate(zip(checked, outputs, strict=True)):
             res = KeyCandidates(key, seed=seeds[i], member_id=None if member_ids is None else member_ids[i])
             sums: dict[int, list[float]] = {}
+            self.prompt_tokens += len(out.prompt_token_ids or [])
             for completion in out.outputs:
+                self.generated_tokens += len(completion.token_ids)
                 res.n_samples += 1
                 cid = self.vocab.id_of(completion.text)
                 if cid is None:

@@ -133,6 +133,7 @@ def test_demo_runs_end_to_end(tmp_path):
             "40",
         ],
         env={"RAY_ADDRESS": ""},
+        timeout=540,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "a Ray worker read the run folder back" in res.stdout

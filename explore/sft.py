@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from catalog.io import replace_folder, staging_folder
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
 from explore.models import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
 from explore.prompts import ClusterVocabulary, PromptFormat
@@ -150,16 +150,11 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 def _write_folder(out: Path, model, tokenizer, info: dict) -> None:
     """Write the model folder beside `out` and swap it in, so a crash never leaves half a model."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
 
 
 def train_novelty(

@@ -63,12 +63,12 @@ def load_keys(cfg: SampleNoveltyFields, catalog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from explore.keys import KEY_SETS, build_key_set, check_key_rows
+    from explore.keys import KEY_SETS, QUARANTINE, build_key_set, check_key_rows
 
     k, m = catalog.history_k, catalog.n_clusters
     if cfg.keys in KEY_SETS:
         keys = build_key_set(catalog.histories, k, m, cfg.keys)
-        quarantined = pa.table({"history_key": pa.array([], pa.list_(pa.int64()))})
+        quarantined = QUARANTINE.empty_table()
     else:
         path = Path(cfg.keys)
         if not path.is_file():
@@ -85,12 +85,12 @@ def load_keys(cfg: SampleNoveltyFields, catalog):
 
 def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     """Run the job on the connected Ray; returns the summary (also written to out/summary.json)."""
-    import pyarrow.parquet as pq
     import ray
 
     from catalog.build import Catalog
-    from catalog.io import read_table
+    from catalog.io import read_table, replace_folder, staging_folder, write_table
     from catalog.schemas import NOVELTY_CANDIDATES
+    from explore.keys import QUARANTINE
     from explore.prompts import ClusterVocabulary
     from explore.sft import read_model_info
     from explore.stage import NoveltyStage
@@ -108,8 +108,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     if keys.num_rows == 0:
         raise ValueError(f"--keys {cfg.keys}: no valid history keys ({quarantined.num_rows} quarantined).")
     out.mkdir(parents=True, exist_ok=True)
-    if quarantined.num_rows:
-        pq.write_table(quarantined, out / "quarantine.parquet")
+    write_table(quarantined, out / "quarantine.parquet", QUARANTINE)  # empty when none: no stale rows
 
     num_gpus = cfg.num_gpus
     if num_gpus is None:
@@ -136,8 +135,10 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
         # Ray starts a fractional-CPU actor with OMP_NUM_THREADS=1; OpenMP reads it once, at process start
         runtime_env={"env_vars": {**ENGINE_ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}},
     )
-    cand_dir = out / "candidates"
-    ds.write_parquet(str(cand_dir.resolve()))
+    # Ray appends to an existing folder: write a fresh one and swap it in, so a rerun never mixes runs
+    staging = staging_folder(out / "candidates")
+    ds.write_parquet(str(staging.resolve()))
+    cand_dir = replace_folder(staging, out / "candidates")
     wall_s = time.perf_counter() - t0
 
     table = read_table(cand_dir, NOVELTY_CANDIDATES)
@@ -194,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-cpus", dest="num_cpus", type=float, help="CPUs per actor (default 0.5)")
     p.add_argument("--num-gpus", dest="num_gpus", type=float, help="GPUs per actor (default: 1 with CUDA)")
     p.add_argument("--kv-cache-mib", dest="kv_cache_mib", type=int, help="CPU KV cache per engine (256)")
-    p.add_argument("--threads", type=int, help="torch threads per CPU engine (default: cores / actors)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads per CPU engine (default: this machine's cores / actors; set it on a cluster)",
+    )
     p.add_argument("--limit", type=int, help="only the first N keys")
     args = p.parse_args(argv)
 

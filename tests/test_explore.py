@@ -118,6 +118,12 @@ def test_bad_key_rows_are_quarantined_and_counted():
     assert "K=2" in bad["reason"][0].as_py() and "unknown cluster" in bad["reason"][1].as_py()
     with pytest.raises(ValueError, match="no 'history_key' column"):
         check_key_rows(pa.table({"key": [[1, 2]]}), 2, 48, source="keys.parquet")
+    with pytest.raises(
+        ValueError, match=r"column 'history_key' is list<item: double>; it must be a list of integer"
+    ):
+        check_key_rows(pa.table({"history_key": [[1.5, 2.0]]}), 2, 48, source="keys.parquet")
+    with pytest.raises(ValueError, match=r"column 'member_id' is string"):
+        check_key_rows(pa.table({"history_key": [[1, 2]], "member_id": ["a"]}), 2, 48, source="keys.parquet")
 
 
 def test_model_folders_are_checked(tmp_path):
@@ -135,3 +141,14 @@ def test_model_folders_are_checked(tmp_path):
     (tmp_path / "novelty.json").write_text(json.dumps({"prompt_format": {"style": "plain", "k": 2}}))
     with pytest.raises(ValueError, match="corrupt"):
         read_model_info(tmp_path)
+
+
+def test_import_explore_loads_no_model_libraries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, explore; print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

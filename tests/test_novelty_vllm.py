@@ -141,3 +141,7 @@ def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(ray_local, tra
     assert sorted(table["member_id"].to_pylist()) == list(range(len(keys)))
     assert set(table["n_samples"].to_pylist()) == {7}
     assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 2
+    # a rerun into the same folder replaces the candidates and the quarantine, never appends to them
+    s2 = sample(cfg.model_copy(update={"keys": "observed", "limit": 3}), tmp_path / "out")
+    assert s2["keys"] == 3 and read_table(tmp_path / "out" / "candidates", NOVELTY_CANDIDATES).num_rows == 3
+    assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 0

@@ -67,6 +67,11 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.kv_cache_memory_bytes={self.kv_cache_memory_bytes}: give at least 1 MiB."
             )
+        if self.max_num_seqs < 1 or self.max_model_len < 16 or self.block_size < 16 or self.block_size % 16:
+            raise ValueError(
+                f"EngineConfig: max_num_seqs={self.max_num_seqs} must be >= 1, max_model_len={self.max_model_len} "
+                f">= 16, block_size={self.block_size} a multiple of 16."
+            )
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"EngineConfig.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]."

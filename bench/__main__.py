@@ -2,18 +2,21 @@
 
 Each benchmark measures its subject and a baseline in the same run and reports both, with their
 ratio; the runner prints a table and writes bench/results/<timestamp>.json with the machine's
-description.
+description, rewritten after each benchmark. A benchmark that fails is recorded with its error and the
+others still run; the runner then exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from bench.machine import describe
+from catalog.io import write_json
 
 BENCHMARKS = {
     "catalog": "bench.bench_catalog",
@@ -43,23 +46,35 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"gpu={machine['gpu']}"
     )
-    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    results, failed = [], []
     for name in names:
         t0 = time.perf_counter()
-        rows = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+        try:
+            rows = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+        except Exception as exc:  # one broken benchmark must not lose the others' results
+            failed.append(name)
+            rows = [{"name": name, "error": f"{type(exc).__name__}: {exc}"}]
+            traceback.print_exc()
         for r in rows:
             r["benchmark"] = name
             r["wall_s"] = round(time.perf_counter() - t0, 2)
             results.append(r)
+            if "error" in r:
+                print(f"{name:<30} FAILED: {r['error']}", flush=True)
+                continue
             print(
                 f"{r['name']:<30} {_fmt(r['value']):>12} {r['unit']:<20} baseline ({r['baseline']}): "
                 f"{_fmt(r['baseline_value'])}  ratio {r['ratio']:.2f}",
                 flush=True,
             )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": machine, "quick": args.quick, "results": results}, indent=2))
+        # rewritten after every benchmark, so a crash or an interrupt later keeps what was measured
+        write_json({"machine": machine, "quick": args.quick, "results": results}, path)
     print(f"wrote {path}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

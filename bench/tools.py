@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+
+from catalog.io import copy_file
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tools"
 
@@ -50,5 +51,5 @@ def redis_benchmark() -> Path:
         )
         if res.returncode != 0:
             raise RuntimeError(f"building redis-benchmark failed (needs gcc and make):\n{res.stderr[-2000:]}")
-        shutil.copy2(src / "redis-benchmark", exe)
+        copy_file(src / "redis-benchmark", exe)  # atomic: an interrupted copy is never taken as built
     return exe

@@ -1,8 +1,8 @@
 """Build a catalog folder from MovieLens-100K, and load any catalog folder back.
 
 A catalog folder holds items, clusters, members, interactions and histories as parquet (schemas in
-catalog.schemas) plus manifest.json (source, config, counts). Every table is written atomically and
-the manifest last, so a folder with a manifest is complete.
+catalog.schemas) plus manifest.json (source, config, counts). Saving removes the manifest first, writes every table
+atomically and the manifest last, so a folder with a manifest is complete.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.histories import build_histories, key_coverage, split_by_time
-from catalog.io import conform, read_table, write_table
+from catalog.io import conform, read_table, write_json, write_table
 from catalog.movielens import GENRES, load_movielens_100k
 from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
 from catalog.taxonomy import TaxonomyConfig, build_taxonomy
@@ -102,11 +102,13 @@ class Catalog:
 
     def save(self, root: str | os.PathLike) -> Path:
         root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        # the folder reads as incomplete until the manifest is rewritten: a crash mid-save never leaves
+        # an old manifest over a mix of old and new tables
+        (root / MANIFEST).unlink(missing_ok=True)
         for name, schema in TABLE_SCHEMAS.items():
             write_table(getattr(self, name), root / f"{name}.parquet", schema)
-        tmp = root / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(self.manifest, indent=2))
-        os.replace(tmp, root / MANIFEST)
+        write_json(self.manifest, root / MANIFEST)
         self.root = root
         return root
 
@@ -123,9 +125,7 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
     # everything below sees only the seen part, popularity counts included
     item_ids = ml.items["item_id"].to_numpy()
     counts = np.bincount(seen["item_id"].to_numpy(), minlength=int(item_ids.max()) + 1)[item_ids]
-    raw_items = ml.items.set_column(
-        ml.items.schema.get_field_index("n_ratings"), "n_ratings", pa.array(counts.astype(np.int32))
-    )
+    raw_items = ml.items.append_column("n_ratings", pa.array(counts.astype(np.int32)))
     t0 = time.perf_counter()
     tax = build_taxonomy(raw_items, seen, GENRES, config.taxonomy)
     timings["taxonomy_s"] = time.perf_counter() - t0

@@ -18,22 +18,32 @@ import pyarrow as pa
 from catalog.schemas import HISTORIES
 
 
+def sorted_index(
+    sorted_ids: np.ndarray, query: np.ndarray, *, where: str, unknown: str, fix: str
+) -> np.ndarray:
+    """Position of each id of `query` in `sorted_ids` (ascending). An id not there is a ValueError:
+    "{where}: {count} {unknown}, e.g. [ids]. {fix}"."""
+    pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
+    found = sorted_ids[pos] == query
+    if not found.all():
+        missing = np.unique(query[~found])
+        raise ValueError(f"{where}: {len(missing)} {unknown}, e.g. {missing[:5].tolist()}. {fix}")
+    return pos
+
+
 def cluster_lookup(
     item_ids: np.ndarray, item_cluster: np.ndarray, query: np.ndarray, *, source: str = "interactions"
 ) -> np.ndarray:
     """Cluster of each id in `query`; a ValueError naming the unknown item ids if any is missing."""
     order = np.argsort(item_ids, kind="stable")
-    sorted_ids = item_ids[order]
-    pos = np.searchsorted(sorted_ids, query)
-    pos_c = np.minimum(pos, len(sorted_ids) - 1)
-    found = sorted_ids[pos_c] == query
-    if not found.all():
-        missing = np.unique(query[~found])
-        raise ValueError(
-            f"{source}, column 'item_id': {len(missing)} item id(s) not in the catalog, "
-            f"e.g. {missing[:5].tolist()}. Rebuild the catalog from the same data, or drop them."
-        )
-    return item_cluster[order][pos_c]
+    pos = sorted_index(
+        item_ids[order],
+        query,
+        where=f"{source}, column 'item_id'",
+        unknown="item id(s) not in the catalog",
+        fix="Rebuild the catalog from the same data, or drop them.",
+    )
+    return item_cluster[order][pos]
 
 
 def build_histories(

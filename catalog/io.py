@@ -7,6 +7,7 @@ Readers validate the file's schema and name the file and the column on any misma
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -76,6 +77,31 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write `obj` as indented JSON at `path`, atomically. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy `src` to `dest` (with its mode), atomically: an interrupted copy never appears at `dest`."""
+    dest = Path(dest)
+    tmp = _tmp_name(dest)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def staging_folder(dest: str | os.PathLike) -> Path:
@@ -194,11 +220,3 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
             "The file is corrupt or truncated; delete it and rebuild it.",
         ) from exc
     return conform(table, schema, source=str(path))
-
-
-def iter_batches(path: str | os.PathLike, schema: pa.Schema, batch_size: int = 65536):
-    """Stream validated record batches of the schema's columns from `path`."""
-    check_schema(path, schema)
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_size, columns=schema.names):
-        yield conform(pa.Table.from_batches([batch]), schema, source=str(path))

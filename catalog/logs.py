@@ -2,13 +2,15 @@
 
 Production logging and the member simulator write the same folders, so everything downstream
 (aggregation, ranker training) reads real or simulated logs unchanged. Each part is written
-atomically (temp name, then rename), so a reader never sees half a part.
+complete under a temporary name, then claimed under the next free part number by a hard link that
+fails if the name exists: a reader never sees half a part, and writers sharing a folder lose none.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,8 +34,20 @@ class FeedbackLogWriter:
         self._next = max(numbers, default=-1) + 1
 
     def append(self, events: pa.Table) -> Path:
-        path = write_table(events, self.folder / f"part-{self._next:06d}.parquet", FEEDBACK_LOG)
-        self._next += 1
+        """Write `events` as the next free part. The part is claimed exclusively (a hard link of a
+        complete temporary file), so writers sharing the folder never overwrite each other's parts."""
+        tmp = write_table(events, self.folder / f".part.tmp-{os.getpid()}-{uuid.uuid4().hex}", FEEDBACK_LOG)
+        try:
+            while True:
+                path = self.folder / f"part-{self._next:06d}.parquet"
+                self._next += 1
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            tmp.unlink(missing_ok=True)
         self.rows += events.num_rows
         return path
 

@@ -51,10 +51,13 @@ class DataNotFoundError(FileNotFoundError):
     """A data package or file the loader needs is not installed."""
 
 
-def movielens_dir() -> Path:
-    """The folder holding ml-100k.{inter,item,user}: $ML100K_DIR, else the recbole package's copy."""
+def movielens_dir(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding ml-100k.{inter,item,user}: `root`, else $ML100K_DIR, else the recbole package's
+    copy. DataNotFoundError naming the first missing file."""
     env = os.environ.get("ML100K_DIR")
-    if env:
+    if root is not None:
+        root = Path(root)
+    elif env:
         root = Path(env)
     else:
         spec = importlib.util.find_spec("recbole")
@@ -71,10 +74,11 @@ def movielens_dir() -> Path:
 
 @dataclass(frozen=True)
 class MovieLens:
-    """The raw dataset as tables. `items` has every ITEMS column except cluster_id."""
+    """The raw dataset as tables. `items` has every ITEMS column except cluster_id and n_ratings (which
+    catalog.build counts over the ratings the catalog keeps)."""
 
     interactions: pa.Table  # INTERACTIONS
-    items: pa.Table  # item_id, title, year, genres, n_ratings
+    items: pa.Table  # item_id, title, year, genres
     members: pa.Table  # MEMBERS
     source: str
 
@@ -106,7 +110,7 @@ def _check_range(table: pa.Table, column: str, lo: float, hi: float, path: Path)
 
 def load_movielens_100k(root: str | os.PathLike | None = None) -> MovieLens:
     """Load ratings (with timestamps), items (titles, years, genres) and members (demographics)."""
-    root = Path(root) if root is not None else movielens_dir()
+    root = movielens_dir(root)
     inter_path, item_path, user_path = (root / f"ml-100k.{s}" for s in ("inter", "item", "user"))
 
     inter = _read_tsv(
@@ -146,15 +150,12 @@ def load_movielens_100k(root: str | os.PathLike | None = None) -> MovieLens:
                 f"expected names from {GENRES}."
             )
         genres.append(g or ["unknown"])
-    item_ids = raw_items["item_id"].to_numpy()
-    counts = np.bincount(interactions["item_id"].to_numpy(), minlength=int(item_ids.max()) + 1)
     items = pa.table(
         {
             "item_id": raw_items["item_id"],
             "title": raw_items["movie_title"],
             "year": pa.array(years, pa.int32()),
             "genres": pa.array(genres, pa.list_(pa.string())),
-            "n_ratings": pa.array(counts[item_ids].astype(np.int32)),
         }
     )
 

@@ -15,7 +15,6 @@ by `chunk_members` whatever `n_members` is. Its structure, all seeded:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ import pyarrow as pa
 
 from catalog.build import MANIFEST
 from catalog.histories import build_histories
-from catalog.io import ParquetStreamWriter
+from catalog.io import ParquetStreamWriter, write_json
 from catalog.schemas import CLUSTERS, HISTORIES, INTERACTIONS, ITEMS, MEMBERS
 
 _THEMES = (
@@ -168,7 +167,7 @@ def _cluster_table(cfg: SyntheticConfig, w: _World) -> pa.Table:
     )
 
 
-def _item_chunks(cfg: SyntheticConfig, w: _World, chunk: int = 200_000):
+def _item_chunks(cfg: SyntheticConfig, w: _World, n_ratings: np.ndarray, chunk: int = 200_000):
     rng = np.random.default_rng([cfg.seed, 3])
     n_items = len(w.item_cluster)
     for lo in range(0, n_items, chunk):
@@ -183,7 +182,7 @@ def _item_chunks(cfg: SyntheticConfig, w: _World, chunk: int = 200_000):
                 "year": pa.array(years.astype(np.int32)),
                 "genres": [[t] for t in themes],
                 "cluster_id": pa.array(clusters),
-                "n_ratings": pa.array(np.zeros(len(idx), np.int32)),
+                "n_ratings": pa.array(n_ratings[idx].astype(np.int32)),
             },
             schema=ITEMS,
         )
@@ -267,9 +266,7 @@ def generate_world(
     }
     with ParquetStreamWriter(out / "clusters.parquet", CLUSTERS) as cw:
         cw.write(_cluster_table(cfg, w))
-    with ParquetStreamWriter(out / "items.parquet", ITEMS) as iw:
-        for table in _item_chunks(cfg, w):
-            iw.write(table)
+    n_ratings = np.zeros(len(item_ids), np.int64)  # per item, over all chunks; items are written last
     chunks = range(0, cfg.n_members, cfg.chunk_members)
     if progress:
         from tqdm import tqdm
@@ -287,10 +284,14 @@ def generate_world(
             mw.write(members)
             xw.write(interactions)
             hw.write(histories)
+            n_ratings += np.bincount(interactions["item_id"].to_numpy() - 1, minlength=len(item_ids))
             counts["members"] += members.num_rows
             counts["interactions"] += interactions.num_rows
             counts["histories"] += histories.num_rows
             counts["positives"] += int(np.sum(histories["n_positive"].to_numpy()))
+    with ParquetStreamWriter(out / "items.parquet", ITEMS) as iw:
+        for table in _item_chunks(cfg, w, n_ratings):
+            iw.write(table)
     elapsed = time.perf_counter() - t0
     manifest = {
         "source": {"dataset": "synthetic", "generator": "catalog.synthetic"},
@@ -299,7 +300,5 @@ def generate_world(
         "timings": {"generate_s": elapsed},
         "created_unix": int(time.time()),
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    write_json(manifest, out / MANIFEST)
     return manifest

@@ -8,7 +8,7 @@ it connects there instead and checks the server answers.
 
 Ray: with RAY_ADDRESS unset, `ray_session()` starts a private local Ray with light settings
 (no dashboard, small object store, usage stats and token auth off, its own temp folder) and shuts
-down only what it started. With RAY_ADDRESS set, it connects to that cluster after checking that
+down only what it started; a Ray the caller already initialised is used and left running. With RAY_ADDRESS set, it connects to that cluster after checking that
 the address answers.
 """
 
@@ -273,14 +273,17 @@ def _check_address(address: str, timeout_s: float) -> None:
 @dataclass
 class RaySession:
     address: str  # "local" when started here
-    started_here: bool
+    started_here: bool  # a local Ray started by this session
     num_cpus: float
     temp_dir: str | None = None  # the private temp folder of a Ray started here, removed at shutdown
+    # ray.init ran here (a local start or a connection to a remote cluster). False when Ray was already
+    # initialised by the caller (a notebook, a test fixture): shutdown then leaves it alone.
+    initialized_here: bool = False
 
     def shutdown(self) -> None:
         import ray
 
-        if ray.is_initialized():
+        if self.initialized_here and ray.is_initialized():
             ray.shutdown()
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -315,7 +318,12 @@ def start_ray(
                 "that its Ray and Python versions match this environment (ray 2.60, "
                 "Python 3.11)."
             ) from exc
-        return RaySession(address=address, started_here=False, num_cpus=ray.cluster_resources().get("CPU", 0))
+        return RaySession(
+            address=address,
+            started_here=False,
+            num_cpus=ray.cluster_resources().get("CPU", 0),
+            initialized_here=True,
+        )
     cpus = num_cpus or os.cpu_count() or 2
     # Ray's sockets live in the temp dir; keep its path short (AF_UNIX paths are limited to 107 bytes).
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
@@ -333,12 +341,15 @@ def start_ray(
         configure_logging=True,
         logging_level="WARNING",
     )
-    return RaySession(address="local", started_here=True, num_cpus=cpus, temp_dir=temp_dir)
+    return RaySession(
+        address="local", started_here=True, num_cpus=cpus, temp_dir=temp_dir, initialized_here=True
+    )
 
 
 @contextlib.contextmanager
 def ray_session(**kwargs) -> Iterator[RaySession]:
-    """`start_ray(**kwargs)`, shut down on exit (only the connection, for a remote cluster)."""
+    """`start_ray(**kwargs)`, shut down on exit: a local Ray started here, or the connection made here to a
+    remote cluster; a Ray the caller had already initialised is left running."""
     session = start_ray(**kwargs)
     try:
         yield session

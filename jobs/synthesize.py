@@ -6,7 +6,9 @@ python -m jobs.synthesize --out runs/synthetic --members 1000000 --clusters 2000
 from __future__ import annotations
 
 import argparse
+import resource
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{c['interactions']} interactions ({c['interactions'] / dt:,.0f} rows/s), "
             f"{c['histories']} histories"
         )
-        print(f"wrote {cfg.out} in {dt:.1f}s")
+        size = sum(f.stat().st_size for f in Path(cfg.out).glob("*.parquet"))
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss: KiB on Linux
+        print(f"wrote {cfg.out}: {size / 1e6:,.1f} MB of parquet in {dt:.1f}s, peak RSS {peak_mb:,.0f} MB")
         return 0
 
     run_main(body)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from catalog.histories import sorted_index
+
 
 @dataclass(frozen=True)
 class AffinityConfig:
@@ -77,14 +79,13 @@ class AffinityModel:
 
 
 def _index(sorted_ids: np.ndarray, query: np.ndarray, column: str) -> np.ndarray:
-    pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
-    bad = sorted_ids[pos] != query
-    if bad.any():
-        raise ValueError(
-            f"column '{column}': {int(bad.sum())} id(s) unknown to the simulator, e.g. "
-            f"{np.unique(query[bad])[:5].tolist()}. Simulate only members and items of its dataset."
-        )
-    return pos
+    return sorted_index(
+        sorted_ids,
+        query,
+        where=f"column '{column}'",
+        unknown="id(s) unknown to the simulator",
+        fix="Simulate only members and items of its dataset.",
+    )
 
 
 def _als_side(rows, cols, resid, n_rows, other, reg):

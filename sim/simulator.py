@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from catalog.build import Catalog
-from catalog.movielens import load_movielens_100k
+from catalog.movielens import DataNotFoundError, load_movielens_100k, movielens_dir
 from catalog.schemas import FEEDBACK_LOG, SOURCES
 from sim.affinity import AffinityConfig, AffinityModel, fit_affinity
 from sim.response import ResponseConfig, respond
@@ -32,6 +33,17 @@ class SimConfig:
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     seed: int = 0  # same seed and same impressions give the same log
+
+
+def _source_dir(saved: str | None) -> Path:
+    """The MovieLens folder the catalog was built from if it is still there (the manifest keeps an absolute
+    path, which another machine may lack), else the usual lookup ($ML100K_DIR, the recbole copy)."""
+    if saved:
+        try:
+            return movielens_dir(saved)
+        except DataNotFoundError:
+            pass
+    return movielens_dir()
 
 
 class MemberSimulator:
@@ -69,7 +81,7 @@ class MemberSimulator:
                 f"catalog source {source.get('dataset')!r}: the simulator is grounded in "
                 "MovieLens-100K ratings; build the catalog with jobs.build_catalog."
             )
-        ratings = load_movielens_100k(source.get("path")).interactions
+        ratings = load_movielens_100k(_source_dir(source.get("path"))).interactions
         ids, cid = catalog.item_cluster()
         return cls(fit_affinity(ratings, config.affinity), ids, cid, catalog.n_clusters, config)
 

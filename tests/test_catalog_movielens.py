@@ -4,7 +4,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import catalog.build
 from catalog.build import Catalog, CatalogConfig, build_movielens_catalog
+from catalog.io import write_table
 from catalog.movielens import GENRES, DataNotFoundError, load_movielens_100k
 from catalog.taxonomy import TaxonomyConfig, kmeans
 
@@ -27,6 +29,9 @@ def test_missing_data_package_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("ML100K_DIR", str(tmp_path))
     with pytest.raises(DataNotFoundError, match="recbole==1.2.1"):
         load_movielens_100k()
+    monkeypatch.delenv("ML100K_DIR")
+    with pytest.raises(DataNotFoundError, match=rf"{tmp_path}/ml-100k.inter is missing.*ML100K_DIR"):
+        load_movielens_100k(tmp_path)  # an explicit folder gets the same check and message
 
 
 def test_every_item_in_exactly_one_cluster(ml_catalog):
@@ -34,8 +39,16 @@ def test_every_item_in_exactly_one_cluster(ml_catalog):
     assert items.num_rows == 1682 and len(set(items["item_id"].to_pylist())) == 1682
     cid = items["cluster_id"].to_numpy()
     assert clusters["cluster_id"].to_pylist() == list(range(48))
-    assert np.array_equal(np.bincount(cid, minlength=48), clusters["n_items"].to_numpy())
-    assert clusters["n_items"].to_numpy().min() >= 1
+    assert set(cid.tolist()) == set(range(48)) and clusters["n_items"].to_numpy().min() >= 1
+
+
+def test_popularity_counts_only_the_seen_ratings(ml_catalog):
+    """n_ratings feeds the taxonomy, the policies and the ranker: it must not leak the held-out ratings."""
+    ids = ml_catalog.items["item_id"].to_numpy()
+    seen = np.bincount(ml_catalog.interactions["item_id"].to_numpy(), minlength=ids.max() + 1)[ids]
+    n_ratings = ml_catalog.items["n_ratings"].to_numpy()
+    assert np.array_equal(n_ratings, seen)
+    assert n_ratings.sum() == ml_catalog.manifest["counts"]["interactions"] < 100_000
 
 
 def test_names_unique_short_and_descriptions_readable(ml_catalog):
@@ -130,5 +143,24 @@ def test_catalog_folder_round_trip(ml_catalog, tmp_path):
         assert getattr(back, name).equals(getattr(ml_catalog, name)), name
     assert back.history_k == 2
     (tmp_path / "cat" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+        Catalog.load(tmp_path / "cat")
+
+
+def test_interrupted_save_reads_as_incomplete(ml_catalog, tmp_path, monkeypatch):
+    """Saving over a complete catalog and dying after some tables must not leave the old manifest over a
+    mix of old and new tables."""
+    ml_catalog.save(tmp_path / "cat")
+    written = []
+
+    def write_then_die(table, path, schema):
+        if len(written) == 2:
+            raise OSError("disk full")
+        written.append(path)
+        return write_table(table, path, schema)
+
+    monkeypatch.setattr(catalog.build, "write_table", write_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        ml_catalog.save(tmp_path / "cat")
     with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
         Catalog.load(tmp_path / "cat")

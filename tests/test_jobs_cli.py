@@ -75,11 +75,49 @@ def test_build_catalog_job_writes_a_complete_folder(tmp_path):
 
 
 def test_missing_data_package_is_one_paragraph_and_exit_2(tmp_path):
-    res = _run(["jobs.build_catalog", "--out", str(tmp_path / "cat")], env={"ML100K_DIR": str(tmp_path)})
+    old = tmp_path / "cat"  # a previous catalog in the output folder survives the failed build
+    old.mkdir()
+    (old / "manifest.json").write_text('{"counts": {}}')
+    (old / "items.parquet").write_bytes(b"old items")
+    res = _run(["jobs.build_catalog", "--out", str(old)], env={"ML100K_DIR": str(tmp_path / "none")})
     assert res.returncode == 2
     assert res.stderr.startswith("error: MovieLens-100K file") and "recbole" in res.stderr
     assert "Traceback" not in res.stderr
-    assert not (tmp_path / "cat" / "manifest.json").exists()
+    assert (old / "manifest.json").read_text() == '{"counts": {}}'
+    assert (old / "items.parquet").read_bytes() == b"old items"
+
+
+def _job_error(main, argv, capsys) -> str:
+    """Run a job's main in-process; it must exit 2 with a one-paragraph error. Returns stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_config_and_path_errors_name_the_flag_and_the_fix(tmp_path, capsys):
+    from jobs import simulate, synthesize
+
+    err = _job_error(simulate.main, [], capsys)  # --catalog and --out are required
+    assert (
+        "--catalog (config field 'catalog'): Field required\n--out (config field 'out'): Field required"
+        in err
+    )
+    assert "See --help" in err and "pydantic.dev" not in err
+    err = _job_error(synthesize.main, ["--members", "0"], capsys)
+    assert "--members (config field 'members'): Input should be greater than or equal to 1 (got 0)" in err
+    cfg = tmp_path / "c.json"
+    for text in ("[1, 2]", "null"):
+        cfg.write_text(text)
+        err = _job_error(synthesize.main, ["--config", str(cfg)], capsys)
+        assert f"--config {cfg}: holds a JSON" in err and "not an object of fields" in err
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for out in (afile, afile / "sub"):
+        err = _job_error(synthesize.main, ["--out", str(out), "--members", "10"], capsys)
+        assert f"{out}:" in err and "--out must name a folder you can write to" in err
+    assert afile.read_text() == "not a folder"
 
 
 def test_bad_config_value_names_the_field(tmp_path):
@@ -108,6 +146,32 @@ def test_synthesize_job(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "2000 members, 50 clusters" in res.stdout and (tmp_path / "w" / "manifest.json").exists()
+    size = sum(f.stat().st_size for f in (tmp_path / "w").glob("*.parquet"))
+    assert f"{size / 1e6:,.1f} MB of parquet" in res.stdout and "peak RSS" in res.stdout
+
+
+def test_bench_runner_keeps_results_when_a_benchmark_fails(tmp_path, monkeypatch, capsys):
+    import types
+
+    import bench.__main__ as runner
+
+    row = {"name": "fine", "value": 2.0, "unit": "x/s", "baseline": "b", "baseline_value": 1.0, "ratio": 2.0}
+
+    def broken(quick):
+        raise RuntimeError("tool missing")
+
+    monkeypatch.setattr(runner, "describe", lambda: {"cpu": "c", "cores": 1, "memory_gib": 1, "gpu": None})
+    monkeypatch.setattr(runner, "BENCHMARKS", {"ok": "fake_ok", "broken": "fake_broken"})
+    monkeypatch.setitem(sys.modules, "fake_ok", types.SimpleNamespace(run=lambda quick: [dict(row)]))
+    monkeypatch.setitem(sys.modules, "fake_broken", types.SimpleNamespace(run=broken))
+    assert runner.main(["broken", "ok", "--out", str(tmp_path)]) == 1
+    (path,) = tmp_path.glob("*.json")
+    results = json.loads(path.read_text())["results"]
+    assert [(r["benchmark"], r.get("error")) for r in results] == [
+        ("broken", "RuntimeError: tool missing"),
+        ("ok", None),
+    ]
+    assert "broken" in capsys.readouterr().out
 
 
 def test_demo_with_unreachable_redis_url_fails_cleanly(tmp_path):

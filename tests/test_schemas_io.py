@@ -1,8 +1,19 @@
+import json
+import shutil
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.io import ParquetStreamWriter, SchemaMismatchError, read_table, write_table
+from catalog.io import (
+    ParquetStreamWriter,
+    SchemaMismatchError,
+    copy_file,
+    read_table,
+    write_json,
+    write_table,
+)
 from catalog.schemas import FEEDBACK_LOG, HISTORIES, INTERACTIONS, TABLES
 
 
@@ -107,11 +118,42 @@ def test_stream_writer_appends_batches(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["stream.parquet"]
 
 
-def test_overwrite_is_atomic_and_keeps_old_file_on_failure(tmp_path):
+def test_overwrite_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "inter.parquet"
     write_table(_sample(INTERACTIONS, 2), path, INTERACTIONS)
-    bad = pa.table({"member_id": [1]})  # fails validation before anything is written
-    with pytest.raises(SchemaMismatchError):
-        write_table(bad, path, INTERACTIONS)
+
+    def dies_mid_write(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", dies_mid_write)  # the function catalog.io calls
+    with pytest.raises(OSError, match="disk full"):
+        write_table(_sample(INTERACTIONS, 5), path, INTERACTIONS)
+    monkeypatch.undo()
     assert read_table(path, INTERACTIONS).num_rows == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inter.parquet"]
+
+
+def test_json_and_file_copies_are_atomic(tmp_path, monkeypatch):
+    write_json({"v": 1}, tmp_path / "m.json")
+    (tmp_path / "tool").write_bytes(b"complete binary")
+    copy_file(tmp_path / "tool", tmp_path / "cached")
+
+    def dies_mid_write(self, data, *args, **kwargs):
+        Path.write_bytes(self, data[:3].encode())
+        raise OSError("disk full")
+
+    def dies_mid_copy(src, dest, **kwargs):
+        Path(dest).write_bytes(b"comp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", dies_mid_write)
+    monkeypatch.setattr(shutil, "copy2", dies_mid_copy)
+    with pytest.raises(OSError):
+        write_json({"v": 2}, tmp_path / "m.json")
+    with pytest.raises(OSError):
+        copy_file(tmp_path / "tool", tmp_path / "fresh")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "m.json").read_text()) == {"v": 1}
+    assert (tmp_path / "cached").read_bytes() == b"complete binary"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cached", "m.json", "tool"]

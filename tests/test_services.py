@@ -6,7 +6,15 @@ import pytest
 import ray
 import redis
 
-from jobs.services import RedisServer, ServiceError, connect_redis, redact, redis_service, start_ray
+from jobs.services import (
+    RedisServer,
+    ServiceError,
+    connect_redis,
+    ray_session,
+    redact,
+    redis_service,
+    start_ray,
+)
 
 
 def _alive(pid: int) -> bool:
@@ -99,6 +107,14 @@ def test_local_ray_runs_a_task(ray_local):
     assert ray_local.started_here and ray_local.address == "local"
     assert ray.get(ray.remote(lambda x: x + 1).remote(41)) == 42
     assert ray.cluster_resources()["CPU"] == 2
+
+
+def test_ray_session_leaves_a_ray_it_did_not_start(ray_local):
+    """A notebook (or this test session) that already runs Ray keeps it after a job's ray_session."""
+    with ray_session(address="local") as session:
+        assert not session.initialized_here
+    assert ray.is_initialized()
+    assert ray.get(ray.remote(lambda x: x * 2).remote(21)) == 42
 
 
 def test_unreachable_ray_address_is_a_clear_error():

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from jobs.common import merge_config, run_main
-from jobs.train_ranker import DATA_FLAGS, RankerJobFields, add_data_flags, load_examples
+from jobs.train_ranker import DATA_FLAGS, RankerJobFields, add_data_flags, job_configs, load_examples
 
 
 class AblationJobConfig(RankerJobFields):
@@ -36,14 +36,11 @@ def main(argv: list[str] | None = None) -> None:
 def ablate(cfg: AblationJobConfig) -> int:
     from catalog.build import Catalog, build_movielens_catalog
     from ranking.ablation import STEPS, markdown_table, multitask_steps, run_ablation
-    from ranking.config import PRESETS, RankerConfig
-    from ranking.train import TrainConfig, pick_device
+    from ranking.train import pick_device
 
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
-    full = RankerConfig.from_dict({**PRESETS[cfg.preset]().to_dict(), **cfg.ranker})
-    overrides = {"seed": cfg.seed, **({"epochs": cfg.epochs} if cfg.epochs else {})}
-    tcfg = TrainConfig.from_dict({**cfg.train, **overrides})
+    full, tcfg = job_configs(cfg)
     catalog = Catalog.load(cfg.catalog) if cfg.catalog else build_movielens_catalog()
     examples = load_examples(cfg, catalog)
     steps = list(STEPS)

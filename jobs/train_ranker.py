@@ -6,13 +6,17 @@ share, skip, long dwell), evaluate it on the later part by time, and write a sel
     python -m jobs.train_ranker --warm-start runs/ranker --out runs/ranker-p2    # incremental period
 
 Outputs in --out: the checkpoint (config.json, schema.json, model.safetensors, fisher.safetensors,
-bandit.safetensors), metrics.json, reliability.png, serving.pt2 (torch.export), examples/*.parquet.
+bandit.safetensors), metrics.json, reliability.png, serving.pt2 (torch.export), examples/*.parquet,
+summary.json. The folder is built beside --out and swapped in whole when the run succeeds, so a failed
+run leaves the previous one intact and no file of an older model survives; --out must not be (or hold)
+the warm-start or cold-start checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +40,7 @@ class RankerJobFields(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
     device: str = "auto"
-    seed: int = 0
+    seed: int | None = None  # overrides train.seed when given
 
 
 DATA_FLAGS = ["dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed"]
@@ -73,26 +77,58 @@ FLAGS = [
 ]  # fmt: skip
 
 
+def job_configs(cfg: RankerJobFields, **flags):
+    """(RankerConfig, TrainConfig): the preset with cfg.ranker on top; cfg.train with the flags that
+    were given (not None: epochs, seed and `flags`) on top."""
+    from ranking.config import PRESETS, RankerConfig
+    from ranking.train import TrainConfig
+
+    config = RankerConfig.from_dict({**PRESETS[cfg.preset]().to_dict(), **cfg.ranker})
+    flags = {"epochs": cfg.epochs, "seed": cfg.seed, **flags}
+    tcfg = TrainConfig.from_dict({**cfg.train, **{k: v for k, v in flags.items() if v is not None}})
+    return config, tcfg
+
+
 def load_examples(cfg, catalog):
     from catalog.logs import read_feedback_log
     from ranking.datasets import feedback_examples, movielens_ctr
 
     if cfg.dataset == "movielens":
-        return movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
-    if not cfg.logs:
-        raise ValueError(
-            "--dataset feedback needs --logs DIR (a feedback-log folder, e.g. from `make demo`)."
-        )
-    import pyarrow as pa
+        examples = movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
+    else:
+        if not cfg.logs:
+            raise ValueError(
+                "--dataset feedback needs --logs DIR (a feedback-log folder, e.g. from `make demo`)."
+            )
+        import pyarrow as pa
 
-    log = pa.concat_tables([read_feedback_log(d) for d in cfg.logs])
-    return feedback_examples(
-        log,
-        catalog,
-        test_fraction=cfg.test_fraction,
-        history_length=cfg.history_length,
-        percentile=cfg.long_dwell_percentile,
-    )
+        logs = [read_feedback_log(d) for d in cfg.logs]
+        for d, log in zip(cfg.logs, logs, strict=True):
+            if log.num_rows == 0:
+                raise ValueError(
+                    f"no feedback rows in {d}; point --logs at a policy folder such as .../logs/round0/random."
+                )
+        examples = feedback_examples(
+            pa.concat_tables(logs),
+            catalog,
+            test_fraction=cfg.test_fraction,
+            history_length=cfg.history_length,
+            percentile=cfg.long_dwell_percentile,
+        )
+    check_parts(examples, cfg.test_fraction)
+    return examples
+
+
+def check_parts(examples, test_fraction: float) -> None:
+    """Training needs 2 rows (batch norm) and evaluation 1: refuse a split with fewer."""
+    n = examples.train.num_rows + examples.test.num_rows
+    for part, least in (("train", 2), ("test", 1)):
+        if getattr(examples, part).num_rows < least:
+            raise ValueError(
+                f"the {part} part has {getattr(examples, part).num_rows} rows (of {n} example rows, "
+                f"test_fraction={test_fraction}); it needs at least {least}. Give more data (more logs) "
+                "or change --test-fraction."
+            )
 
 
 def baseline_metrics(examples) -> dict:
@@ -107,29 +143,69 @@ def baseline_metrics(examples) -> dict:
     return out
 
 
+def cold_start_path(cfg, warm_meta: dict) -> str:
+    """--cold-start, else the cold start the warm start recorded, else the warm start itself."""
+    return cfg.cold_start or warm_meta.get("train", {}).get("cold_start") or cfg.warm_start
+
+
+def check_out(cfg) -> None:
+    """The job replaces --out whole: refuse a folder of other files, and one that is (or holds) the
+    warm-start or cold-start checkpoint the run starts from."""
+    from ranking.checkpoint import read_checkpoint_config
+
+    out = Path(cfg.out).resolve()
+    if cfg.warm_start:
+        meta, _, _ = read_checkpoint_config(cfg.warm_start)
+        for flag, path in (("--warm-start", cfg.warm_start), ("--cold-start", cold_start_path(cfg, meta))):
+            p = Path(path).resolve()
+            if p == out or out in p.parents:
+                raise ValueError(
+                    f"--out {cfg.out} resolves to {out}, which is or holds the {flag} checkpoint {path} "
+                    f"({p}); the job replaces --out whole and would overwrite it. Give --out a new folder."
+                )
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ValueError(
+            f"--out {cfg.out} holds files but no ranker checkpoint (config.json); the job replaces --out "
+            "whole and would delete them. Give a new or empty folder, or an earlier run of this job."
+        )
+
+
 def incremental_prior(cfg, tcfg, data_schema):
     """Previous and cold-start checkpoints -> (IncrementalPrior, the previous schema and RankerConfig,
     cold-start path). The new period keeps the previous model's architecture and vocabularies."""
+    from dataclasses import fields
+
     from ranking.checkpoint import load_fisher, load_model
     from ranking.train import IncrementalPrior
 
     prev_model, prev_schema, prev_config, prev_meta = load_model(cfg.warm_start, data_schema=data_schema)
-    cold_path = cfg.cold_start or prev_meta.get("train", {}).get("cold_start") or cfg.warm_start
-    cold_model, _, _, _ = load_model(cold_path, data_schema=data_schema)
+    cold_path = cold_start_path(cfg, prev_meta)
+    cold_model, _, cold_config, _ = load_model(cold_path, data_schema=data_schema)
+    for f in fields(prev_config):
+        a, b = getattr(cold_config, f.name), getattr(prev_config, f.name)
+        if a != b:
+            raise ValueError(
+                f"the cold start {cold_path} has RankerConfig.{f.name}={a!r}, the warm start {cfg.warm_start} "
+                f"has {b!r}; both must share one architecture. Pass the --cold-start the warm start was "
+                "trained from."
+            )
     h_prev, h0 = load_fisher(cfg.warm_start), load_fisher(cold_path)
     if h_prev is None or h0 is None:
         raise ValueError(
             f"incremental training needs fisher.safetensors in {cfg.warm_start} and {cold_path}; "
             "retrain those with this job (it writes the Fisher)."
         )
-    prior = IncrementalPrior(
-        {k: v.float() for k, v in cold_model.state_dict().items()},
-        h0,
-        {k: v.float() for k, v in prev_model.state_dict().items()},
-        h_prev,
-        tcfg.cold_weight,
-        tcfg.forgetting_factor,
-    )
+    try:
+        prior = IncrementalPrior(
+            {k: v.float() for k, v in cold_model.state_dict().items()},
+            h0,
+            {k: v.float() for k, v in prev_model.state_dict().items()},
+            h_prev,
+            tcfg.cold_weight,
+            tcfg.forgetting_factor,
+        )
+    except ValueError as exc:
+        raise ValueError(f"cold start {cold_path} vs warm start {cfg.warm_start}: {exc}") from exc
     return prior, prev_schema, prev_config, str(Path(cold_path).resolve())
 
 
@@ -150,13 +226,29 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(cfg: TrainJobConfig) -> dict:
     """Run the job; returns the metrics it wrote to metrics.json."""
+    from catalog.io import replace_folder, staging_folder
+
+    t_start = time.perf_counter()
+    check_out(cfg)
+    out = Path(cfg.out)
+    stage = staging_folder(out.resolve())
+    try:
+        metrics = _train_into(cfg, stage, out)
+        replace_folder(stage, out.resolve())
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
+    return metrics
+
+
+def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
+    """Everything the job writes, written into `stage` (swapped in for `out` afterwards)."""
     import torch
     from tqdm import tqdm
 
     from catalog.build import Catalog, build_movielens_catalog
     from catalog.io import write_table
     from ranking.checkpoint import export_serving, load_serving
-    from ranking.config import PRESETS, RankerConfig
     from ranking.data import ExampleStream
     from ranking.experiment import evaluate, train_and_evaluate
     from ranking.features import Featurizer
@@ -164,17 +256,12 @@ def train(cfg: TrainJobConfig) -> dict:
     from ranking.model import count_flops
     from ranking.quantization import embedding_bytes, quantize_embeddings
     from ranking.ranker import Ranker
-    from ranking.train import TrainConfig, empirical_fisher, pick_device
+    from ranking.train import empirical_fisher, pick_device
 
-    t_start = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    config = RankerConfig.from_dict({**PRESETS[cfg.preset]().to_dict(), **cfg.ranker})
-    overrides = {
-        k: getattr(cfg, k) for k in ("epochs", "batch_size", "forgetting_factor", "cold_weight", "seed")
-    }
-    tcfg = TrainConfig.from_dict({**cfg.train, **{k: v for k, v in overrides.items() if v is not None}})
+    config, tcfg = job_configs(
+        cfg, batch_size=cfg.batch_size, forgetting_factor=cfg.forgetting_factor, cold_weight=cfg.cold_weight
+    )
 
     catalog = Catalog.load(cfg.catalog) if cfg.catalog else build_movielens_catalog()
     examples = load_examples(cfg, catalog)
@@ -182,7 +269,7 @@ def train(cfg: TrainJobConfig) -> dict:
     paths = {}
     for part in ("train", "test"):
         table = getattr(examples, part)
-        paths[part] = write_table(table, out / "examples" / f"{part}.parquet", table.schema)
+        paths[part] = write_table(table, stage / "examples" / f"{part}.parquet", table.schema)
     print(
         f"examples: {examples.train.num_rows} train, {examples.test.num_rows} test ({cfg.dataset}), "
         f"tasks {list(examples.schema.tasks)}, device {device}"
@@ -222,11 +309,10 @@ def train(cfg: TrainJobConfig) -> dict:
     ranker.update_bandit(paths["train"], prior_precision=cfg.bandit_prior_precision, noise=cfg.bandit_noise)
 
     baseline = baseline_metrics(examples)
-    qmodel = quantize_embeddings(model.cpu())
+    qmodel = quantize_embeddings(model)
     q_metrics, _ = evaluate(qmodel, schema, config, paths["test"], torch.device("cpu"))
     sample = featurizer(examples.test.slice(0, 256))
-    flops = count_flops(model, sample)  # quantize_embeddings above left the model on the CPU
-    model.to(device)
+    flops = count_flops(model, sample.to(device))
     metrics = {
         "dataset": cfg.dataset,
         "tasks": run.metrics,
@@ -234,7 +320,9 @@ def train(cfg: TrainJobConfig) -> dict:
         "quantized_int8": q_metrics,
         "embedding_bytes": {"float32": embedding_bytes(model), "int8": embedding_bytes(qmodel)},
         "train": {
-            "examples": run.train.examples,
+            "rows": examples.train.num_rows,
+            "epochs": tcfg.epochs,
+            "examples_seen": run.train.examples_seen,  # rows x epochs
             "seconds": round(run.train.seconds, 2),
             "examples_per_s": round(run.train.examples_per_s, 1),
             "final_loss": run.train.final_loss,
@@ -244,20 +332,21 @@ def train(cfg: TrainJobConfig) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "featurizer": dict(featurizer.stats),
     }
-    ranker.save(out, train_config=train_cfg_dict, fisher=fisher, metrics=metrics)
+    ranker.save(stage, swap=False, train_config=train_cfg_dict, fisher=fisher, metrics=metrics)
     png = reliability_diagram(
         {
             t: (run.predictions["labels"][:, i], run.predictions["probs"][:, i])
             for i, t in enumerate(schema.tasks)
         },
-        out / "reliability.png",
+        stage / "reliability.png",
     )
     if cfg.export:
-        pt2 = export_serving(model.cpu(), sample.inputs(), out / "serving.pt2")
+        pt2 = export_serving(model.cpu(), sample.inputs(), stage / "serving.pt2")
         load_serving(pt2)(*sample.inputs())  # the export must load and run
 
     print(
-        f"trained {run.train.examples} examples in {run.train.seconds:.1f}s ({run.train.examples_per_s:,.0f} ex/s)"
+        f"trained {examples.train.num_rows} rows x {tcfg.epochs} epochs in {run.train.seconds:.1f}s "
+        f"({run.train.examples_per_s:,.0f} ex/s)"
     )
     for t in schema.tasks:
         m, b, q = run.metrics[t], baseline[t], q_metrics[t]
@@ -267,8 +356,8 @@ def train(cfg: TrainJobConfig) -> dict:
         )
     eb = metrics["embedding_bytes"]
     print(f"embeddings {eb['float32'] / 1e6:.2f} MB float32 -> {eb['int8'] / 1e6:.2f} MB int8")
-    print(f"wrote {out} (reliability diagram {png.name}) in {time.perf_counter() - t_start:.1f}s")
-    (out / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
+    print(f"reliability diagram: {out / png.name}")
+    (stage / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
     return metrics
 
 

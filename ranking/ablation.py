@@ -65,7 +65,7 @@ def run_ablation(
         )
         log(format_row(rows[-1], rows, examples.schema.tasks[0]))
     if quantize and result is not None:
-        qmodel = quantize_embeddings(result.model.cpu())
+        qmodel = quantize_embeddings(result.model)
         metrics, _ = evaluate(qmodel, result.schema, config, examples.test, torch.device("cpu"))
         rows.append(
             AblationRow(

@@ -9,23 +9,29 @@ folder alone (no pickle), plus an export of the serving model with torch.export.
   bandit.safetensors  Bayesian last-layer posterior, optional
   metrics.json        evaluation figures, optional
   serving.pt2         torch.export program of the serving forward, optional
+
+`save_checkpoint` builds the folder beside its destination and swaps it in whole, so no file of an
+older checkpoint (an old bandit, Fisher or export) survives next to the new weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from catalog.io import replace_folder, staging_folder
 from ranking.bandit import BayesianLastLayer
 from ranking.config import RankerConfig
 from ranking.model import LiRankModel, build_model
 from ranking.schema import FeatureSchema
 
 FORMAT = "lirank-ranker/1"
+OPTIONAL_FILES = ("fisher.safetensors", "bandit.safetensors", "metrics.json", "serving.pt2")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -52,8 +58,37 @@ def save_checkpoint(
     bandit_task: str | None = None,
     metrics: dict | None = None,
 ) -> Path:
+    """Write the checkpoint into a new folder built beside `folder`, then swap it in for `folder` (whose
+    other contents go with the old checkpoint). Arguments as for `write_checkpoint`."""
+    tmp = staging_folder(folder)
+    try:
+        write_checkpoint(
+            tmp, model, schema, config, train_config=train_config, fisher=fisher, bandit=bandit,
+            bandit_task=bandit_task, metrics=metrics,
+        )  # fmt: skip
+        return replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_checkpoint(
+    folder: str | os.PathLike,
+    model: LiRankModel,
+    schema: FeatureSchema,
+    config: RankerConfig,
+    *,
+    train_config: dict | None = None,
+    fisher: dict[str, torch.Tensor] | None = None,
+    bandit: BayesianLastLayer | None = None,
+    bandit_task: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write the checkpoint files into `folder` as it is (for a folder the caller stages itself);
+    optional files left there by an older checkpoint and not written now are deleted."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in OPTIONAL_FILES:
+        (folder / name).unlink(missing_ok=True)
     _save_tensors(model.state_dict(), folder / "model.safetensors")
     if fisher is not None:
         _save_tensors(fisher, folder / "fisher.safetensors")

@@ -31,7 +31,29 @@ def parquet_files(source) -> list[Path]:
     return files
 
 
+def _fold_single_rows(batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Merge every 1-row batch into a neighbour (the trailing one into the batch before it): batch norm
+    cannot train on one row, and evaluation loses nothing by it. A source of one row stays one batch."""
+    held = None
+    for t in batches:
+        if held is not None and (t.num_rows == 1 or held.num_rows == 1):
+            held = pa.concat_tables([held, t])
+            continue
+        if held is not None:
+            yield held
+        held = t
+    if held is not None:
+        yield held
+
+
 def _table_batches(
+    source: pa.Table | str | os.PathLike | list, batch_size: int, shuffle: bool, seed: int
+) -> Iterator[pa.Table]:
+    batches = _row_batches(source, batch_size, shuffle, seed)
+    return _fold_single_rows(batches) if batch_size > 1 else batches
+
+
+def _row_batches(
     source: pa.Table | str | os.PathLike | list, batch_size: int, shuffle: bool, seed: int
 ) -> Iterator[pa.Table]:
     """Row batches from an in-memory table (shuffled when asked) or parquet files (streamed in file
@@ -59,6 +81,9 @@ def _table_batches(
 
 class ExampleStream:
     """Iterates featurized batches with `prefetch` batches prepared ahead on a worker thread.
+
+    Batches hold `batch_size` rows, except the last of a file or row group; a batch that would hold a
+    single row is merged into its neighbour (batch norm cannot train on one row).
 
     Args:
         source: a pa.Table, a parquet file, a folder of parquet files, or a list of those.
@@ -94,8 +119,9 @@ class ExampleStream:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(self.source))
 
     def __len__(self) -> int:
-        """Batches per epoch (exact for in-memory tables, an upper bound for shuffled parquet)."""
-        return -(-self.num_rows // self.batch_size)
+        """Batches per epoch: exact for in-memory tables, an estimate for parquet (each file ends a batch)."""
+        n, b = self.num_rows, self.batch_size
+        return -(-n // b) - (b > 1 and n > 1 and n % b == 1)
 
     def _produce(self, q: queue.Queue, stop: threading.Event) -> None:
         try:

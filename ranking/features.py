@@ -5,11 +5,13 @@
 | missing column | ValueError naming the missing and the present columns |
 | dense NaN, inf or null | replaced by the field's training mean; counted in `stats['imputed']` |
 | unknown value of a 'table' field (or null) | row 0, the shared unknown row; counted in `stats['unknown']` |
-| any id of a 'qr' field | hashed, so never unknown; a null id hashes like the empty string |
+| any id of a 'qr' field | hashed, so never unknown; a null id hashes like -1 (integer ids) or "" (string ids) |
+| 'qr' id of another type than fitted (e.g. strings for integer ids) | ValueError naming the column and both types |
+| whole-number float ids of an integer-id field | cast to int64 first (10.0 hashes like 10); other floats: ValueError |
 | history longer than L | the most recent L actions kept; counted in `stats['truncated']` |
 | empty or null history | an all-padding row; TransAct reads it as one empty token |
 | action code outside 1..n_actions-1, or a null inside a history list | ValueError naming the column |
-| label null or NaN | ValueError naming the column (labels are never imputed) |
+| label null or NaN, or outside [0, 1] | ValueError naming the column (labels are never imputed) |
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ranking.columns import float_column, id_values, require
 from ranking.hashing import field_seed, hash_ids
 from ranking.schema import FeatureSchema
 
@@ -59,21 +62,6 @@ def _pin(t):
     return None if t is None else t.pin_memory()
 
 
-def _require(table: pa.Table | pa.RecordBatch, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in table.schema.names]
-    if missing:
-        raise ValueError(
-            f"batch is missing column(s) {missing}; it has {table.schema.names}. Build the examples with "
-            "the dataset builder the model was trained with (ranking.datasets)."
-        )
-
-
-def _float_column(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
-        raise ValueError(f"column {name!r} has type {col.type}; a numeric column is needed.")
-    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
-
-
 class Featurizer:
     """Turns tables that carry a schema's columns into `Batch`es; keeps counts of what it repaired."""
 
@@ -88,11 +76,7 @@ class Featurizer:
     def sparse_ids(self, name: str, col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         f = self.schema.field(name)
         if f.kind == "qr":
-            if pa.types.is_integer(col.type):
-                vals = pc.fill_null(col, -1).to_numpy(zero_copy_only=False)
-            else:
-                vals = pc.cast(col, pa.string()).to_pylist()
-            return hash_ids(vals, self._seeds[name])
+            return hash_ids(id_values(col, name, f.id_kind), self._seeds[name])
         idx = pc.index_in(pc.cast(col, pa.string()), value_set=self._vocab[name])
         self.stats["unknown"] += idx.null_count
         return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
@@ -112,7 +96,10 @@ class Featurizer:
                     f"column {name!r} has null entries inside its lists; drop them before scoring."
                 )
             offsets = col.offsets.to_numpy().astype(np.int64)
-            values = col.flatten().to_numpy(zero_copy_only=False)
+            if name == spec.items:  # item ids hash like the item field's own ids
+                values = id_values(col.flatten(), name, self.schema.field(spec.item_field).id_kind)
+            else:
+                values = col.flatten().to_numpy(zero_copy_only=False)
             out.append((offsets, values))
         (offsets, items), (offsets_a, actions) = out
         if not np.array_equal(offsets, offsets_a):
@@ -138,12 +125,12 @@ class Featurizer:
         need = [f.name for f in s.sparse] + [f.name for f in s.dense]
         if self.use_history:
             need += [s.history.items, s.history.actions]
-        _require(table, need + (list(s.tasks) if self.with_labels else []))
+        require(table, need + (list(s.tasks) if self.with_labels else []))
         n = table.num_rows
         sparse = np.stack([self.sparse_ids(f.name, table[f.name]) for f in s.sparse], axis=1)
         dense = np.empty((n, len(s.dense)), np.float32)
         for j, f in enumerate(s.dense):
-            x = _float_column(table[f.name], f.name)
+            x = float_column(table[f.name], f.name)
             if f.log1p:
                 x = np.log1p(np.maximum(x, 0))
             bad = ~np.isfinite(x)
@@ -158,10 +145,17 @@ class Featurizer:
             hm = np.zeros((n, 0), bool)
         labels = None
         if self.with_labels:
-            labels = np.stack([_float_column(table[t], t) for t in s.tasks], axis=1).astype(np.float32)
+            labels = np.stack([float_column(table[t], t) for t in s.tasks], axis=1).astype(np.float32)
             if not np.isfinite(labels).all():
                 t = s.tasks[int(np.nonzero(~np.isfinite(labels).all(axis=0))[0][0])]
                 raise ValueError(f"label column {t!r} has null or NaN values; drop or fix those rows first.")
+            outside = (labels < 0) | (labels > 1)
+            if outside.any():
+                row, j = (int(i[0]) for i in np.nonzero(outside))
+                raise ValueError(
+                    f"label column {s.tasks[j]!r} holds {float(labels[row, j])!r}; labels must be in [0, 1] "
+                    "(0/1 outcomes or probabilities). Map them first, e.g. like = rating >= 4."
+                )
         self.stats["rows"] += n
         return Batch(
             sparse=torch.from_numpy(sparse),

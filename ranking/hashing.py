@@ -2,7 +2,8 @@
 
 Integers go through MurmurHash3's 64-bit finalizer (fmix64) after xor with a per-field seed; strings
 through MurmurHash3 x64 (mmh3). Either way the result is a non-negative int64 (top bit dropped), so it
-is a valid index source for `hashed % buckets` in torch.
+is a valid index source for `hashed % buckets` in torch. The two never agree (10 and "10" hash apart),
+so a field's ids must keep one kind: ranking.columns.id_values enforces the kind fitted in the schema.
 """
 
 from __future__ import annotations
@@ -39,11 +40,19 @@ def hash_ids(values: np.ndarray | Sequence, seed: int = 0) -> np.ndarray:
 
     Args:
         values: (N,) integer array, or a sequence of str (None hashes like the empty string).
+            Floats are refused: cast whole-number floats to int64 first (see ranking.columns.id_values).
         seed: per-field seed, see `field_seed`.
     Returns:
         (N,) int64 in [0, 2^63).
     """
     arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind in "fc":
+        raise ValueError(
+            f"hash_ids got {arr.dtype} ids; floats would hash as their text ('10.0'). Cast whole-number "
+            "floats to int64 first."
+        )
     if arr.dtype.kind in "iub":
         with np.errstate(over="ignore"):
             x = arr.astype(np.int64).view(np.uint64) ^ (np.uint64(seed) * _GOLDEN)

@@ -67,8 +67,9 @@ def _swap(module: nn.Module) -> int:
 
 
 def quantize_embeddings(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose id embedding tables (its `sparse` arch) are middle-max int8."""
-    qmodel = copy.deepcopy(model).eval()
+    """A CPU copy of `model` whose id embedding tables (its `sparse` arch) are middle-max int8; `model`
+    itself is left where it is, unchanged."""
+    qmodel = copy.deepcopy(model).cpu().eval()
     _swap(qmodel.sparse)
     return qmodel
 

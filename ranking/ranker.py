@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 
 from ranking.bandit import BayesianLastLayer
-from ranking.checkpoint import load_bandit, load_model, save_checkpoint
+from ranking.checkpoint import load_bandit, load_model, save_checkpoint, write_checkpoint
 from ranking.config import RankerConfig
 from ranking.data import ExampleStream
 from ranking.features import Featurizer
@@ -98,7 +98,7 @@ class Ranker:
     def quantized(self) -> Ranker:
         """The same ranker with middle-max int8 embedding tables (CPU inference)."""
         return Ranker(
-            quantize_embeddings(self.model.cpu()),
+            quantize_embeddings(self.model),
             self.schema,
             self.config,
             bandit=self.bandit,
@@ -106,8 +106,10 @@ class Ranker:
             device="cpu",
         )
 
-    def save(self, folder: str | os.PathLike, **extras) -> Path:
-        return save_checkpoint(
+    def save(self, folder: str | os.PathLike, *, swap: bool = True, **extras) -> Path:
+        """Save as a checkpoint folder: swapped in whole (`save_checkpoint`), or with swap=False written
+        into `folder` as it is (`write_checkpoint`, for a folder the caller is staging)."""
+        return (save_checkpoint if swap else write_checkpoint)(
             folder,
             self.model,
             self.schema,

@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ranking.columns import ID_KINDS, float_column, id_kind_of, require
+
 SPARSE_KINDS = ("qr", "table")
 
 
@@ -24,10 +26,15 @@ class SparseField:
     kind: str = "qr"
     buckets: int = 1 << 16  # qr: N, the hash space
     vocab: tuple[str, ...] = ()  # table: known values as strings, fitted on training data
+    # qr: 'integer' or 'string', fitted on training data; other id types are refused at scoring.
+    # '' (unfitted, or saved before it was recorded) takes the kind of the column's type at scoring.
+    id_kind: str = ""
 
     def __post_init__(self):
         if self.kind not in SPARSE_KINDS:
             raise ValueError(f"SparseField {self.name!r}: kind={self.kind!r}, use one of {SPARSE_KINDS}.")
+        if self.id_kind not in ("", *ID_KINDS):
+            raise ValueError(f"SparseField {self.name!r}: id_kind={self.id_kind!r}, use one of {ID_KINDS}.")
         object.__setattr__(self, "vocab", tuple(self.vocab))
 
 
@@ -122,16 +129,20 @@ class FeatureSchema:
             )
 
     def fit(self, table: pa.Table) -> FeatureSchema:
-        """Vocabularies of 'table' fields and imputation means of dense fields, from training data."""
+        """Vocabularies of 'table' fields, id kinds of 'qr' fields and imputation means of dense fields,
+        from training data."""
+        require(table, [f.name for f in self.sparse] + [f.name for f in self.dense], "training table")
         sparse = []
         for f in self.sparse:
             if f.kind == "table":
                 values = pc.unique(pc.cast(table[f.name], pa.string())).drop_null().to_pylist()
                 f = replace(f, vocab=tuple(sorted(values)))
+            else:
+                f = replace(f, id_kind=id_kind_of(table[f.name].type, f.name))
             sparse.append(f)
         dense = []
         for f in self.dense:
-            x = table[f.name].to_numpy(zero_copy_only=False).astype(np.float64)
+            x = float_column(table[f.name], f.name)
             x = np.log1p(np.maximum(x, 0)) if f.log1p else x
             finite = x[np.isfinite(x)]
             dense.append(replace(f, fill=float(finite.mean()) if finite.size else 0.0))

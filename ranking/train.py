@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ranking.data import ExampleStream
+from ranking.features import Batch
 from ranking.model import LiRankModel
 
 
@@ -84,6 +85,17 @@ class IncrementalPrior:
     def __init__(
         self, w0: dict, h0: dict, w_prev: dict, h_prev: dict, alpha: float, forgetting_factor: float
     ):
+        # every tensor must have the previous model's shape: refuse another architecture up front
+        for label, state, keys in (("w0", w0, w_prev), ("H0", h0, h_prev), ("Hprev", h_prev, h_prev)):
+            for k in keys:
+                want = tuple(w_prev[k].shape) if k in w_prev else None
+                got = tuple(state[k].shape) if k in state else None
+                if got != want or want is None:
+                    raise ValueError(
+                        f"IncrementalPrior: {label}[{k!r}] has shape {got or 'none (missing)'}, the previous "
+                        f"model's has {want or 'none (missing)'}; the cold-start and previous checkpoints must "
+                        "share one architecture (RankerConfig and vocabularies)."
+                    )
         self.w0, self.h0, self.w_prev, self.h_prev = w0, h0, w_prev, h_prev
         self.alpha, self.lam = alpha, forgetting_factor
 
@@ -142,14 +154,14 @@ def empirical_fisher(model: LiRankModel, stream: ExampleStream, n_batches: int, 
 @dataclass
 class TrainResult:
     steps: int
-    examples: int
+    examples_seen: int  # examples processed over all epochs (rows x epochs), not the dataset size
     seconds: float
     final_loss: float
     losses: list[float]
 
     @property
     def examples_per_s(self) -> float:
-        return self.examples / max(self.seconds, 1e-9)
+        return self.examples_seen / max(self.seconds, 1e-9)
 
 
 class Trainer:
@@ -178,47 +190,55 @@ class Trainer:
         self.dense_opt = torch.optim.Adam(dense, lr=config.lr)
         self.sparse_opt = torch.optim.Adagrad(sparse, lr=config.sparse_lr)
         self.step_count = 0
+        self._task_weights: torch.Tensor | None = None
+        self._schedulers: list = []  # set by warm_up; without it the learning rates stay constant
 
-    def _weights(self, n_tasks: int) -> torch.Tensor | None:
-        tw = self.config.task_weights
-        if not tw:
-            return None
-        if len(tw) != n_tasks:
-            raise ValueError(f"TrainConfig.task_weights has {len(tw)} values for {n_tasks} tasks.")
-        return torch.tensor(tw, dtype=torch.float32, device=self.device)
+    def warm_up(self, total_steps: int) -> None:
+        """Linear learning-rate warm-up: lr_t = lr min(1, (t + 1) / ceil(warmup_fraction total_steps))."""
+        warmup = max(1, math.ceil(self.config.warmup_fraction * total_steps))
+        scale = lambda step: min(1.0, (step + 1) / warmup)  # noqa: E731
+        self._schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, scale) for opt in (self.dense_opt, self.sparse_opt)
+        ]
+
+    def step(self, batch: Batch) -> float:
+        """One training step on `batch` (on the device): weighted task loss plus the incremental prior,
+        backward, gradient clipping, Adam and Adagrad steps, warm-up step. Returns the loss."""
+        cfg = self.config
+        self.model.train()
+        if self._task_weights is None and cfg.task_weights:
+            n_tasks = batch.labels.shape[1]
+            if len(cfg.task_weights) != n_tasks:
+                raise ValueError(
+                    f"TrainConfig.task_weights has {len(cfg.task_weights)} values for {n_tasks} tasks."
+                )
+            self._task_weights = torch.tensor(cfg.task_weights, dtype=torch.float32, device=self.device)
+        out = self.model.run(batch)
+        loss = task_loss(out.logits, batch.labels, self._task_weights)
+        if self.prior is not None and self.prior.lam > 0:
+            loss = loss + self.prior.penalty(self.model)
+        self.dense_opt.zero_grad(set_to_none=True)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        self.dense_opt.step()
+        self.sparse_opt.step()
+        for sched in self._schedulers:
+            sched.step()
+        self.step_count += 1
+        return float(loss.detach())
 
     def fit(self, stream: ExampleStream, progress=None) -> TrainResult:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        total = cfg.epochs * len(stream)
-        warmup = max(1, math.ceil(cfg.warmup_fraction * total))
-        scale = lambda step: min(1.0, (step + 1) / warmup)  # noqa: E731
-        dense_sched = torch.optim.lr_scheduler.LambdaLR(self.dense_opt, scale)
-        sparse_sched = torch.optim.lr_scheduler.LambdaLR(self.sparse_opt, scale)
-        self.model.train()
+        self.warm_up(cfg.epochs * len(stream))
         losses, examples, t0 = [], 0, time.perf_counter()
-        weights = None
         for _ in range(cfg.epochs):
             for batch in stream:
                 batch = batch.to(self.device)
-                if weights is None:
-                    weights = self._weights(batch.labels.shape[1])
-                out = self.model.run(batch)
-                loss = task_loss(out.logits, batch.labels, weights)
-                if self.prior is not None and self.prior.lam > 0:
-                    loss = loss + self.prior.penalty(self.model)
-                self.dense_opt.zero_grad(set_to_none=True)
-                self.sparse_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_norm:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-                self.dense_opt.step()
-                self.sparse_opt.step()
-                dense_sched.step()
-                sparse_sched.step()
-                self.step_count += 1
+                losses.append(self.step(batch))
                 examples += len(batch)
-                losses.append(float(loss.detach()))
                 if progress is not None:
                     progress(len(batch), losses[-1])
         if self.device.type == "cuda":
@@ -246,6 +266,8 @@ def predict(
             labels.append(batch.labels.cpu())
         if keep_phi:
             phis.append(out.phi.cpu())
+    if not probs:
+        raise ValueError("predict: the stream yielded no rows; evaluate on a non-empty test part.")
     result = {"probs": torch.cat(probs).numpy(), "raw_probs": torch.cat(raw).numpy()}
     if labels:
         result["labels"] = torch.cat(labels).numpy()

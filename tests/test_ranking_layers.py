@@ -289,3 +289,18 @@ def test_long_dwell_percentiles_per_group():
     assert list(position_bucket(np.array([0, 1, 2, 3, 4, 5, 9, 10, 50]))) == [
         "0", "1", "2", "3-4", "3-4", "5-9", "5-9", "10+", "10+",
     ]  # fmt: skip
+
+
+def test_hash_ids_refuses_floats():
+    with pytest.raises(ValueError, match="float64 ids"):
+        hash_ids(np.array([10.0, 11.0]))
+    assert hash_ids([]).shape == (0,)
+
+
+def test_incremental_prior_refuses_another_architecture():
+    w = {"a": torch.zeros(3, 2), "b": torch.zeros(4)}
+    w0 = {"a": torch.zeros(5, 2), "b": torch.zeros(4)}
+    with pytest.raises(ValueError, match=r"w0\['a'\] has shape \(5, 2\), the previous model's has \(3, 2\)"):
+        IncrementalPrior(w0, w, w, w, 0.5, 1.0)
+    with pytest.raises(ValueError, match=r"H0\['b'\] has shape none \(missing\)"):
+        IncrementalPrior(w, {"a": w["a"]}, w, w, 0.5, 1.0)

@@ -238,3 +238,240 @@ def test_feedback_log_multitask_with_groups_and_mmoe(ml_catalog, tmp_path):
         {"click": (r.predictions["labels"][:, 0], r.predictions["probs"][:, 0])}, tmp_path / "r.png"
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- review fixes: small schemas and tables, no catalog ---------------------------------------
+
+
+def _tiny_data(n: int = 6):
+    """A fitted schema (a hashed id with a history, a vocabulary field, one dense field) and its table."""
+    from ranking.schema import DenseField, FeatureSchema, HistorySpec, SparseField
+
+    ids = np.arange(10, 10 + n)
+    table = pa.table(
+        {
+            "item_id": pa.array(ids, pa.int64()),
+            "kind": pa.array([("a", "b")[i % 2] for i in range(n)]),
+            "x": pa.array(np.linspace(0.0, 1.0, n)),
+            "hist_items": pa.array([[int(i) - 1] for i in ids], pa.list_(pa.int64())),
+            "hist_actions": pa.array([[1]] * n, pa.list_(pa.int32())),
+            "y": pa.array([float(i % 2) for i in range(n)], pa.float32()),
+        }
+    )
+    schema = FeatureSchema(
+        sparse=(SparseField("item_id", "qr", 64), SparseField("kind", "table")),
+        dense=(DenseField("x"),),
+        tasks=("y",),
+        history=HistorySpec("hist_items", "hist_actions", "item_id", 3, 4),
+        calibration=("kind",),
+    )
+    return schema.fit(table), table
+
+
+def _set(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def test_hashed_ids_keep_the_kind_they_were_fitted_on():
+    schema, t = _tiny_data()
+    assert schema.field("item_id").id_kind == "integer"
+    ref = Featurizer(schema)(t)
+    # whole-number floats hash like the integers, in the id column and in the history lists
+    floats = _set(_set(t, "item_id", pc.cast(t["item_id"], pa.float64())), "hist_items",
+                  pc.cast(t["hist_items"], pa.list_(pa.float64())))  # fmt: skip
+    b = Featurizer(schema)(floats)
+    assert torch.equal(b.sparse, ref.sparse) and torch.equal(b.hist_items, ref.hist_items)
+    with pytest.raises(ValueError, match="'item_id' has type string, but its field was fitted on integer"):
+        Featurizer(schema)(_set(t, "item_id", pc.cast(t["item_id"], pa.string())))
+    with pytest.raises(ValueError, match="'hist_items' has type string, but its field was fitted on integer"):
+        Featurizer(schema)(_set(t, "hist_items", pc.cast(t["hist_items"], pa.list_(pa.string()))))
+    with pytest.raises(ValueError, match="'item_id' holds 10.5, not a whole number"):
+        Featurizer(schema)(_set(t, "item_id", pa.array([10.5] + [1.0] * 5)))
+    # a field fitted on string ids refuses integers the same way
+    strings = _set(t, "item_id", pc.cast(t["item_id"], pa.string()))
+    sschema = schema.fit(strings)
+    assert sschema.field("item_id").id_kind == "string"
+    Featurizer(sschema, history=False)(strings)
+    with pytest.raises(ValueError, match="'item_id' has type int64, but its field was fitted on string"):
+        Featurizer(sschema, history=False)(t)
+    # a schema saved before the id kind was recorded still loads and hashes as it did
+    d = json.loads(json.dumps(schema.to_dict()))
+    for f in d["sparse"]:
+        del f["id_kind"]
+    from ranking.schema import FeatureSchema
+
+    old = FeatureSchema.from_dict(d)
+    assert old.field("item_id").id_kind == ""
+    assert torch.equal(Featurizer(old)(t).sparse, ref.sparse)
+
+
+def test_labels_outside_unit_interval_are_refused():
+    schema, t = _tiny_data()
+    with pytest.raises(ValueError, match=r"label column 'y' holds 3.0; labels must be in \[0, 1\]"):
+        Featurizer(schema)(_set(t, "y", pa.array([0.0, 3.0, 5.0, 0.0, 1.0, 0.0], pa.float32())))
+    with pytest.raises(ValueError, match=r"label column 'y' holds -1.0"):
+        Featurizer(schema)(_set(t, "y", pa.array([0.0, 1.0, -1.0, 0.0, 1.0, 0.0], pa.float32())))
+
+
+def test_schema_fit_names_bad_dense_columns():
+    schema, t = _tiny_data()
+    with pytest.raises(ValueError, match=r"training table is missing column\(s\) \['x'\]"):
+        schema.fit(t.drop_columns(["x"]))
+    with pytest.raises(ValueError, match="column 'x' has type string; a numeric column is needed"):
+        schema.fit(_set(t, "x", pa.array(["1.5"] * 6)))
+
+
+def test_single_row_batches_fold_into_their_neighbour(tmp_path):
+    from catalog.io import write_table
+    from ranking import Trainer
+
+    schema, t = _tiny_data(9)
+    f = Featurizer(schema)
+    stream = ExampleStream(t, f, batch_size=4)
+    assert [len(b) for b in stream] == [4, 5] and len(stream) == 2
+    path = write_table(t, tmp_path / "t.parquet", t.schema)
+    assert [len(b) for b in ExampleStream(path, f, batch_size=4)] == [4, 5]
+    # batch norm trains on every batch (a trailing 1-row batch used to fail)
+    model = build_model(schema, tiny())
+    shuffled = ExampleStream(t, f, batch_size=4, shuffle=True)
+    result = Trainer(model, TrainConfig(epochs=2, batch_size=4), CPU).fit(shuffled)
+    assert result.steps == 4 and result.examples_seen == 18
+
+
+def test_checkpoint_folder_is_replaced_whole(tmp_path):
+    from ranking.bandit import BayesianLastLayer
+
+    schema, _ = _tiny_data()
+    config = tiny()
+    with_bandit = Ranker(
+        build_model(schema, config),
+        schema,
+        config,
+        bandit=BayesianLastLayer(config.tower_width),
+        device="cpu",
+    )
+    plain = Ranker(build_model(schema, config), schema, config, device="cpu")
+    folder = with_bandit.save(tmp_path / "ckpt", metrics={"auc": 0.6})
+    (folder / "serving.pt2").write_bytes(b"an export of the old model")
+    plain.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "schema.json"]
+    assert Ranker.load(folder, device="cpu").bandit is None
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
+    # written in place (a folder its caller stages): the caller's files stay, stale optional files go
+    with_bandit.save(folder, metrics={"auc": 0.6})
+    (folder / "examples").mkdir()
+    plain.save(folder, swap=False)
+    assert not (folder / "bandit.safetensors").exists() and not (folder / "metrics.json").exists()
+    assert (folder / "examples").is_dir() and Ranker.load(folder, device="cpu").bandit is None
+
+
+def test_quantized_ranker_leaves_the_model_in_place(monkeypatch):
+    from ranking.model import LiRankModel
+
+    schema, t = _tiny_data()
+    ranker = Ranker(build_model(schema, tiny()), schema, tiny(), device="cpu")
+    moved = []
+    original_cpu = LiRankModel.cpu
+    monkeypatch.setattr(LiRankModel, "cpu", lambda self: moved.append(self) or original_cpu(self))
+    q = ranker.quantized()
+    assert all(m is not ranker.model for m in moved) and q.model is not ranker.model
+    assert not any(type(m).__name__ == "QuantizedEmbedding" for m in ranker.model.modules())
+    assert np.allclose(q.score(t)["y"], ranker.score(t)["y"], atol=0.02)
+
+
+def test_predict_refuses_an_empty_stream():
+    from ranking.train import predict
+
+    schema, t = _tiny_data()
+    model = build_model(schema, tiny())
+    with pytest.raises(ValueError, match="the stream yielded no rows"):
+        predict(model, ExampleStream(t.slice(0, 0), Featurizer(schema)), CPU)
+
+
+# --- the train job's checks -------------------------------------------------------------------
+
+
+def test_train_job_refuses_out_over_its_own_inputs(tmp_path):
+    from jobs.train_ranker import TrainJobConfig, train
+
+    schema, _ = _tiny_data()
+    config = tiny()
+    warm = tmp_path / "warm"
+    Ranker(build_model(schema, config), schema, config, device="cpu").save(
+        warm, train_config={"cold_start": str(tmp_path / "cold")}
+    )
+    with pytest.raises(ValueError, match=r"--out .* is or holds the --warm-start checkpoint"):
+        train(TrainJobConfig(out=str(warm), warm_start=str(warm)))
+    with pytest.raises(ValueError, match=r"--out .* is or holds the --warm-start checkpoint"):
+        train(TrainJobConfig(out=str(tmp_path), warm_start=str(warm)))  # a parent of it
+    with pytest.raises(ValueError, match=r"is or holds the --cold-start checkpoint .*cold"):
+        train(TrainJobConfig(out=str(tmp_path / "cold"), warm_start=str(warm)))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds files but no ranker checkpoint"):
+        train(TrainJobConfig(out=str(other)))
+    assert (other / "todo.txt").exists() and (warm / "model.safetensors").exists()
+
+
+def test_train_job_names_empty_logs_and_empty_parts(ml_examples, tmp_path):
+    from jobs.train_ranker import TrainJobConfig, check_parts, job_configs, load_examples
+    from ranking.datasets import Examples
+
+    (tmp_path / "round0" / "random").mkdir(parents=True)
+    cfg = TrainJobConfig(dataset="feedback", logs=[str(tmp_path / "round0")])
+    with pytest.raises(ValueError, match=r"no feedback rows in .*round0; point --logs at a policy folder"):
+        load_examples(cfg, None)
+    tiny_split = Examples(ml_examples.train.slice(0, 5), ml_examples.test.slice(0, 0), ml_examples.schema)
+    with pytest.raises(ValueError, match=r"the test part has 0 rows \(of 5 example rows"):
+        check_parts(tiny_split, 0.2)
+    # the job's seed overrides train.seed only when given
+    assert job_configs(TrainJobConfig(train={"seed": 7}))[1].seed == 7
+    assert job_configs(TrainJobConfig(train={"seed": 7}, seed=3))[1].seed == 3
+
+
+def test_train_job_writes_one_complete_folder_and_checks_the_cold_start(ml_catalog, tmp_path):
+    from catalog.logs import FeedbackLogWriter
+    from jobs.train_ranker import TrainJobConfig, train
+    from ranking.checkpoint import read_checkpoint_config
+    from sim import MemberSimulator, SimConfig
+    from sim.policies import MostFrequentNextCluster, build_impressions
+
+    sim = MemberSimulator.for_catalog(ml_catalog, SimConfig())
+    policy = MostFrequentNextCluster(ml_catalog.histories)
+    writer = FeedbackLogWriter(tmp_path / "logs")
+    for s in range(2):
+        impressions = build_impressions(ml_catalog, policy, slate_size=3, timestamp_ms=1_000 * s, seed=s)
+        writer.append(sim.respond(impressions))
+    ml_catalog.save(tmp_path / "cat")
+    common = dict(
+        catalog=str(tmp_path / "cat"), dataset="feedback", logs=[str(tmp_path / "logs")], preset="tiny",
+        epochs=1, ranker={"history": False},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # an earlier run's folder
+    (out / "bandit.safetensors").write_text("an older model's posterior")
+    train(TrainJobConfig(out=str(out), **common))
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "config.json", "schema.json", "model.safetensors", "fisher.safetensors", "bandit.safetensors",
+        "metrics.json", "reliability.png", "serving.pt2", "summary.json", "examples",
+    }  # fmt: skip
+    assert sorted(p.name for p in (out / "examples").iterdir()) == ["test.parquet", "train.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "logs", "run"]  # no staging left
+    metrics = json.loads((out / "metrics.json").read_text())["train"]
+    assert metrics["examples_seen"] == metrics["rows"] * metrics["epochs"]
+    Ranker.load(out, device="cpu")  # the bandit is the new model's
+    # a cold start of another architecture is named before any tensor is touched
+    _, config, schema = read_checkpoint_config(out)
+    other = config.replace(mlp_widths=(8,))
+    Ranker(build_model(schema, other), schema, other, device="cpu").save(tmp_path / "cold")
+    with pytest.raises(ValueError, match=r"cold start .*cold has RankerConfig.mlp_widths=\(8,\), the warm"):
+        train(TrainJobConfig(out=str(tmp_path / "p2"), warm_start=str(out), cold_start=str(tmp_path / "cold"),
+                             **common))  # fmt: skip
+    assert not (tmp_path / "p2").exists() and not list(tmp_path.glob(".p2*"))  # nor its staging folder
+    # the next period trains from the warm start with its recorded cold start (itself here)
+    train(TrainJobConfig(out=str(tmp_path / "p3"), warm_start=str(out), forgetting_factor=1.0, **common))
+    meta, _, _ = read_checkpoint_config(tmp_path / "p3")
+    assert meta["train"]["cold_start"] == str(out.resolve()) and meta["train"]["forgetting_factor"] == 1.0

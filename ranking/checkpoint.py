@@ -46,26 +46,12 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(
-    folder: str | os.PathLike,
-    model: LiRankModel,
-    schema: FeatureSchema,
-    config: RankerConfig,
-    *,
-    train_config: dict | None = None,
-    fisher: dict[str, torch.Tensor] | None = None,
-    bandit: BayesianLastLayer | None = None,
-    bandit_task: str | None = None,
-    metrics: dict | None = None,
-) -> Path:
+def save_checkpoint(folder: str | os.PathLike, *args, **kwargs) -> Path:
     """Write the checkpoint into a new folder built beside `folder`, then swap it in for `folder` (whose
-    other contents go with the old checkpoint). Arguments as for `write_checkpoint`."""
+    other contents go with the old checkpoint). The other arguments are those of `write_checkpoint`."""
     tmp = staging_folder(folder)
     try:
-        write_checkpoint(
-            tmp, model, schema, config, train_config=train_config, fisher=fisher, bandit=bandit,
-            bandit_task=bandit_task, metrics=metrics,
-        )  # fmt: skip
+        write_checkpoint(tmp, *args, **kwargs)
         return replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -102,6 +102,55 @@ NOVELTY_CANDIDATES = pa.schema(
     ]
 )
 
+# One row per history key of a bulk run (jobs.best_of_n): the novelty samples, their alignment scores and
+# the best-of-n clusters cached for the key; written for audit next to the Redis publish.
+BEST_OF_N = pa.schema(
+    list(NOVELTY_CANDIDATES)
+    + [
+        _f("scores", pa.list_(pa.float32()), "alignment model P(engage) of each candidate, same order"),
+        _f("selected", pa.list_(pa.int32()), "the best-of-n clusters cached for the key, best first"),
+        _f("selected_scores", pa.list_(pa.float32()), "their alignment scores"),
+        _f("cached", pa.bool_(), "an entry was written for the key (false: no candidate passed min_score)"),
+    ]
+)
+
+# One row per (history key, candidate cluster): feedback on that cluster aggregated over every member
+# whose key it was (alignment.aggregate); the alignment model's pointwise training examples.
+FEEDBACK_PAIRS = pa.schema(
+    [
+        _f("history_key", pa.list_(pa.int32()), "the K history clusters, oldest first"),
+        _f("cluster_id", pa.int32(), "the candidate cluster that was shown"),
+        _f("impressions", pa.int64(), "feedback events aggregated (impressions of the cluster to the key)"),
+        _f("clicks", pa.int64(), "impressions that were clicked"),
+        _f("likes", pa.int64(), "impressions that were liked"),
+        _f("shares", pa.int64(), "impressions that were shared"),
+        _f("skips", pa.int64(), "impressions that were skipped"),
+        _f("long_dwells", pa.int64(), "clicks whose dwell reached the long-dwell threshold"),
+        _f("engagement", pa.float64(), "weighted actions per impression, before normalisation"),
+        _f("label", pa.float32(), "engagement normalised to [0, 1] and rounded to the label interval"),
+    ]
+)
+
+# The pairwise (Bradley-Terry) view of FEEDBACK_PAIRS: two candidates of one key, the better one first.
+FEEDBACK_PREFERENCES = pa.schema(
+    [
+        _f("history_key", pa.list_(pa.int32()), "the K history clusters"),
+        _f("preferred", pa.int32(), "the candidate with the higher label"),
+        _f("other", pa.int32(), "the candidate with the lower label"),
+        _f("gap", pa.float32(), "label(preferred) - label(other), at least the configured minimum"),
+    ]
+)
+
+# Feedback-log rows that could not be aggregated, with why (alignment.aggregate). Every log column is
+# kept (nullable: a row may be missing any of them) so no data is lost.
+FEEDBACK_QUARANTINE = pa.schema(
+    [pa.field(f.name, f.type, nullable=True, metadata=f.metadata) for f in FEEDBACK_LOG]
+    + [
+        _f("reason", pa.string(), "why the row was set aside"),
+        _f("part", pa.string(), "the log file the row came from"),
+    ]
+)
+
 SOURCES = ("explore", "exploit")
 
 TABLES: dict[str, pa.Schema] = {
@@ -112,4 +161,8 @@ TABLES: dict[str, pa.Schema] = {
     "histories": HISTORIES,
     "feedback_log": FEEDBACK_LOG,
     "novelty_candidates": NOVELTY_CANDIDATES,
+    "best_of_n": BEST_OF_N,
+    "feedback_pairs": FEEDBACK_PAIRS,
+    "feedback_preferences": FEEDBACK_PREFERENCES,
+    "feedback_quarantine": FEEDBACK_QUARANTINE,
 }

@@ -44,3 +44,34 @@ class NoveltyStage:
         keys = batch["history_key"].to_pylist()
         members = batch["member_id"].to_pylist()
         return candidates_table(self.sampler.sample(keys, self.sampling, member_ids=members))
+
+
+class CacheWriteStage:
+    """Ray Data stage: writes each row's best-of-n entry into a cache version that is being published.
+
+    The driver calls CacheWriter.begin before the pipeline runs and commit after it finishes; this stage
+    only writes fields (CacheWriter.write), so any number of actors can share one version. Rows gain
+    `cached` (true when an entry was written; a key with no selected cluster has none).
+    """
+
+    def __init__(self, url: str, version: str, namespace: str = "explore", chunk: int = 1000):
+        import redis
+
+        from explore.cache import CacheWriter
+
+        self.client = redis.Redis.from_url(url)
+        self.writer = CacheWriter(self.client, namespace, version=version, chunk=chunk)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from explore.cache import encode_entry, key_field
+
+        rows = zip(
+            *(batch[c].to_pylist() for c in ("history_key", "selected", "selected_scores")), strict=True
+        )
+        cached, entries = [], []
+        for key, selected, scores in rows:
+            cached.append(bool(selected))
+            if selected:
+                entries.append((key_field(key), encode_entry(selected, scores)))
+        self.writer.write(entries)
+        return batch.append_column("cached", pa.array(cached, pa.bool_()))

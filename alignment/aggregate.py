@@ -1,0 +1,425 @@
+"""Aggregated feedback: the alignment model's training examples, from feedback logs.
+
+For every (history key {C1..CK}, candidate cluster Cn), over all impressions of an item of Cn to a
+member whose last K clusters were the key:
+
+    impressions, clicks, likes, shares, skips, long dwells (clicks with dwell >= long_dwell_s)
+    engagement = (w_click clicks + w_like likes + w_share shares + w_skip skips + w_dwell long_dwells)
+                 / impressions
+
+Aggregating over members cancels most of one member's noise (the papers' "collective feedback").
+Then, as the papers prescribe and all configurable: pairs with fewer than `min_impressions` feedback
+events are dropped; engagement is normalised to [0, 1] over the kept pairs; the label is rounded to
+a multiple of `interval`. The pairwise view (two candidates of one key, the better one first) is
+built from the same labels, for the Bradley-Terry variant.
+
+Two engines give the same result: pyarrow in-process for small logs, Ray Data for large ones (one
+task per log part, then a distributed group-by). Rows that cannot be aggregated (a column missing
+or of the wrong type, nulls, negative or NaN dwell, an unknown cluster, a key of the wrong length)
+are set aside in a quarantine table with the reason and the part they came from, and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from catalog.logs import log_parts
+from catalog.schemas import (
+    FEEDBACK_LOG,
+    FEEDBACK_PAIRS,
+    FEEDBACK_PREFERENCES,
+    FEEDBACK_QUARANTINE,
+    SOURCES,
+)
+
+ENGINES = ("auto", "pyarrow", "ray")
+NORMALISATIONS = ("minmax", "rank", "none")
+COUNTS = ("impressions", "clicks", "likes", "shares", "skips", "long_dwells")
+REQUIRED = ("history_key", "cluster_id", "source", "click", "like", "share", "skip", "dwell_s")
+SUMS = pa.schema(
+    [pa.field("key", pa.string()), pa.field("cluster_id", pa.int32())]
+    + [pa.field(c, pa.int64()) for c in COUNTS]
+)
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    sources: tuple[str, ...] = ("explore",)  # impressions that count: novel clusters the cache chose
+    click_weight: float = 1.0
+    like_weight: float = 2.0
+    share_weight: float = 3.0
+    skip_weight: float = -1.0  # an explicit skip is negative feedback
+    long_dwell_weight: float = 1.0
+    long_dwell_s: float = 60.0  # a click with at least this dwell counts as a long dwell
+    min_impressions: int = 5  # pairs with fewer feedback events are too noisy to learn from
+    normalise: str = "minmax"  # minmax: (e - min) / (max - min); rank: percentile; none: clip to [0, 1]
+    interval: float = 0.1  # labels rounded to multiples of this (0: not rounded)
+    min_gap: float = 0.2  # pairwise set: label difference for one candidate to count as preferred
+    engine: str = "auto"  # auto: pyarrow below ray_threshold_mib of logs, Ray Data above
+    ray_threshold_mib: int = 256
+
+    def __post_init__(self):
+        object.__setattr__(self, "sources", tuple(self.sources))
+        bad = [s for s in self.sources if s not in SOURCES]
+        if bad or not self.sources:
+            raise ValueError(f"AggregationConfig.sources={list(self.sources)}: use some of {SOURCES}.")
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"AggregationConfig.normalise={self.normalise!r}: use one of {NORMALISATIONS}.")
+        if self.engine not in ENGINES:
+            raise ValueError(f"AggregationConfig.engine={self.engine!r}: use one of {ENGINES}.")
+        if self.min_impressions < 1:
+            raise ValueError(f"AggregationConfig.min_impressions={self.min_impressions}: must be >= 1.")
+        if not 0 <= self.interval <= 0.5:
+            raise ValueError(
+                f"AggregationConfig.interval={self.interval}: must be in [0, 0.5] (0: no rounding)."
+            )
+        if not 0 < self.min_gap <= 1:
+            raise ValueError(f"AggregationConfig.min_gap={self.min_gap}: must be in (0, 1].")
+        if self.long_dwell_s < 0:
+            raise ValueError(f"AggregationConfig.long_dwell_s={self.long_dwell_s}: must be >= 0 seconds.")
+
+    def weights(self) -> np.ndarray:
+        """Weights of clicks, likes, shares, skips, long dwells, in COUNTS[1:] order."""
+        return np.array(
+            [self.click_weight, self.like_weight, self.share_weight, self.skip_weight, self.long_dwell_weight]
+        )
+
+
+@dataclass
+class AggregatedFeedback:
+    pairs: pa.Table  # FEEDBACK_PAIRS, sorted by key then cluster
+    preferences: pa.Table  # FEEDBACK_PREFERENCES
+    quarantine: pa.Table  # FEEDBACK_QUARANTINE
+    stats: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# one log part: validate, then sum per (key, cluster)
+
+
+def _lenient(raw: pa.Table) -> tuple[dict[str, pa.ChunkedArray], list[str]]:
+    """Every FEEDBACK_LOG column, cast where possible; a missing or uncastable column becomes nulls and
+    a problem that quarantines the whole part (its raw values stay in the part file)."""
+    n, cols, problems = raw.num_rows, {}, []
+    for f in FEEDBACK_LOG:
+        if f.name not in raw.column_names:
+            problems.append(f"missing column {f.name}")
+            cols[f.name] = pa.chunked_array([pa.nulls(n, f.type)])
+            continue
+        col = raw[f.name]
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                problems.append(f"column {f.name} is {col.type}, expected {f.type}")
+                col = pa.chunked_array([pa.nulls(n, f.type)])
+        cols[f.name] = col
+    return cols, problems
+
+
+def _np(mask) -> np.ndarray:
+    return np.asarray(pc.fill_null(mask, True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def check_events(raw: pa.Table, k: int, n_clusters: int, part: str = "<table>") -> tuple[pa.Table, pa.Table]:
+    """(good rows as FEEDBACK_LOG, quarantined rows as FEEDBACK_QUARANTINE) of one log table."""
+    cols, problems = _lenient(raw)
+    n = raw.num_rows
+    reasons = np.full(n, None, dtype=object)
+
+    def flag(mask: np.ndarray, reason: str) -> None:
+        sel = mask & (reasons == None)  # noqa: E711  (elementwise on an object array)
+        reasons[sel] = reason
+
+    if problems:
+        flag(np.ones(n, bool), "; ".join(problems))
+    for name in REQUIRED:
+        flag(_np(pc.is_null(cols[name])), f"null {name}")
+    flag(~_np(pc.is_in(cols["source"], pa.array(SOURCES))), f"source not one of {SOURCES}")
+    lengths = pc.fill_null(pc.list_value_length(cols["history_key"]), 0).to_numpy(zero_copy_only=False)
+    flag(lengths != k, f"history_key does not hold K={k} clusters")
+    flat = pc.list_flatten(cols["history_key"])
+    parents = pc.list_parent_indices(cols["history_key"]).to_numpy(zero_copy_only=False)
+    bad_flat = _np(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, n_clusters)))
+    bad_key = np.zeros(n, bool)
+    bad_key[parents[bad_flat]] = True
+    flag(bad_key, f"history_key holds an unknown cluster id (catalog has 0..{n_clusters - 1})")
+    cid = cols["cluster_id"]
+    flag(_np(pc.or_(pc.less(cid, 0), pc.greater_equal(cid, n_clusters))), "unknown cluster_id")
+    dwell = cols["dwell_s"]
+    flag(_np(pc.is_nan(dwell)), "dwell_s is NaN")
+    flag(_np(pc.less(dwell, 0)), "negative dwell_s")
+
+    bad = reasons != None  # noqa: E711
+    table = pa.table(cols)
+    good = table.filter(pa.array(~bad)).cast(FEEDBACK_LOG)
+    quarantined = table.filter(pa.array(bad))
+    quarantined = quarantined.append_column("reason", pa.array(reasons[bad].tolist(), pa.string()))
+    quarantined = quarantined.append_column("part", pa.array([part] * int(bad.sum()), pa.string()))
+    return good, quarantined.cast(FEEDBACK_QUARANTINE)
+
+
+def key_text(history_key: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """'3,17' for [3, 17]: the key's text form (also its field in the Redis cache)."""
+    return pc.binary_join(pc.cast(history_key, pa.list_(pa.string())), ",")
+
+
+def partial_sums(events: pa.Table, config: AggregationConfig) -> pa.Table:
+    """SUMS rows: counts per (key, cluster) of the configured sources' events of one table."""
+    events = events.filter(pc.is_in(events["source"], pa.array(config.sources)))
+    if events.num_rows == 0:
+        return SUMS.empty_table()
+    click = events["click"]
+    long_dwell = pc.and_(click, pc.greater_equal(events["dwell_s"], config.long_dwell_s))
+    t = pa.table(
+        {
+            "key": key_text(events["history_key"]),
+            "cluster_id": events["cluster_id"],
+            "impressions": pa.chunked_array([np.ones(events.num_rows, np.int64)]),
+            "clicks": pc.cast(click, pa.int64()),
+            "likes": pc.cast(events["like"], pa.int64()),
+            "shares": pc.cast(events["share"], pa.int64()),
+            "skips": pc.cast(events["skip"], pa.int64()),
+            "long_dwells": pc.cast(long_dwell, pa.int64()),
+        }
+    )
+    return _sum_by_pair(t)
+
+
+def _sum_by_pair(t: pa.Table) -> pa.Table:
+    g = t.group_by(["key", "cluster_id"]).aggregate([(c, "sum") for c in COUNTS])
+    return pa.table(
+        {f.name: g[f.name if f.name in ("key", "cluster_id") else f"{f.name}_sum"] for f in SUMS}
+    ).cast(SUMS)
+
+
+def _part_sums(
+    path: str, config: AggregationConfig, k: int, n_clusters: int
+) -> tuple[pa.Table, pa.Table, int]:
+    """(sums, quarantined, rows read) of one log part."""
+    try:
+        raw = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(
+            f"feedback log part {path}: not a readable parquet file ({exc}). Move it out of the log folder."
+        ) from exc
+    good, quarantined = check_events(raw, k, n_clusters, path)
+    return partial_sums(good, config), quarantined, raw.num_rows
+
+
+# ------------------------------------------------------------------------------------------
+# all pairs: filter, normalise, round
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    """Percentile rank in [0, 1], ties sharing their mean rank."""
+    if len(x) < 2:
+        return np.full(len(x), 0.5)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts + 1) / 2.0  # 0-based mean rank of each distinct value
+    return mean_rank[inv] / (len(x) - 1)
+
+
+def normalise(engagement: np.ndarray, how: str) -> np.ndarray:
+    if how == "rank":
+        return _rank01(engagement)
+    if how == "minmax":
+        lo, hi = (engagement.min(), engagement.max()) if len(engagement) else (0.0, 0.0)
+        return (engagement - lo) / (hi - lo) if hi > lo else np.full(len(engagement), 0.5)
+    return np.clip(engagement, 0.0, 1.0)
+
+
+def round_to(labels: np.ndarray, interval: float) -> np.ndarray:
+    if not interval:
+        return labels
+    return np.clip(np.round(np.round(labels / interval) * interval, 6), 0.0, 1.0)
+
+
+def finalize(sums: pa.Table, config: AggregationConfig) -> tuple[pa.Table, dict]:
+    """FEEDBACK_PAIRS from partial sums (several rows of one pair are added up), and counts."""
+    t = _sum_by_pair(sums) if sums.num_rows else SUMS.empty_table()
+    n_pairs = t.num_rows
+    t = t.filter(pc.greater_equal(t["impressions"], config.min_impressions))
+    t = t.sort_by([("key", "ascending"), ("cluster_id", "ascending")])
+    counts = np.stack([t[c].to_numpy() for c in COUNTS[1:]], axis=1).astype(np.float64)  # (P, 5)
+    impressions = t["impressions"].to_numpy().astype(np.float64)
+    engagement = counts @ config.weights() / np.maximum(impressions, 1)
+    labels = round_to(normalise(engagement, config.normalise), config.interval)
+    keys = pc.cast(pc.split_pattern(t["key"], ","), pa.list_(pa.int32()))
+    pairs = pa.table(
+        {
+            "history_key": keys,
+            "cluster_id": t["cluster_id"],
+            **{c: t[c] for c in COUNTS},
+            "engagement": pa.array(engagement, pa.float64()),
+            "label": pa.array(labels, pa.float32()),
+        },
+        schema=FEEDBACK_PAIRS,
+    )
+    stats = {
+        "pairs_seen": n_pairs,
+        "pairs_kept": pairs.num_rows,
+        "pairs_below_min_impressions": n_pairs - pairs.num_rows,
+        "keys_kept": len(set(t["key"].to_pylist())),
+        "impressions_kept": int(impressions.sum()),
+        "label_mean": round(float(labels.mean()), 4) if len(labels) else None,
+        "label_values": len(np.unique(labels)),
+    }
+    return pairs, stats
+
+
+def preferences(pairs: pa.Table, min_gap: float) -> pa.Table:
+    """Every two candidates of one key whose labels differ by at least min_gap, the better one first."""
+    by_key: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
+    for key, c, label in zip(
+        pairs["history_key"].to_pylist(),
+        pairs["cluster_id"].to_pylist(),
+        pairs["label"].to_pylist(),
+        strict=True,
+    ):
+        by_key[tuple(key)].append((c, label))
+    rows: dict[str, list] = {"history_key": [], "preferred": [], "other": [], "gap": []}
+    for key, cands in by_key.items():
+        for a, la in cands:
+            for b, lb in cands:
+                if la - lb >= min_gap - 1e-9:
+                    rows["history_key"].append(list(key))
+                    rows["preferred"].append(a)
+                    rows["other"].append(b)
+                    rows["gap"].append(la - lb)
+    return pa.table(rows, schema=FEEDBACK_PREFERENCES)
+
+
+# ------------------------------------------------------------------------------------------
+# whole logs
+
+
+def _log_files(logs: list[str | os.PathLike]) -> list[str]:
+    files: list[str] = []
+    for entry in logs:
+        path = Path(entry)
+        if path.is_file():
+            files.append(str(path))
+        else:
+            files.extend(str(p) for p in log_parts(path))  # FileNotFoundError names a missing folder
+    if not files:
+        raise ValueError(f"logs={[str(x) for x in logs]}: no feedback log parts (part-*.parquet) found.")
+    return files
+
+
+def _pyarrow_sums(files, config, k, n_clusters) -> tuple[pa.Table, pa.Table, int]:
+    sums, quarantined, rows = [], [], 0
+    for path in files:
+        s, q, n = _part_sums(path, config, k, n_clusters)
+        sums.append(s)
+        quarantined.append(q)
+        rows += n
+    return pa.concat_tables(sums), pa.concat_tables(quarantined), rows
+
+
+def _part_task(batch: pa.Table, config: dict, k: int, n_clusters: int, quarantine_dir: str) -> pa.Table:
+    """Ray Data task: log-part paths in, their SUMS rows out. Quarantined rows and the row count go to
+    files named by the part, so a retried task overwrites its own files."""
+    import hashlib
+
+    cfg, out = AggregationConfig(**config), []
+    for path in batch["path"].to_pylist():
+        sums, quarantined, rows = _part_sums(path, cfg, k, n_clusters)
+        name = Path(quarantine_dir) / hashlib.sha256(path.encode()).hexdigest()[:24]
+        pq.write_table(pa.table({"rows": [rows]}), f"{name}.rows.parquet")
+        if quarantined.num_rows:
+            pq.write_table(quarantined, f"{name}.parquet")
+        out.append(sums)
+    return pa.concat_tables(out)
+
+
+def _ray_sums(files, config, k, n_clusters, workdir: Path) -> tuple[pa.Table, pa.Table, int]:
+    import ray
+
+    qdir = workdir / "quarantine-parts"
+    qdir.mkdir(parents=True, exist_ok=True)
+    ds = ray.data.from_items(
+        [{"path": str(Path(f).resolve())} for f in files], override_num_blocks=len(files)
+    )
+    ds = ds.map_batches(
+        _part_task,
+        fn_kwargs={
+            "config": asdict(config),
+            "k": k,
+            "n_clusters": n_clusters,
+            "quarantine_dir": str(qdir.resolve()),
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0.5,
+    )
+    grouped = ds.groupby(["key", "cluster_id"], num_partitions=max(1, min(len(files), 64)))
+    blocks = [b for b in (ray.get(r) for r in grouped.sum(list(COUNTS)).to_arrow_refs()) if b.num_rows]
+    if not blocks:
+        return SUMS.empty_table(), _read_quarantine(qdir), _rows_read(qdir)
+    table = pa.concat_tables(blocks)
+    sums = pa.table(
+        {f.name: table[f.name if f.name in ("key", "cluster_id") else f"sum({f.name})"] for f in SUMS}
+    )
+    return sums.cast(SUMS), _read_quarantine(qdir), _rows_read(qdir)
+
+
+def _read_quarantine(qdir: Path) -> pa.Table:
+    parts = [pq.read_table(p) for p in sorted(qdir.glob("*.parquet")) if not p.name.endswith(".rows.parquet")]
+    return pa.concat_tables(parts).cast(FEEDBACK_QUARANTINE) if parts else FEEDBACK_QUARANTINE.empty_table()
+
+
+def _rows_read(qdir: Path) -> int:
+    return sum(pq.read_table(p)["rows"][0].as_py() for p in qdir.glob("*.rows.parquet"))
+
+
+def aggregate_logs(
+    logs: list[str | os.PathLike],
+    k: int,
+    n_clusters: int,
+    config: AggregationConfig | None = None,
+    *,
+    workdir: str | os.PathLike | None = None,
+) -> AggregatedFeedback:
+    """Aggregate feedback-log folders (or part files) into pairs, preferences and quarantined rows.
+
+    Args:
+        logs: folders written by catalog.logs.FeedbackLogWriter, or single part files.
+        k, n_clusters: the catalog's history key length and cluster count (rows are checked against them).
+        workdir: where the Ray engine keeps quarantined rows of its tasks (shared storage on a cluster);
+            a temporary folder by default.
+    """
+    config = config or AggregationConfig()
+    files = _log_files(logs)
+    size = sum(os.path.getsize(f) for f in files)
+    engine = config.engine
+    if engine == "auto":
+        engine = "ray" if size > config.ray_threshold_mib << 20 else "pyarrow"
+    if engine == "ray":
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            sums, quarantined, rows = _ray_sums(files, config, k, n_clusters, Path(tmp))
+    else:
+        sums, quarantined, rows = _pyarrow_sums(files, config, k, n_clusters)
+    pairs, stats = finalize(sums, config)
+    prefs = preferences(pairs, config.min_gap)
+    quarantined = quarantined.sort_by([("part", "ascending")]) if quarantined.num_rows else quarantined
+    stats = {
+        "engine": engine,
+        "parts": len(files),
+        "log_bytes": size,
+        "events": rows,
+        "quarantined": quarantined.num_rows,
+        "quarantine_reasons": dict(Counter(quarantined["reason"].to_pylist()).most_common()),
+        **stats,
+        "preferences": prefs.num_rows,
+    }
+    return AggregatedFeedback(pairs, prefs, quarantined, stats)

@@ -1,0 +1,173 @@
+"""The alignment LLM: an LM backbone plus a linear projection to one score.
+
+A (history key, candidate cluster) pair is read as text,
+
+    "history: <name c_1> (<description c_1>) | ... | <name c_K> (...)\\ncandidate: <name c> (<description c>)<eos>"
+
+and scored from the backbone's last hidden state at the final token:
+
+    s(h, c) = w^T z_L(h, c) + b,      P(members of key h engage with c) = sigmoid(s)
+
+Backbones are the novelty model's presets: `tiny` (trained from scratch here), `smollm2-135m`, any
+local Hugging Face causal-LM folder (a trained novelty model folder included: its weights already know
+which clusters follow which). Pretrained backbones get LoRA adapters; `tiny` trains every weight.
+
+Saved folder:
+    alignment.json      format, base, method, clusters, training config and report
+    backbone/           full training: the backbone's config.json + model.safetensors
+    adapter/            LoRA: the peft adapter (the base is resolved again at load time)
+    head.safetensors    the projection: weight (1, D), bias (1,)
+    tokenizer files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from explore.prompts import ClusterVocabulary
+
+INFO_FILE = "alignment.json"
+HEAD_FILE = "head.safetensors"
+
+
+class AlignmentModel(nn.Module):
+    """s = w^T z_L + b on the final token's hidden state (the papers' LM + linear projection).
+
+    Args:
+        backbone: a transformers base model (no LM head) whose output has `last_hidden_state`.
+        hidden_size: D, the backbone's width.
+
+    forward(input_ids (B, S), attention_mask (B, S), right-padded) -> logits (B,)
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        z = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
+        last = attention_mask.sum(1) - 1  # (B,) index of each row's final token
+        z_last = z[torch.arange(z.shape[0], device=z.device), last]  # (B, D)
+        return self.head(z_last.float()).squeeze(-1)  # (B,)
+
+
+class PairEncoder:
+    """Token ids of (history key, candidate) texts. The key's part and the candidate's part are tokenized
+    once each and concatenated, so training and every scorer see identical ids."""
+
+    def __init__(self, tokenizer, vocab: ClusterVocabulary):
+        self.tokenizer, self.vocab = tokenizer, vocab
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the alignment backbone's tokenizer has no eos token; the score is read at it.")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        self._cands = [
+            self._ids(f" {n} ({d})") + [eos] for n, d in zip(vocab.names, vocab.descriptions, strict=True)
+        ]
+        self._keys: dict[tuple[int, ...], list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def key_ids(self, key: tuple[int, ...]) -> list[int]:
+        if key not in self._keys:
+            v = self.vocab
+            history = " | ".join(f"{v.names[c]} ({v.descriptions[c]})" for c in key)
+            self._keys[key] = self._ids(f"history: {history}\ncandidate:")
+        return self._keys[key]
+
+    def __call__(self, key: tuple[int, ...], candidate: int) -> list[int]:
+        return self.key_ids(key) + self._cands[candidate]
+
+    def collate(self, seqs: Sequence[list[int]], device: str | torch.device = "cpu"):
+        """(input_ids, attention_mask), right-padded, each (B, S)."""
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return ids.to(device), mask.to(device)
+
+
+def build_backbone(base: str, vocab: ClusterVocabulary, tiny=None):
+    """(backbone, tokenizer, hidden size) for a preset or a causal-LM folder, float32."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from explore.models import build_tiny, resolve_base
+
+    if base == "tiny":
+        lm, tokenizer = build_tiny(vocab, tiny)
+        return lm.model, tokenizer, lm.config.hidden_size
+    folder = resolve_base(base)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    backbone = AutoModel.from_pretrained(folder, dtype=torch.float32)
+    return backbone, tokenizer, backbone.config.hidden_size
+
+
+def save_alignment(folder: Path, model: AlignmentModel, tokenizer, info: dict, method: str) -> None:
+    """Write an alignment model folder's contents into `folder` (a staging folder swapped in by the caller)."""
+    from safetensors.torch import save_file
+
+    if method == "lora":
+        model.backbone.save_pretrained(folder / "adapter")
+    else:
+        model.backbone.save_pretrained(folder / "backbone", safe_serialization=True)
+    head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    save_file(head, str(folder / HEAD_FILE))
+    tokenizer.save_pretrained(folder)
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def read_alignment_info(folder: str | os.PathLike) -> dict:
+    """alignment.json of a model folder, or a ValueError that says how to get one."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"alignment model {str(folder)!r}: no {INFO_FILE}; not an alignment model folder. "
+            "Train one with `python -m jobs.train_alignment --catalog DIR --logs DIR --out DIR`."
+        )
+    try:
+        info = json.loads(path.read_text())
+        ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
+        info["method"], info["base"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: corrupt ({exc!r}); retrain the alignment model.") from exc
+    return info
+
+
+def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, PairEncoder, info) from a saved folder; LoRA adapters are merged."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    info = read_alignment_info(folder)
+    vocab = ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if info["method"] == "lora":
+        from peft import PeftModel
+
+        from explore.models import resolve_base
+
+        base = AutoModel.from_pretrained(resolve_base(info["base"]), dtype=torch.float32)
+        backbone = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
+    else:
+        backbone = AutoModel.from_pretrained(folder / "backbone", dtype=torch.float32)
+    model = AlignmentModel(backbone, backbone.config.hidden_size)
+    model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    model.to(device).eval()
+    return model, PairEncoder(tokenizer, vocab), info

@@ -1,0 +1,392 @@
+"""Training the alignment LLM on aggregated feedback, and its evaluation against baselines.
+
+pointwise (the papers' choice): cross-entropy of sigmoid(s(h, c)) against the aggregated label y in [0, 1]
+    L = -[y log sigmoid(s) + (1 - y) log(1 - sigmoid(s))]
+pairwise (Bradley-Terry, for comparison): for two candidates of one key with y_a - y_b >= min_gap
+    L = -log sigmoid(s(h, a) - s(h, b))
+
+Pairs are split into training and held-out pairs by a hash of (key, candidate). On the held-out pairs
+the report gives the AUC of the score against the label binarised at its median, and the logloss
+against the soft label, for the model and two baselines: the candidate's global positive rate (its
+impression-weighted mean label over the training pairs), and the novelty model's own sample frequency
+for the key (the share of the key's samples that named the candidate, Platt-scaled on the training
+pairs). A pairwise model's scores are Platt-scaled too before its logloss, since Bradley-Terry fixes
+differences of scores, not their level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from catalog.io import replace_folder, staging_folder
+from catalog.metrics import auc, logloss
+from explore.models import PRESETS, TinyLMConfig
+from explore.prompts import ClusterVocabulary
+
+OBJECTIVES = ("pointwise", "pairwise")
+METHODS = ("auto", "full", "lora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    base: str = "tiny"  # tiny, smollm2-135m, or a causal-LM folder (a trained novelty model works well)
+    method: str = "auto"  # auto: full training for tiny, LoRA for any other base
+    objective: str = "pointwise"  # pointwise (cross-entropy vs the label) or pairwise (Bradley-Terry)
+    epochs: float = 3.0
+    max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
+    batch_size: int = 64  # pairs (pointwise) or preferences (pairwise) per step
+    lr: float = 0.0  # 0: 1e-3 for full training, 2e-4 for LoRA; the head always gets at least 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    eval_fraction: float = 0.2  # share of pairs held out, by a hash of (key, candidate)
+    tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.tiny, dict):
+            object.__setattr__(self, "tiny", TinyLMConfig(**self.tiny))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"AlignmentConfig.objective={self.objective!r}: use one of {OBJECTIVES}.")
+        if self.method not in METHODS:
+            raise ValueError(f"AlignmentConfig.method={self.method!r}: use one of {METHODS}.")
+        if self.method == "lora" and self.base == "tiny":
+            raise ValueError(
+                "AlignmentConfig: method='lora' needs a pretrained base; tiny is trained in full."
+            )
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError(
+                f"AlignmentConfig: epochs={self.epochs}, max_steps={self.max_steps}; set one > 0."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"AlignmentConfig.batch_size={self.batch_size}: must be >= 1.")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"AlignmentConfig.eval_fraction={self.eval_fraction}: must be in (0, 1).")
+        if self.lr < 0:
+            raise ValueError(f"AlignmentConfig.lr={self.lr}: must be >= 0 (0 picks the default).")
+
+    @property
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return "full" if self.base == "tiny" else "lora"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or (1e-3 if self.resolved_method == "full" else 2e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class PairSet:
+    """Pairs as parallel arrays: history keys, candidates, labels, impressions."""
+
+    keys: list[tuple[int, ...]]
+    candidates: np.ndarray
+    labels: np.ndarray
+    impressions: np.ndarray
+
+    @classmethod
+    def from_table(cls, pairs: pa.Table) -> PairSet:
+        return cls(
+            [tuple(k) for k in pairs["history_key"].to_pylist()],
+            pairs["cluster_id"].to_numpy().astype(np.int64),
+            pairs["label"].to_numpy().astype(np.float64),
+            pairs["impressions"].to_numpy().astype(np.float64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, idx: np.ndarray) -> PairSet:
+        return PairSet(
+            [self.keys[i] for i in idx], self.candidates[idx], self.labels[idx], self.impressions[idx]
+        )
+
+
+def heldout_mask(
+    keys: list[tuple[int, ...]], candidates: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """True for held-out pairs: a stable hash of (seed, key, candidate) below `fraction`."""
+    out = np.empty(len(keys), bool)
+    for i, (k, c) in enumerate(zip(keys, candidates, strict=True)):
+        h = hashlib.sha256(f"{seed}|{','.join(map(str, k))}|{c}".encode()).digest()
+        out[i] = int.from_bytes(h[:8], "little") / 2**64 < fraction
+    return out
+
+
+def preference_arrays(
+    prefs: pa.Table, train_pairs: set
+) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+    """(keys, preferred, other) of the preferences whose two pairs are both training pairs."""
+    keys, a, b = [], [], []
+    for k, p, o in zip(*(prefs[c].to_pylist() for c in ("history_key", "preferred", "other")), strict=True):
+        k = tuple(k)
+        if (k, p) in train_pairs and (k, o) in train_pairs:
+            keys.append(k)
+            a.append(p)
+            b.append(o)
+    return keys, np.array(a, np.int64), np.array(b, np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# baselines and metrics
+
+
+def global_rate(train: PairSet, n_clusters: int) -> np.ndarray:
+    """(M,) each candidate's impression-weighted mean label over the training pairs (overall mean if unseen)."""
+    w = np.bincount(train.candidates, train.impressions, n_clusters)
+    s = np.bincount(train.candidates, train.impressions * train.labels, n_clusters)
+    overall = float((train.impressions * train.labels).sum() / max(train.impressions.sum(), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(w > 0, s / w, overall)
+
+
+def sample_share(candidates: pa.Table | None, keys, cands) -> np.ndarray | None:
+    """Share of each key's novelty samples that named the candidate (0 when it was never sampled)."""
+    if candidates is None:
+        return None
+    share: dict[tuple, float] = {}
+    for k, cs, ns, n in zip(
+        *(candidates[c].to_pylist() for c in ("history_key", "candidates", "counts", "n_samples")),
+        strict=True,
+    ):
+        for c, cnt in zip(cs, ns, strict=True):
+            share[(tuple(k), c)] = cnt / max(n, 1)
+    return np.array([share.get((k, int(c)), 0.0) for k, c in zip(keys, cands, strict=True)])
+
+
+def platt(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """(a, b) of sigmoid(a x + b) fitted to soft labels y by Newton's method (a small ridge keeps it finite)."""
+    a, b = 0.0, 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(a * x + b)))
+        g = np.array([((p - y) * x).sum() + 1e-3 * a, (p - y).sum()])
+        w = p * (1 - p)
+        h = np.array([[(w * x * x).sum() + 1e-3, (w * x).sum()], [(w * x).sum(), w.sum() + 1e-9]])
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(a), float(b)
+
+
+def sigmoid(x: np.ndarray, a: float = 1.0, b: float = 0.0) -> np.ndarray:
+    return 1 / (1 + np.exp(-(a * np.asarray(x, np.float64) + b)))
+
+
+def pair_metrics(labels: np.ndarray, probs: np.ndarray, median: float) -> dict:
+    """AUC against label > median of the training labels, and logloss against the soft label."""
+    a = auc(labels > median, probs)
+    return {"auc": None if math.isnan(a) else round(a, 4), "logloss": round(logloss(labels, probs), 4)}
+
+
+# ------------------------------------------------------------------------------------------
+# training
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _apply_lora(backbone, config: AlignmentConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in backbone.named_modules())]
+    if not targets:
+        raise ValueError(f"base={config.base!r}: none of the LoRA target modules {LORA_TARGETS} exist in it.")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="FEATURE_EXTRACTION",
+    )
+    return get_peft_model(backbone, lora)
+
+
+def train_alignment(
+    vocab: ClusterVocabulary,
+    pairs: pa.Table,
+    preferences: pa.Table,
+    out: str | os.PathLike,
+    config: AlignmentConfig | None = None,
+    *,
+    candidates: pa.Table | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train on FEEDBACK_PAIRS (pointwise) or FEEDBACK_PREFERENCES (pairwise), evaluate on held-out pairs,
+    save the model folder at `out`; returns the report (also in alignment.json).
+
+    `candidates` (NOVELTY_CANDIDATES of the same keys) enables the novelty-frequency baseline.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from alignment.model import AlignmentModel, PairEncoder, build_backbone, save_alignment
+    from alignment.score import score_logits
+
+    config = config or AlignmentConfig()
+    if config.base not in PRESETS:
+        from explore.models import resolve_base
+
+        resolve_base(config.base)  # fail fast on a bad folder
+    t_start = time.perf_counter()
+    data = PairSet.from_table(pairs)
+    held = heldout_mask(data.keys, data.candidates, config.eval_fraction, config.seed)
+    train, evals = data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))
+    if len(train) < 2 or len(evals) < 2:
+        raise ValueError(
+            f"{len(data)} aggregated pairs give {len(train)} training and {len(evals)} held-out pairs; need at "
+            "least 2 of each. Collect more feedback or lower --min-impressions."
+        )
+    pref_keys, pref_a, pref_b = preference_arrays(
+        preferences, set(zip(train.keys, train.candidates.tolist(), strict=True))
+    )
+    if config.objective == "pairwise" and not len(pref_keys):
+        raise ValueError("objective='pairwise': no preference pairs among the training pairs; lower min_gap.")
+
+    torch.manual_seed(config.seed)
+    backbone, tokenizer, hidden = build_backbone(config.base, vocab, config.tiny)
+    method = config.resolved_method
+    if method == "lora":
+        backbone = _apply_lora(backbone, config)
+    model = AlignmentModel(backbone, hidden)
+    encoder = PairEncoder(tokenizer, vocab)
+    median = float(np.median(train.labels))
+
+    def heldout_loss() -> float:
+        model.eval()
+        logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256)
+        model.train()
+        return logloss(evals.labels, sigmoid(logits))
+
+    loss_before = heldout_loss()
+    n_items = len(train) if config.objective == "pointwise" else len(pref_keys)
+    total = config.max_steps or max(1, round(config.epochs * math.ceil(n_items / config.batch_size)))
+    warmup = max(1, int(config.warmup_fraction * total))
+    head_params = list(model.head.parameters())
+    body_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [
+            {"params": body_params, "lr": config.learning_rate},
+            {"params": head_params, "lr": max(config.learning_rate, 1e-3)},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
+    g = torch.Generator().manual_seed(config.seed)
+    model.train()
+    t0, step, seen, last = time.perf_counter(), 0, 0, float("nan")
+    bar = tqdm(
+        total=total, desc=f"alignment {config.base} ({method}, {config.objective})", disable=not progress
+    )
+    while step < total:
+        for s in range(0, n_items, config.batch_size):
+            if step >= total:
+                break
+            if s == 0:
+                order = torch.randperm(n_items, generator=g).numpy()
+            idx = order[s : s + config.batch_size]
+            if config.objective == "pointwise":
+                ids, mask = encoder.collate([encoder(train.keys[i], int(train.candidates[i])) for i in idx])
+                target = torch.tensor(train.labels[idx], dtype=torch.float32)
+                loss = F.binary_cross_entropy_with_logits(model(ids, mask), target)
+            else:
+                seqs = [encoder(pref_keys[i], int(pref_a[i])) for i in idx]
+                seqs += [encoder(pref_keys[i], int(pref_b[i])) for i in idx]
+                s_ab = model(*encoder.collate(seqs))  # (2B,)
+                loss = -F.logsigmoid(s_ab[: len(idx)] - s_ab[len(idx) :]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(body_params + head_params, config.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(idx)
+            last = loss.item()
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{last:.3f}")
+    bar.close()
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    eval_logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256)
+    if config.objective == "pairwise":  # Bradley-Terry fixes score differences only: calibrate the level
+        sub = np.arange(len(train))[: min(len(train), 2000)]
+        tr_logits = score_logits(model, encoder, [train.keys[i] for i in sub], train.candidates[sub])
+        a, b = platt(tr_logits.astype(np.float64), train.labels[sub])
+        eval_probs = sigmoid(eval_logits, a, b)
+    else:
+        eval_probs = sigmoid(eval_logits)
+    evaluation = {
+        "heldout_pairs": len(evals),
+        "label_median": median,
+        "positive_share": round(float((evals.labels > median).mean()), 4),
+        "model": pair_metrics(evals.labels, eval_probs, median),
+        "global_positive_rate": pair_metrics(
+            evals.labels, global_rate(train, vocab.size)[evals.candidates], median
+        ),
+    }
+    share_train = sample_share(candidates, train.keys, train.candidates)
+    if share_train is not None:
+        a, b = platt(share_train, train.labels)
+        share_eval = sample_share(candidates, evals.keys, evals.candidates)
+        evaluation["novelty_sample_frequency"] = pair_metrics(evals.labels, sigmoid(share_eval, a, b), median)
+
+    report = {
+        "base": config.base,
+        "method": method,
+        "objective": config.objective,
+        "pairs": len(data),
+        "train_pairs": len(train),
+        "preferences": len(pref_keys),
+        "heldout_loss_before": round(loss_before, 4),
+        "heldout_loss_after": round(logloss(evals.labels, sigmoid(eval_logits)), 4),
+        "evaluation": evaluation,
+        "final_train_loss": round(last, 4),
+        "steps": step,
+        "examples_seen": seen,
+        "train_s": round(train_s, 2),
+        "examples_per_s": round(seen / train_s, 1) if train_s else None,
+        "trainable_params": sum(p.numel() for p in body_params + head_params),
+        "total_s": round(time.perf_counter() - t_start, 2),
+        "out": str(out),
+    }
+    info = {
+        "format_version": 1,
+        "base": config.base if config.base in PRESETS else str(Path(config.base).resolve()),
+        "method": method,
+        "text": "history: <name> (<description>) | ...\\ncandidate: <name> (<description>)<eos>",
+        "clusters": {
+            "names": list(vocab.names),
+            "descriptions": list(vocab.descriptions),
+            "signature": vocab.signature(),
+        },
+        "config": asdict(config),
+        "report": report,
+    }
+    out = Path(out)
+    tmp = staging_folder(out)
+    save_alignment(tmp, model, tokenizer, info, method)
+    replace_folder(tmp, out)
+    return report

@@ -1,0 +1,207 @@
+"""Aggregate feedback logs per (history key, candidate cluster) and train the alignment LLM on them.
+
+    python -m jobs.train_alignment --catalog runs/<demo>/catalog --logs runs/<demo>/logs/explore \\
+        --candidates runs/<demo>/candidates/candidates --out runs/alignment
+    python -m jobs.train_alignment ... --base runs/<demo>/novelty --method full   # warm start from the novelty LLM
+    python -m jobs.train_alignment ... --base smollm2-135m --max-steps 200        # LoRA on SmolLM2
+    python -m jobs.train_alignment ... --objective pairwise                       # Bradley-Terry, for comparison
+    python -m jobs.train_alignment ... --aggregate-only                           # the tables, no training
+
+Outputs in --out: model/ (the alignment model folder the bulk job reads), pairs.parquet (aggregated
+feedback: the pointwise examples), preferences.parquet (the pairwise set), quarantine.parquet (log rows
+that could not be used, with the reason), summary.json. Logs above --ray-threshold-mib are aggregated
+with Ray Data, smaller ones in-process; both give the same tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.common import merge_config, run_main
+
+
+class AlignmentTrainFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    catalog: str  # catalog folder: cluster names and descriptions, K
+    logs: list[str]  # feedback log folders (or part files)
+    candidates: str | None = (
+        None  # novelty candidates (jobs.sample_novelty) for the sample-frequency baseline
+    )
+    # aggregation
+    sources: list[str] = ["explore"]  # impressions that count
+    min_impressions: int = Field(5, ge=1)  # pairs with fewer feedback events are dropped
+    normalise: str = Field("minmax", pattern="^(minmax|rank|none)$")
+    interval: float = Field(0.1, ge=0, le=0.5)  # label rounding (0: none)
+    min_gap: float = Field(0.2, gt=0, le=1)  # pairwise set: label gap of a preference
+    long_dwell_s: float = Field(60.0, ge=0)
+    engine: str = Field("auto", pattern="^(auto|pyarrow|ray)$")
+    ray_threshold_mib: int = Field(256, ge=0)
+    aggregate_only: bool = False
+    # model
+    base: str = "tiny"  # tiny, smollm2-135m, or a causal-LM folder (e.g. a trained novelty model)
+    method: str = Field("auto", pattern="^(auto|full|lora)$")
+    objective: str = Field("pointwise", pattern="^(pointwise|pairwise)$")
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.0, ge=0)
+    lora_r: int = Field(16, ge=1)
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class AlignmentTrainConfig(AlignmentTrainFields):
+    out: str = "runs/alignment"
+
+
+FLAGS = [
+    "out", "catalog", "logs", "candidates", "sources", "min_impressions", "normalise", "interval", "min_gap",
+    "long_dwell_s", "engine", "ray_threshold_mib", "aggregate_only", "base", "method", "objective", "epochs",
+    "max_steps", "batch_size", "lr", "lora_r", "eval_fraction", "seed",
+]  # fmt: skip
+
+
+def aggregation_config(cfg: AlignmentTrainFields):
+    from alignment.aggregate import AggregationConfig
+
+    return AggregationConfig(
+        sources=tuple(cfg.sources),
+        min_impressions=cfg.min_impressions,
+        normalise=cfg.normalise,
+        interval=cfg.interval,
+        min_gap=cfg.min_gap,
+        long_dwell_s=cfg.long_dwell_s,
+        engine=cfg.engine,
+        ray_threshold_mib=cfg.ray_threshold_mib,
+    )
+
+
+def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) -> dict:
+    """Aggregate, then train and evaluate; returns the summary (also out/summary.json)."""
+    from alignment.aggregate import aggregate_logs
+    from alignment.train import AlignmentConfig, train_alignment
+    from catalog.build import Catalog
+    from catalog.io import read_table, write_table
+    from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, NOVELTY_CANDIDATES
+    from explore.prompts import ClusterVocabulary
+
+    out = Path(out)
+    catalog = Catalog.load(cfg.catalog)
+    vocab = ClusterVocabulary.from_clusters(catalog.clusters)
+    model_cfg = AlignmentConfig(
+        base=cfg.base,
+        method=cfg.method,
+        objective=cfg.objective,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lora_r=cfg.lora_r,
+        eval_fraction=cfg.eval_fraction,
+        seed=cfg.seed,
+    )  # checked before the logs are read
+    candidates = read_table(cfg.candidates, NOVELTY_CANDIDATES) if cfg.candidates else None
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate_logs(
+        cfg.logs, catalog.history_k, catalog.n_clusters, aggregation_config(cfg), workdir=out
+    )
+    write_table(agg.pairs, out / "pairs.parquet", FEEDBACK_PAIRS)
+    write_table(agg.preferences, out / "preferences.parquet", FEEDBACK_PREFERENCES)
+    write_table(agg.quarantine, out / "quarantine.parquet", FEEDBACK_QUARANTINE)
+    summary: dict = {"aggregation": agg.stats, "out": str(out)}
+    if not cfg.aggregate_only:
+        summary["model"] = train_alignment(
+            vocab,
+            agg.pairs,
+            agg.preferences,
+            out / "model",
+            model_cfg,
+            candidates=candidates,
+            progress=progress,
+        )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summary_lines(s: dict) -> list[str]:
+    a = s["aggregation"]
+    lines = [
+        f"feedback: {a['events']} events in {a['parts']} parts ({a['engine']}); {a['quarantined']} quarantined"
+        + (f" {a['quarantine_reasons']}" if a["quarantined"] else ""),
+        f"aggregated: {a['pairs_kept']} (key, cluster) pairs of {a['keys_kept']} keys kept from {a['pairs_seen']} "
+        f"({a['pairs_below_min_impressions']} below the minimum impressions); {a['label_values']} label values, "
+        f"mean {a['label_mean']}; {a['preferences']} preference pairs",
+    ]
+    m = s.get("model")
+    if m:
+        ev = m["evaluation"]
+
+        def fmt(name: str) -> str:
+            r = ev.get(name)
+            return "n/a (no --candidates)" if r is None else f"AUC {r['auc']}, logloss {r['logloss']}"
+
+        lines += [
+            f"alignment model: {m['base']} ({m['method']}, {m['objective']}), {m['trainable_params']:,} trainable "
+            f"parameters; {m['train_pairs']} training pairs, {m['steps']} steps ({m['examples_per_s']} examples/s)",
+            f"held-out logloss {m['heldout_loss_before']:.4f} -> {m['heldout_loss_after']:.4f} on "
+            f"{ev['heldout_pairs']} pairs",
+            f"held-out: model {fmt('model')} | global positive rate {fmt('global_positive_rate')} | "
+            f"novelty sample frequency {fmt('novelty_sample_frequency')}",
+            f"model folder: {m['out']}",
+        ]
+    lines.append(f"tables and summary in {s['out']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--catalog", help="catalog folder")
+    p.add_argument("--logs", nargs="+", help="feedback log folders or part files")
+    p.add_argument("--candidates", help="novelty candidates folder, for the sample-frequency baseline")
+    p.add_argument("--out", help="output folder (default runs/alignment)")
+    p.add_argument("--config", help="TOML or JSON file with the fields of AlignmentTrainConfig")
+    p.add_argument("--sources", nargs="+", help="impression sources aggregated (default: explore)")
+    p.add_argument("--min-impressions", dest="min_impressions", type=int, help="feedback events per pair (5)")
+    p.add_argument("--normalise", choices=["minmax", "rank", "none"], help="label normalisation (minmax)")
+    p.add_argument("--interval", type=float, help="label rounding interval (0.1; 0 = none)")
+    p.add_argument("--min-gap", dest="min_gap", type=float, help="label gap of a preference pair (0.2)")
+    p.add_argument("--long-dwell-s", dest="long_dwell_s", type=float, help="dwell of a long-dwell click (60)")
+    p.add_argument("--engine", choices=["auto", "pyarrow", "ray"], help="aggregation engine (auto)")
+    p.add_argument(
+        "--ray-threshold-mib", dest="ray_threshold_mib", type=int, help="auto: Ray above this (256)"
+    )
+    p.add_argument("--aggregate-only", dest="aggregate_only", action="store_const", const=True)
+    p.add_argument("--base", help="tiny (default), smollm2-135m, or a causal-LM folder")
+    p.add_argument("--method", choices=["auto", "full", "lora"], help="auto: full for tiny, LoRA otherwise")
+    p.add_argument("--objective", choices=["pointwise", "pairwise"], help="pointwise (default) or pairwise")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3 full, 2e-4 LoRA)")
+    p.add_argument("--lora-r", dest="lora_r", type=int)
+    p.add_argument("--eval-fraction", dest="eval_fraction", type=float, help="pairs held out (0.2)")
+    p.add_argument("--seed", type=int)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        from jobs.services import ray_session
+
+        cfg = merge_config(AlignmentTrainConfig, args, FLAGS)
+        if cfg.engine == "pyarrow":
+            s = train(cfg, cfg.out)
+        else:
+            with ray_session():
+                s = train(cfg, cfg.out)
+        for line in summary_lines(s):
+            print(line)
+        return 0
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

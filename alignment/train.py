@@ -44,7 +44,7 @@ class AlignmentConfig:
     epochs: float = 3.0
     max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
     batch_size: int = 64  # pairs (pointwise) or preferences (pairwise) per step
-    lr: float = 0.0  # 0: 1e-3 for full training, 2e-4 for LoRA; the head always gets at least 1e-3
+    lr: float = 0.0  # 0: 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA; the head gets at least 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
@@ -85,7 +85,11 @@ class AlignmentConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr or (1e-3 if self.resolved_method == "full" else 2e-4)
+        if self.lr:
+            return self.lr
+        if self.resolved_method == "lora":
+            return 2e-4
+        return 3e-3 if self.base == "tiny" else 1e-3  # from scratch vs a warm start from trained weights
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "ranker": "bench.bench_ranker",
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
+    "best-of-n": "bench.bench_best_of_n",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -23,6 +23,9 @@ from contextlib import ExitStack
 from pydantic import Field
 
 from catalog.build import build_movielens_catalog, summary_lines
+from jobs.best_of_n import BestOfNFields
+from jobs.best_of_n import run as run_best_of_n
+from jobs.best_of_n import summary_lines as best_of_n_summary_lines
 from jobs.build_catalog import FLAGS as CATALOG_FLAGS
 from jobs.build_catalog import CatalogFields, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
@@ -31,6 +34,9 @@ from jobs.sample_novelty import sample as sample_novelty
 from jobs.sample_novelty import summary_lines as sample_summary_lines
 from jobs.services import ray_session, redis_service
 from jobs.simulate import simulate_round, summary_line
+from jobs.train_alignment import AlignmentTrainFields
+from jobs.train_alignment import summary_lines as alignment_summary_lines
+from jobs.train_alignment import train as train_alignment
 from jobs.train_novelty import NoveltyTrainFields
 from jobs.train_novelty import summary_lines as novelty_summary_lines
 from jobs.train_novelty import train as train_novelty
@@ -45,6 +51,10 @@ class DemoConfig(CatalogFields):
     novelty_steps: int = Field(300, ge=1)  # SFT steps of the tiny novelty LLM
     novelty_eval_examples: int = Field(500, ge=1)  # held-out transitions in its evaluation
     slots: int = Field(4, ge=1)  # novel clusters per key to fill; the sampler draws 5x as many
+    traffic_rounds: int = Field(24, ge=1)  # rounds of uniform exploration traffic logged for alignment
+    traffic_explore_slots: int = Field(8, ge=1)  # explore slots per slate in that traffic
+    alignment_steps: int = Field(200, ge=1)  # training steps of the alignment model
+    round1_explore_slots: int = Field(4, ge=1)  # explore slots per slate when the policies are compared
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -55,6 +65,55 @@ def _worker_check(histories_path: str, k: int) -> dict:
 
     keys = history_keys(read_table(histories_path, HISTORIES), k)
     return {"rows": keys.num_rows, "distinct": len({tuple(x) for x in keys["history_key"].to_pylist()})}
+
+
+def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, seed: int) -> dict:
+    """Round 1 of the loop: the same members, four explore policies, each logged under logs/round1/.
+
+    best-of-n reads each member's clusters from the Redis cache (the live version just published);
+    novelty-only takes the novelty LLM's most-sampled candidates for the member's key, no alignment."""
+    from catalog.io import read_table
+    from catalog.schemas import NOVELTY_CANDIDATES
+    from explore.cache import CacheReader
+    from sim import RankedListPolicy
+
+    k = catalog.history_k
+    members = catalog.histories["member_id"].to_pylist()
+    histories = catalog.histories["clusters"].to_pylist()
+    keyed = [(m, h) for m, h in zip(members, histories, strict=True) if len(h) >= k]
+    hits = CacheReader(client, k=k).lookup_many([h[-k:] for _, h in keyed], excludes=[h for _, h in keyed])
+    cands = read_table(run_dir / "candidates" / "candidates", NOVELTY_CANDIDATES)
+    by_key = dict(
+        zip(map(tuple, cands["history_key"].to_pylist()), cands["candidates"].to_pylist(), strict=True)
+    )
+    policies = {
+        "random": None,
+        "most-frequent": None,
+        "novelty-only": RankedListPolicy({m: by_key.get(tuple(h[-k:]), []) for m, h in keyed}),
+        "best-of-n": RankedListPolicy(
+            {m: list(hit.clusters) for (m, _), hit in zip(keyed, hits, strict=True)}
+        ),
+    }
+    rates, lines = {}, []
+    for name, policy in policies.items():
+        s = simulate_round(
+            catalog,
+            simulator,
+            name,
+            str(run_dir / "logs" / "round1" / name),
+            explore_slots=explore_slots,
+            seed=seed + 7,
+            policy=policy,
+        )
+        e = s["explore"]
+        rates[name] = e
+        lines.append(
+            f"round 1 {name:<14} explore slots ({e['impressions']}): click {e['click']:.3f} like {e['like']:.3f} "
+            f"share {e['share']:.3f} skip {e['skip']:.3f}"
+        )
+    levels = {lvl: sum(h.level == lvl for h in hits) for lvl in ("exact", "backoff", "global", "miss")}
+    lines.append(f"cache lookups for {len(hits)} members: {levels}")
+    return {"rates": rates, "levels": levels, "lines": lines}
 
 
 class Stages:
@@ -86,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="held-out transitions evaluated (500)",
     )
+    p.add_argument(
+        "--traffic-rounds", dest="traffic_rounds", type=int, help="exploration traffic rounds (24)"
+    )
+    p.add_argument(
+        "--alignment-steps", dest="alignment_steps", type=int, help="alignment training steps (200)"
+    )
     add_catalog_flags(p)
     args = p.parse_args(argv)
 
@@ -95,7 +160,15 @@ def main(argv: list[str] | None = None) -> None:
         cfg = merge_config(
             DemoConfig,
             args,
-            ["runs", "num_cpus", "novelty_steps", "novelty_eval_examples", *CATALOG_FLAGS[1:]],
+            [
+                "runs",
+                "num_cpus",
+                "novelty_steps",
+                "novelty_eval_examples",
+                "traffic_rounds",
+                "alignment_steps",
+                *CATALOG_FLAGS[1:],
+            ],
         )
         run_dir = new_run_dir(cfg.runs, "demo")
         stages = Stages()
@@ -201,6 +274,77 @@ def main(argv: list[str] | None = None) -> None:
                 "evaluation": report["evaluation"],
                 "sampling": sampled,
             }
+
+            # exploration traffic: members answer uniformly random novel clusters, the logs the alignment
+            # model learns from (in production: the explore slots' logged feedback)
+            traffic_dir = run_dir / "logs" / "explore"
+            traffic = stages.run(
+                "explore-traffic",
+                lambda: [
+                    simulate_round(
+                        catalog,
+                        simulator,
+                        "random",
+                        str(traffic_dir),
+                        explore_slots=cfg.traffic_explore_slots,
+                        seed=cfg.seed + 1000 + r,
+                    )
+                    for r in range(cfg.traffic_rounds)
+                ],
+            )
+            print(
+                f"  {cfg.traffic_rounds} rounds, {sum(t['explore']['impressions'] for t in traffic)} explore "
+                f"impressions logged in {traffic_dir}"
+            )
+            # the alignment LLM: aggregate that feedback per (key, cluster); warm-start from the novelty LLM
+            aligned = stages.run(
+                "alignment-train",
+                train_alignment,
+                AlignmentTrainFields(
+                    catalog=str(catalog_dir),
+                    logs=[str(traffic_dir)],
+                    candidates=str(run_dir / "candidates" / "candidates"),
+                    base=str(novelty_dir),
+                    method="full",
+                    max_steps=cfg.alignment_steps,
+                    seed=cfg.seed,
+                ),
+                run_dir / "alignment",
+                progress=False,
+            )
+            for line in alignment_summary_lines(aligned):
+                print("  " + line)
+            # the main job: every observed key -> novelty samples -> alignment scores -> best-of-n -> Redis
+            bon = stages.run(
+                "best-of-n",
+                run_best_of_n,
+                BestOfNFields(
+                    catalog=str(catalog_dir),
+                    novelty=str(novelty_dir),
+                    alignment=str(run_dir / "alignment"),
+                    slots=cfg.slots,
+                    seed=cfg.seed,
+                ),
+                run_dir / "best-of-n",
+                redis_h.url,
+            )
+            for line in best_of_n_summary_lines(bon):
+                print("  " + line)
+            round1 = stages.run(
+                "round1",
+                compare_policies,
+                catalog,
+                simulator,
+                run_dir,
+                redis_h.client,
+                cfg.round1_explore_slots,
+                cfg.seed,
+            )
+            for line in round1["lines"]:
+                print("  " + line)
+            summary["alignment"] = {"path": str(run_dir / "alignment"), **aligned}
+            summary["best_of_n"] = bon
+            summary["round1"] = round1["rates"]
 
             # the LiRank ranker: MovieLens CTR, then the multi-task feedback logs of round 0
             summary["ranker"] = {}

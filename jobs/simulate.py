@@ -75,10 +75,12 @@ def simulate_round(
     explore_slots=2,
     content_type="movie",
     seed=0,
+    policy=None,
 ) -> dict:
+    """One round: `policy` (an object with choose(), e.g. sim.RankedListPolicy) or the named one."""
     from sim import build_impressions
 
-    policy = make_policy(policy_name, catalog, simulator)
+    policy = policy or make_policy(policy_name, catalog, simulator)
     impressions = build_impressions(
         catalog,
         policy,

@@ -1,0 +1,210 @@
+"""The main job and its parts: alignment scoring, the Redis publish, and the whole pipeline.
+
+- alignment_scoring: AlignmentScorer (length-sorted batches, no gradients) against a naive loop that
+  scores one (key, candidate) pair per forward pass, on the same pairs and the same model.
+- cache_publish: CacheWriter.write (Lua-checked HSET chunks of 1,000 fields) of real-sized entries,
+  plus the atomic commit, against redis-benchmark -P 16 SET with values of the same size, same server.
+- best_of_n_job: history keys per second of jobs.best_of_n (Ray Data: vLLM sampling -> alignment
+  scoring -> selection -> Redis), actor start-up included, with each stage's busy seconds; against the
+  same steps run one after another in this process (sampler, scorer, selection, writer).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _alignment_model(catalog, vocab, out: Path, steps: int) -> None:
+    """A tiny alignment model trained briefly on random labels: speed does not depend on what it learnt."""
+    import pyarrow as pa
+
+    from alignment.aggregate import preferences
+    from alignment.train import AlignmentConfig, train_alignment
+    from catalog.schemas import FEEDBACK_PAIRS
+    from explore.keys import build_key_set
+
+    rng = np.random.default_rng(0)
+    keys = build_key_set(catalog.histories, catalog.history_k, vocab.size)["history_key"].to_pylist()[:200]
+    rows = [
+        {"history_key": k, "cluster_id": int(c), "impressions": 5, "clicks": 1, "likes": 0, "shares": 0, "skips": 0,
+         "long_dwells": 0, "engagement": 0.2, "label": float(rng.integers(0, 11) / 10)}
+        for k in keys for c in rng.choice(vocab.size, 5, replace=False)
+    ]  # fmt: skip
+    pairs = pa.Table.from_pylist(rows, schema=FEEDBACK_PAIRS)
+    train_alignment(
+        vocab, pairs, preferences(pairs, 0.2), out, AlignmentConfig(max_steps=steps), progress=False
+    )
+
+
+def _scoring(model_dir: Path, keys, quick: bool) -> dict:
+    import torch
+
+    from alignment.score import AlignmentScorer
+
+    scorer = AlignmentScorer(model_dir, device="cpu")
+    rng = np.random.default_rng(1)
+    pair_keys = [k for k in keys for _ in range(15)]  # about what the novelty LLM proposes per key
+    cands = [
+        int(c)
+        for k in keys
+        for c in rng.choice([c for c in range(scorer.vocab.size) if c not in k], 15, False)
+    ]
+    scorer.score(pair_keys[:64], cands[:64])  # warm-up
+    t0 = time.perf_counter()
+    probs = scorer.score(pair_keys, cands)
+    batched = len(cands) / (time.perf_counter() - t0)
+    n_naive = 150 if quick else 600
+    model, enc = scorer.model, scorer.encoder
+    t0 = time.perf_counter()
+    naive = []
+    with torch.inference_mode():
+        for k, c in zip(pair_keys[:n_naive], cands[:n_naive], strict=True):
+            ids = torch.tensor([enc(tuple(k), c)])
+            naive.append(float(torch.sigmoid(model(ids, torch.ones_like(ids)))))
+    naive_rate = n_naive / (time.perf_counter() - t0)
+    assert np.allclose(naive, probs[:n_naive], atol=1e-4), "the naive loop and the batched scorer disagree"
+    tokens = float(
+        np.mean([len(enc(tuple(k), c)) for k, c in zip(pair_keys[:200], cands[:200], strict=True)])
+    )
+    print(
+        f"  alignment scoring: {batched:,.0f} candidates/s batched vs {naive_rate:,.0f}/s one pair per forward "
+        f"({len(cands)} pairs, {tokens:.0f} tokens each, torch threads {torch.get_num_threads()})"
+    )
+    return {
+        "name": "alignment_scoring", "value": batched, "unit": "candidates/s", "baseline": "one pair per forward pass",
+        "baseline_value": naive_rate, "ratio": batched / naive_rate, "ratio_meaning": "speed-up over the baseline",
+        "detail": {"pairs": len(cands), "mean_tokens": tokens, "batch_size": scorer.batch_size},
+    }  # fmt: skip
+
+
+def _publish(quick: bool) -> dict:
+    import redis
+
+    from bench.tools import redis_benchmark
+    from explore.cache import CacheWriter, encode_entry, key_field
+    from jobs.services import RedisServer
+
+    n = 50_000 if quick else 200_000
+    rng = np.random.default_rng(2)
+    entries = [
+        (
+            key_field((i // 1000, i % 1000)),
+            encode_entry(rng.choice(2000, 4, False).tolist(), rng.random(4).tolist()),
+        )
+        for i in range(n)
+    ]
+    size = int(np.mean([len(v) for _, v in entries]))
+    server = RedisServer.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        writer = CacheWriter(client, "bench")
+        writer.begin({"k": 2})
+        t0 = time.perf_counter()
+        written = writer.write(entries)
+        result = writer.commit(written)
+        rate = n / (time.perf_counter() - t0)
+        assert result.entries == n
+        version = client.info("server")["redis_version"]
+        client.close()
+        out = subprocess.run(
+            [str(redis_benchmark()), "-h", "127.0.0.1", "-p", str(server.port), "-t", "set", "-n", str(n), "-P", "16",
+             "-d", str(size), "-r", str(n), "--csv"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        server.stop()
+    rb = next(float(line.split(",")[1].strip('"')) for line in out.splitlines() if line.startswith('"SET"'))
+    print(f"  cache publish: {rate:,.0f} entries/s (write + commit) vs redis-benchmark -P 16 SET {rb:,.0f}/s")
+    return {
+        "name": "cache_publish", "value": rate, "unit": "entries/s", "baseline": "redis-benchmark -P 16 SET",
+        "baseline_value": rb, "ratio": rate / rb, "ratio_meaning": "share of the server's raw SET rate",
+        "detail": {"entries": n, "value_bytes": size, "server": f"redis {version}", "chunk": 1000},
+    }  # fmt: skip
+
+
+def _sequential(tmp: Path, vocab, keys, redis_url: str, n: int, slots: int) -> float:
+    """The baseline: the job's steps one after another in this process; returns seconds."""
+    import redis
+
+    from alignment.score import AlignmentScorer
+    from explore.cache import CacheWriter, encode_entry, key_field
+    from explore.sampler import NoveltySampler, SamplingConfig
+    from explore.select import SelectionConfig, best_of_n
+
+    t0 = time.perf_counter()
+    sampler = NoveltySampler(tmp / "novelty", vocab=vocab)
+    scorer = AlignmentScorer(tmp / "alignment", device="cpu")
+    client = redis.Redis.from_url(redis_url)
+    writer = CacheWriter(client, "sequential")
+    writer.begin({"k": 2})
+    entries = []
+    for res in sampler.sample(keys, SamplingConfig(n=n)):
+        probs = scorer.score([res.history_key] * len(res.candidates), res.candidates).tolist()
+        clusters, scores = best_of_n(res.candidates, res.counts, probs, SelectionConfig(slots))
+        entries.append((key_field(res.history_key), encode_entry(clusters, scores)))
+    writer.commit(writer.write(entries))
+    sampler.close()
+    client.close()
+    return time.perf_counter() - t0
+
+
+def run(quick: bool = False) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.build import build_movielens_catalog
+    from explore.keys import build_key_set
+    from explore.prompts import ClusterVocabulary
+    from explore.sft import SFTConfig, train_novelty
+    from jobs.best_of_n import BestOfNConfig
+    from jobs.best_of_n import run as run_job
+    from jobs.services import ray_session, redis_service
+
+    catalog = build_movielens_catalog()
+    vocab = ClusterVocabulary.from_clusters(catalog.clusters)
+    all_keys = [tuple(k) for k in build_key_set(catalog.histories, 2, vocab.size)["history_key"].to_pylist()]
+    keys = all_keys[: 64 if quick else 256]
+    rows = [_publish(quick)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        catalog.save(tmp / "catalog")
+        train_novelty(
+            vocab,
+            catalog.histories,
+            tmp / "novelty",
+            SFTConfig(max_steps=30 if quick else 100),
+            progress=False,
+        )
+        _alignment_model(catalog, vocab, tmp / "alignment", 10)
+        rows.insert(0, _scoring(tmp / "alignment", keys[: 32 if quick else 128], quick))
+        pq.write_table(pa.table({"history_key": [list(k) for k in keys]}), tmp / "keys.parquet")
+        n, slots = 20, 4
+        with ray_session(num_cpus=2, address="local"), redis_service() as r:
+            cfg = BestOfNConfig(
+                catalog=str(tmp / "catalog"), novelty=str(tmp / "novelty"), alignment=str(tmp / "alignment"),
+                keys=str(tmp / "keys.parquet"), n=n, slots=slots,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            s = run_job(cfg, tmp / "job", r.url)
+            job_s = time.perf_counter() - t0
+            seq_s = _sequential(tmp, vocab, keys, r.url, n, slots)
+    busy = s["stage_busy_s"]
+    total_busy = sum(busy.values())
+    share = {k: round(v / total_busy, 3) for k, v in busy.items()}
+    print(
+        f"  best-of-n job: {len(keys) / job_s:.2f} keys/s ({job_s:.1f}s, start-up included) vs {len(keys) / seq_s:.2f} "
+        f"keys/s in one process ({seq_s:.1f}s); stage busy seconds {busy}, publish {s['publish_s']}s"
+    )
+    rows.append(
+        {"name": "best_of_n_job", "value": len(keys) / job_s, "unit": "keys/s",
+         "baseline": "the same steps one after another in one process", "baseline_value": len(keys) / seq_s,
+         "ratio": seq_s / job_s, "ratio_meaning": "speed-up over the baseline",
+         "detail": {"keys": len(keys), "n": n, "slots": slots, "stage_busy_s": busy, "stage_share": share,
+                    "publish_s": s["publish_s"], "job_wall_s": job_s, "sequential_s": seq_s}}
+    )  # fmt: skip
+    return rows

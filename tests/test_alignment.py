@@ -1,0 +1,313 @@
+"""Feedback aggregation (known answers, quarantine, pyarrow vs Ray Data), best-of-n selection, and the
+alignment model (training on a set whose answer is known, save/load, LoRA, pairwise, the Ray stage)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+import pytest
+
+from alignment.aggregate import AggregationConfig, aggregate_logs
+from catalog.logs import FeedbackLogWriter
+from catalog.schemas import FEEDBACK_LOG, FEEDBACK_PAIRS
+from explore.models import TinyLMConfig
+from explore.prompts import ClusterVocabulary
+from explore.select import SelectionConfig, backoff_entries, best_of_n, select_batch
+
+M, K = 6, 2
+
+
+def events(rows: list[tuple]) -> pa.Table:
+    """rows: (key, cluster, source, click, like, share, skip, dwell_s)."""
+    cols = {f.name: [] for f in FEEDBACK_LOG}
+    for i, (key, cluster, source, click, like, share, skip, dwell) in enumerate(rows):
+        cols["request_id"].append(f"r{i}")
+        cols["member_id"].append(i)
+        cols["timestamp"].append(1000 + i)
+        cols["history_key"].append(list(key))
+        cols["item_id"].append(100 + cluster)
+        cols["cluster_id"].append(cluster)
+        cols["source"].append(source)
+        cols["position"].append(1)
+        cols["content_type"].append("movie")
+        for name, v in zip(
+            ("click", "like", "share", "skip", "dwell_s"), (click, like, share, skip, dwell), strict=True
+        ):
+            cols[name].append(v)
+    return pa.table(cols, schema=FEEDBACK_LOG)
+
+
+def known_log() -> list[tuple]:
+    """Pairs with known engagement (weights click 1, like 2, share 3, skip -1, long dwell 1; long dwell >= 60 s):
+    (0,1)->2: 10 impressions, 5 clicks (3 of them >= 60 s), 2 likes, 1 share, 1 skip: (5+4+3-1+3)/10 = 1.4
+    (0,1)->3: 4 impressions: below min_impressions=5
+    (1,2)->0: 5 impressions, 5 skips: -1.0
+    (1,2)->3: 6 impressions, 3 short clicks: 0.5
+    plus exploit impressions, which the default sources ignore."""
+    rows = []
+    for i in range(10):
+        click = i < 5
+        rows.append(
+            ((0, 1), 2, "explore", click, i < 2, i == 0, i == 9, 90.0 if i < 3 else (20.0 if click else 0.0))
+        )
+    rows += [((0, 1), 3, "explore", True, False, False, False, 10.0)] * 4
+    rows += [((1, 2), 0, "explore", False, False, False, True, 0.0)] * 5
+    rows += [((1, 2), 3, "explore", i < 3, False, False, False, 10.0 if i < 3 else 0.0) for i in range(6)]
+    rows += [((1, 2), 1, "exploit", True, True, True, False, 100.0)] * 7
+    return rows
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    w = FeedbackLogWriter(tmp_path / "log")
+    rows = known_log()
+    w.append(events(rows[:15]))
+    w.append(events(rows[15:]))
+    return tmp_path / "log"
+
+
+def as_dict(pairs: pa.Table) -> dict:
+    return {
+        (tuple(r["history_key"]), r["cluster_id"]): (
+            r["impressions"],
+            round(r["engagement"], 6),
+            round(r["label"], 6),
+        )
+        for r in pairs.to_pylist()
+    }
+
+
+def test_aggregation_known_answers_minmax_filter_round(log_dir):
+    agg = aggregate_logs([log_dir], K, M, AggregationConfig())
+    assert agg.pairs.schema.equals(FEEDBACK_PAIRS)
+    # minmax over kept pairs: (e + 1) / 2.4, rounded to 0.1: 1.4 -> 1.0, 0.5 -> 0.625 -> 0.6, -1 -> 0
+    assert as_dict(agg.pairs) == {
+        ((0, 1), 2): (10, 1.4, 1.0),
+        ((1, 2), 0): (5, -1.0, 0.0),
+        ((1, 2), 3): (6, 0.5, 0.6),
+    }
+    row = [r for r in agg.pairs.to_pylist() if r["cluster_id"] == 2][0]
+    assert (row["clicks"], row["likes"], row["shares"], row["skips"], row["long_dwells"]) == (5, 2, 1, 1, 3)
+    assert (
+        agg.stats["events"] == 32
+        and agg.stats["pairs_seen"] == 4
+        and agg.stats["pairs_below_min_impressions"] == 1
+    )
+    prefs = agg.preferences.to_pylist()
+    assert [(p["history_key"], p["preferred"], p["other"]) for p in prefs] == [([1, 2], 3, 0)]
+    assert prefs[0]["gap"] == pytest.approx(0.6)
+
+
+def test_aggregation_options_change_the_labels(log_dir):
+    raw = as_dict(aggregate_logs([log_dir], K, M, AggregationConfig(interval=0, min_impressions=4)).pairs)
+    assert raw[((0, 1), 3)] == (4, 1.0, pytest.approx((1.0 + 1) / 2.4, abs=1e-6))  # kept at 4 impressions
+    assert raw[((1, 2), 3)][2] == pytest.approx(1.5 / 2.4, abs=1e-6)  # not rounded
+    ranked = as_dict(aggregate_logs([log_dir], K, M, AggregationConfig(normalise="rank")).pairs)
+    assert [ranked[p][2] for p in (((1, 2), 0), ((1, 2), 3), ((0, 1), 2))] == [0.0, 0.5, 1.0]
+    both = as_dict(aggregate_logs([log_dir], K, M, AggregationConfig(sources=("explore", "exploit"))).pairs)
+    assert both[((1, 2), 1)][:2] == (7, 1 + 2 + 3 + 1)  # the exploit impressions count now
+    with pytest.raises(ValueError, match="normalise='zscore'"):
+        AggregationConfig(normalise="zscore")
+
+
+def test_malformed_rows_are_quarantined_and_counted(log_dir):
+    bad = events(
+        [
+            ((0, 1), 2, "explore", True, False, False, False, -3.0),  # negative dwell
+            ((0, 1), 99, "explore", True, False, False, False, 1.0),  # unknown cluster
+            ((0, 1, 2), 2, "explore", True, False, False, False, 1.0),  # key of length 3
+            ((0, 7), 2, "explore", True, False, False, False, 1.0),  # unknown cluster in the key
+            ((0, 1), 2, "explore", True, False, False, False, float("nan")),
+            ((0, 1), 2, "explore", True, False, False, False, 1.0),  # source set to null below
+        ]
+    )
+    i = bad.schema.get_field_index("source")
+    bad = bad.set_column(i, pa.field("source", pa.string()), pa.array(["explore"] * 5 + [None]))
+    pq.write_table(bad, log_dir / "part-000002.parquet")  # a producer that skipped the schema checks
+    pq.write_table(events(known_log()[:3]).drop_columns(["share"]), log_dir / "part-000003.parquet")
+    agg = aggregate_logs([log_dir], K, M, AggregationConfig())
+    reasons = agg.quarantine["reason"].to_pylist()
+    assert agg.stats["quarantined"] == 9 == len(reasons)
+    assert reasons.count("missing column share") == 3
+    assert {"negative dwell_s", "unknown cluster_id", "null source", "dwell_s is NaN"} <= set(reasons)
+    assert any("K=2" in r for r in reasons) and any("unknown cluster id" in r for r in reasons)
+    assert set(agg.quarantine["part"].to_pylist()) == {
+        str(log_dir / f"part-00000{n}.parquet") for n in (2, 3)
+    }
+    assert agg.quarantine.filter(pa.compute.equal(agg.quarantine["reason"], "unknown cluster_id"))[
+        "cluster_id"
+    ].to_pylist() == [99]  # the row is kept whole
+    # the good rows give exactly the answers of the clean log
+    assert as_dict(agg.pairs) == {
+        ((0, 1), 2): (10, 1.4, 1.0),
+        ((1, 2), 0): (5, -1.0, 0.0),
+        ((1, 2), 3): (6, 0.5, 0.6),
+    }
+
+
+def test_ray_data_engine_gives_the_same_tables(log_dir, ray_local):
+    FeedbackLogWriter(log_dir).append(events(known_log()[::2]))  # a third part, overlapping pairs
+    a = aggregate_logs([log_dir], K, M, AggregationConfig(engine="pyarrow"))
+    b = aggregate_logs([log_dir], K, M, AggregationConfig(engine="ray"))
+    assert b.stats["engine"] == "ray" and a.stats["engine"] == "pyarrow"
+    assert a.pairs.equals(b.pairs) and a.preferences.equals(b.preferences)
+    assert a.stats["events"] == b.stats["events"] == 48
+
+
+def test_best_of_n_order_threshold_and_ties():
+    cfg = SelectionConfig(top_k=3, min_score=0.2)
+    # 7 and 4 tie on score: more samples first; 9 and 2 tie on both: lower id first; 5 is below min_score
+    clusters, scores = best_of_n([7, 4, 9, 2, 5], [1, 3, 2, 2, 9], [0.5, 0.5, 0.6, 0.6, 0.1], cfg)
+    assert clusters == [2, 9, 4] and scores == [0.6, 0.6, 0.5]
+    batch = pa.table({"candidates": [[1, 2], []], "counts": [[1, 1], []], "scores": [[0.1, 0.9], []]})
+    out = select_batch(batch, top_k=1, min_score=0.0)
+    assert out["selected"].to_pylist() == [[2], []]
+
+
+def test_backoff_entries_average_over_keys_sharing_a_suffix():
+    entries = backoff_entries(
+        [(0, 1), (2, 1), (3, 4)],
+        [[2, 3], [0, 3], [1]],
+        [[0.9, 0.2], [0.5, 0.6], [0.7]],
+        SelectionConfig(top_k=2),
+    )
+    assert entries["1"] == ([2, 0], [0.9, 0.5])  # suffix (1,): 3 averages (0.2 + 0.6) / 2 = 0.4
+    assert entries["4"] == ([1], [0.7])
+    assert entries["*"][0] == [2, 1]  # global: 2 (0.9), 1 (0.7), 0 (0.5), 3 (0.4)
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+
+SMALL = TinyLMConfig(
+    hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, vocab_size=512
+)
+
+
+def known_world(seed: int = 0):
+    """12 clusters in 4 genres; members like a candidate when it shares the genre of their last cluster.
+    Every candidate is liked by some keys and not others, so its global rate says little."""
+    genres = ["western", "space", "romance", "horror"]
+    names = tuple(f"{g}-{i}" for g in genres for i in range(3))
+    descs = tuple(f"{g} films, {g} stories" for g in genres for _ in range(3))
+    vocab = ClusterVocabulary(names, descs)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a in range(12):
+        for b in range(12):
+            if a == b:
+                continue
+            for c in range(12):
+                if c in (a, b):
+                    continue
+                label = 0.9 if c // 3 == b // 3 else 0.1
+                label = float(np.clip(label + rng.normal(0, 0.05), 0, 1))
+                rows.append(
+                    {"history_key": [a, b], "cluster_id": c, "impressions": 10, "clicks": 0, "likes": 0, "shares": 0,
+                     "skips": 0, "long_dwells": 0, "engagement": label, "label": round(label, 1)}
+                )  # fmt: skip
+    pairs = pa.Table.from_pylist(rows, schema=FEEDBACK_PAIRS)
+    from alignment.aggregate import preferences
+
+    return vocab, pairs, preferences(pairs, 0.5)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return known_world()
+
+
+@pytest.fixture(scope="module")
+def pointwise(world, tmp_path_factory):
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    out = tmp_path_factory.mktemp("alignment") / "model"
+    cfg = AlignmentConfig(max_steps=500, batch_size=32, tiny=SMALL, eval_fraction=0.2)
+    return out, train_alignment(vocab, pairs, prefs, out, cfg, progress=False)
+
+
+def test_training_lowers_heldout_loss_and_beats_the_frequency_baseline(pointwise):
+    _, r = pointwise
+    ev = r["evaluation"]
+    assert r["heldout_loss_after"] < r["heldout_loss_before"] - 0.1, r
+    assert ev["model"]["auc"] > 0.7, ev
+    assert ev["model"]["auc"] > ev["global_positive_rate"]["auc"] + 0.2, ev
+    assert ev["model"]["logloss"] < ev["global_positive_rate"]["logloss"], ev
+
+
+def test_saved_model_scores_like_the_trained_one(pointwise, world):
+    from alignment.score import AlignmentScorer
+    from alignment.train import heldout_mask, pair_metrics
+
+    out, r = pointwise
+    vocab, pairs, _ = world
+    assert {p.name for p in out.iterdir()} >= {
+        "alignment.json",
+        "head.safetensors",
+        "backbone",
+        "tokenizer.json",
+    }
+    keys = [tuple(k) for k in pairs["history_key"].to_pylist()]
+    cands = pairs["cluster_id"].to_numpy()
+    held = heldout_mask(keys, cands, 0.2, 0)
+    scorer = AlignmentScorer(out, device="cpu", batch_size=7)
+    probs = scorer.score([k for k, h in zip(keys, held, strict=True) if h], cands[held])
+    labels = pairs["label"].to_numpy().astype(float)
+    median = r["evaluation"]["label_median"]
+    assert pair_metrics(labels[held], probs, median) == r["evaluation"]["model"]
+    with pytest.raises(ValueError, match="keys\\[0\\]"):
+        scorer.score([(0, 99)], [1])
+
+
+def test_pairwise_variant_ranks_too(world, tmp_path):
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    cfg = AlignmentConfig(objective="pairwise", max_steps=200, batch_size=16, tiny=SMALL)
+    r = train_alignment(vocab, pairs, prefs, tmp_path / "bt", cfg, progress=False)
+    assert r["objective"] == "pairwise" and r["preferences"] > 0
+    ev = r["evaluation"]
+    assert ev["model"]["auc"] > ev["global_positive_rate"]["auc"] + 0.15, ev
+
+
+def test_lora_on_a_pretrained_folder(world, tmp_path):
+    from alignment.score import AlignmentScorer
+    from alignment.train import AlignmentConfig, train_alignment
+    from explore.models import build_tiny
+
+    vocab, pairs, prefs = world
+    lm, tok = build_tiny(vocab, SMALL)
+    lm.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    r = train_alignment(
+        vocab,
+        pairs.slice(0, 300),
+        prefs,
+        tmp_path / "lora",
+        AlignmentConfig(base=str(tmp_path / "base"), max_steps=3),
+        progress=False,
+    )
+    total = sum(p.numel() for p in lm.model.parameters())
+    assert r["method"] == "lora" and r["trainable_params"] < total / 2
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    probs = AlignmentScorer(tmp_path / "lora", device="cpu").score([(0, 1)], [5])
+    assert 0 < probs[0] < 1
+
+
+def test_alignment_stage_adds_scores_in_candidate_order(pointwise):
+    from alignment.score import AlignmentScorer
+    from alignment.stage import AlignmentStage
+
+    out, _ = pointwise
+    stage = AlignmentStage(str(out), device="cpu")
+    batch = pa.table({"history_key": [[0, 1], [3, 4]], "candidates": [[2, 5, 9], []]})
+    scores = stage(batch)["scores"].to_pylist()
+    expected = AlignmentScorer(out, device="cpu").score([(0, 1)] * 3, [2, 5, 9])
+    assert scores[1] == [] and np.allclose(scores[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="lacks column"):
+        stage(pa.table({"history_key": [[0, 1]]}))
+    with pytest.raises(ValueError, match="other clusters"):
+        AlignmentStage(str(out), device="cpu", catalog_signature="0" * 16)

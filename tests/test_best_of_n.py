@@ -1,0 +1,127 @@
+"""The main job on a tiny world: real vLLM sampling, alignment scoring in Ray actors, a real Redis publish,
+and a failure that leaves the live version alone."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import redis
+
+from catalog.io import read_table
+from catalog.schemas import BEST_OF_N
+from explore.cache import CacheReader, decode_entry, key_field, list_versions, live_version, version_meta
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(ml_catalog, tmp_path_factory):
+    from explore.examples import ExampleConfig
+    from explore.models import TinyLMConfig
+    from explore.prompts import ClusterVocabulary
+    from explore.sft import SFTConfig, train_novelty
+    from jobs.simulate import simulate_round
+    from jobs.train_alignment import AlignmentTrainFields
+    from jobs.train_alignment import train as train_alignment
+    from sim import MemberSimulator, SimConfig
+
+    root = tmp_path_factory.mktemp("bon")
+    ml_catalog.save(root / "catalog")
+    vocab = ClusterVocabulary.from_clusters(ml_catalog.clusters)
+    train_novelty(
+        vocab,
+        ml_catalog.histories,
+        root / "novelty",
+        SFTConfig(max_steps=30, batch_size=24, max_eval_examples=64, tiny=TinyLMConfig(num_hidden_layers=2)),
+        ExampleConfig(k=2, max_per_key=16),
+        progress=False,
+    )
+    simulator = MemberSimulator.for_catalog(ml_catalog, SimConfig(seed=0))
+    for r in range(4):
+        simulate_round(ml_catalog, simulator, "random", str(root / "logs"), explore_slots=8, seed=10 + r)
+    fields = AlignmentTrainFields(
+        catalog=str(root / "catalog"),
+        logs=[str(root / "logs")],
+        engine="pyarrow",
+        max_steps=15,
+        batch_size=32,
+    )
+    summary = train_alignment(fields, root / "alignment", progress=False)
+    return {"root": root, "alignment_summary": summary}
+
+
+def config(world, **kw):
+    from jobs.best_of_n import BestOfNFields
+
+    root = world["root"]
+    values = dict(
+        catalog=str(root / "catalog"),
+        novelty=str(root / "novelty"),
+        alignment=str(root / "alignment"),  # the train_alignment folder: model/ is found inside
+        slots=3,
+        n=12,
+        limit=40,
+        batch_size=16,
+    )
+    return BestOfNFields(**{**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def published(world, ray_local, redis_server):
+    from jobs.best_of_n import run
+
+    out = world["root"] / "run1"
+    return out, run(config(world), out, redis_server.url)
+
+
+def test_job_publishes_what_it_selected(published, redis_server):
+    out, s = published
+    client = redis.Redis.from_url(redis_server.url)
+    assert live_version(client) == s["version"] and s["previous_version"] is None
+    assert s["keys"] == 40 and s["samples"] == 40 * 12 and s["valid_share"] == 1.0
+    assert 0 < s["mean_selected"] <= 3 and s["keys_cached"] == 40
+    assert s["entries"] == 40 + s["backoff_entries"] and s["backoff_entries"] > 1
+    assert set(s["stage_busy_s"]) == {"sample", "score", "write"} and s["stage_busy_s"]["sample"] > 0
+
+    table = read_table(out / "selected", BEST_OF_N)
+    reader = CacheReader(client, k=2)
+    for row in table.to_pylist()[:10]:
+        key = tuple(row["history_key"])
+        assert row["selected"] and all(c not in key for c in row["selected"])
+        assert len(row["scores"]) == len(row["candidates"])
+        best = sorted(row["scores"], reverse=True)[: len(row["selected"])]
+        assert row["selected_scores"] == pytest.approx(best, abs=1e-6)  # the top scores, best first
+        hit = reader.lookup(key)
+        assert hit.level == "exact" and hit.version == s["version"]
+        assert list(hit.clusters) == row["selected"]
+        assert list(hit.scores) == pytest.approx(row["selected_scores"], abs=1e-5)
+        assert hit.models["novelty_model"] == s["novelty_model"]
+        assert hit.models["alignment_model"] == s["alignment_model"]
+    raw = client.hget(f"{{explore}}:v:{s['version']}", key_field(table["history_key"][0].as_py()))
+    assert decode_entry(raw)[0] == table["selected"][0].as_py()
+
+    seen = {tuple(k) for k in table["history_key"].to_pylist()}
+    unseen = next((a, b) for a in range(48) for b in range(48) if a != b and (a, b) not in seen)
+    hit = reader.lookup(unseen)
+    assert hit.level in ("backoff", "global") and hit.clusters and not set(hit.clusters) & set(unseen)
+    client.close()
+
+
+def test_failed_run_leaves_the_live_version_and_no_partial_keys(published, world, redis_server, tmp_path):
+    from jobs.best_of_n import run
+
+    _, s = published
+    broken = tmp_path / "alignment"
+    shutil.copytree(world["root"] / "alignment" / "model", broken)
+    (broken / "head.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(Exception):  # noqa: B017  (whatever the actor raises, the publish must not happen)
+        run(config(world, alignment=str(broken), limit=8), tmp_path / "run2", redis_server.url)
+    client = redis.Redis.from_url(redis_server.url)
+    assert live_version(client) == s["version"]
+    versions = {v for v, _ in list_versions(client)}
+    assert versions == {s["version"]}
+    leftovers = [k for k in client.scan_iter("{explore}:v:*") if s["version"].encode() not in k]
+    assert leftovers == []  # the aborted version's keys were deleted
+    assert version_meta(client, "explore", s["version"])["status"] == "live"
+    client.close()

@@ -382,6 +382,14 @@ def _rows_read(qdir: Path) -> int:
     return sum(pq.read_table(p)["rows"][0].as_py() for p in qdir.glob("*.rows.parquet"))
 
 
+def resolve_engine(logs: list[str | os.PathLike], config: AggregationConfig) -> str:
+    """'pyarrow' or 'ray': the configured engine, or for 'auto' the one the logs' total size calls for."""
+    if config.engine != "auto":
+        return config.engine
+    size = sum(os.path.getsize(f) for f in _log_files(logs))
+    return "ray" if size > config.ray_threshold_mib << 20 else "pyarrow"
+
+
 def aggregate_logs(
     logs: list[str | os.PathLike],
     k: int,
@@ -401,9 +409,7 @@ def aggregate_logs(
     config = config or AggregationConfig()
     files = _log_files(logs)
     size = sum(os.path.getsize(f) for f in files)
-    engine = config.engine
-    if engine == "auto":
-        engine = "ray" if size > config.ray_threshold_mib << 20 else "pyarrow"
+    engine = resolve_engine(logs, config)
     if engine == "ray":
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             sums, quarantined, rows = _ray_sums(files, config, k, n_clusters, Path(tmp))

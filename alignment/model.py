@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +60,34 @@ class AlignmentModel(nn.Module):
         z_last = z[torch.arange(z.shape[0], device=z.device), last]  # (B, D)
         return self.head(z_last.float()).squeeze(-1)  # (B,)
 
+    def forward_shared(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        rows: torch.Tensor,
+        suffix_ids: torch.Tensor,
+        suffix_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The logits of forward(prefix + suffix), each history key's prefix computed once.
+
+        prefix_ids, prefix_mask (P, Lp) right-padded; rows (N,) the prefix of each pair; suffix_ids,
+        suffix_mask (N, Ls) right-padded -> logits (N,). The prefixes' KV cache is gathered per pair and
+        the suffixes continue at each prefix's true length, so positions and attention match the
+        concatenated sequence exactly (padding slots are masked out).
+        """
+        cache = self.backbone(
+            input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True
+        ).past_key_values
+        cache.batch_select_indices(rows)
+        steps = torch.arange(suffix_ids.shape[1], device=suffix_ids.device)
+        position_ids = prefix_mask.sum(1)[rows][:, None] + steps[None, :]  # (N, Ls)
+        mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)  # (N, Lp + Ls)
+        z = self.backbone(
+            input_ids=suffix_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache
+        ).last_hidden_state  # (N, Ls, D)
+        last = suffix_mask.sum(1) - 1
+        return self.head(z[torch.arange(z.shape[0], device=z.device), last].float()).squeeze(-1)  # (N,)
+
 
 class PairEncoder:
     """Token ids of (history key, candidate) texts. The key's part and the candidate's part are tokenized
@@ -85,18 +114,20 @@ class PairEncoder:
             self._keys[key] = self._ids(f"history: {history}\ncandidate:")
         return self._keys[key]
 
+    def candidate_ids(self, candidate: int) -> list[int]:
+        return self._cands[candidate]
+
     def __call__(self, key: tuple[int, ...], candidate: int) -> list[int]:
         return self.key_ids(key) + self._cands[candidate]
 
     def collate(self, seqs: Sequence[list[int]], device: str | torch.device = "cpu"):
         """(input_ids, attention_mask), right-padded, each (B, S)."""
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return ids.to(device), mask.to(device)
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        ids = np.full((len(seqs), int(lengths.max())), self.pad_id, dtype=np.int64)
+        for i, s in enumerate(seqs):  # numpy rows: one tensor per batch, not one per sequence
+            ids[i, : len(s)] = s
+        mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+        return torch.from_numpy(ids).to(device), torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
 def build_backbone(base: str, vocab: ClusterVocabulary, tiny=None):

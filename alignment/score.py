@@ -37,21 +37,54 @@ def score_logits(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    share_prefix: bool = True,
 ) -> np.ndarray:
-    """Logits s(h, c) for each pair, in input order."""
-    seqs = [encoder(tuple(k), int(c)) for k, c in zip(keys, candidates, strict=True)]
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    out = np.empty(len(seqs), dtype=np.float32)
+    """Logits s(h, c) for each pair, in input order.
+
+    share_prefix: the pairs of one key share its history text, so it is run once and its KV cache reused
+    by each candidate (the candidates of a key are many); False runs every pair's whole text.
+    """
     device = torch.device(device)
+    out = np.empty(len(keys), dtype=np.float32)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        ids, mask = encoder.collate([seqs[i] for i in idx], device)
+    for idx, chunk_keys in _batches(encoder, keys, batch_size, share_prefix):
         with autocast:
-            out[idx] = model(ids, mask).float().cpu().numpy()
+            if share_prefix:
+                prefix_ids, prefix_mask = encoder.collate([encoder.key_ids(k) for k in chunk_keys], device)
+                slot = {k: j for j, k in enumerate(chunk_keys)}
+                rows = torch.tensor([slot[tuple(keys[i])] for i in idx], device=device)
+                suffix = encoder.collate([encoder.candidate_ids(int(candidates[i])) for i in idx], device)
+                logits = model.forward_shared(prefix_ids, prefix_mask, rows, *suffix)
+            else:
+                logits = model(
+                    *encoder.collate([encoder(tuple(keys[i]), int(candidates[i])) for i in idx], device)
+                )
+        out[idx] = logits.float().cpu().numpy()
     return out
+
+
+def _batches(encoder: PairEncoder, keys, batch_size: int, by_key: bool):
+    """(pair indices, their distinct keys) per batch: about batch_size pairs, whole keys when by_key,
+    shortest texts first so a batch pads little."""
+    if not by_key:
+        order = np.argsort([len(encoder.key_ids(tuple(k))) for k in keys], kind="stable")
+        for s in range(0, len(order), batch_size):
+            yield order[s : s + batch_size], None
+        return
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(tuple(k), []).append(i)
+    chunk, idx = [], []
+    for k in sorted(groups, key=lambda k: len(encoder.key_ids(k))):
+        chunk.append(k)
+        idx.extend(groups[k])
+        if len(idx) >= batch_size:
+            yield np.array(idx), chunk
+            chunk, idx = [], []
+    if idx:
+        yield np.array(idx), chunk
 
 
 class AlignmentScorer:

@@ -28,12 +28,11 @@ import pyarrow as pa
 
 from catalog.io import replace_folder, staging_folder
 from catalog.metrics import auc, logloss
-from explore.models import PRESETS, TinyLMConfig
+from explore.models import PRESETS, TinyLMConfig, apply_lora
 from explore.prompts import ClusterVocabulary
 
 OBJECTIVES = ("pointwise", "pairwise")
 METHODS = ("auto", "full", "lora")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,8 @@ class AlignmentConfig:
     epochs: float = 3.0
     max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
     batch_size: int = 64  # pairs (pointwise) or preferences (pairwise) per step
+    items_per_key: int = 0  # a batch takes a key's items in runs of this many, its history text run once
+    # per run (0: 4 for pointwise; 1 for pairwise, whose preference pairs of one key are many and alike)
     lr: float = 0.0  # 0: 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA; the head gets at least 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
@@ -52,6 +53,7 @@ class AlignmentConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     eval_fraction: float = 0.2  # share of pairs held out, by a hash of (key, candidate)
+    device: str = "auto"  # auto: CUDA when present
     tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
     seed: int = 0
 
@@ -70,8 +72,10 @@ class AlignmentConfig:
             raise ValueError(
                 f"AlignmentConfig: epochs={self.epochs}, max_steps={self.max_steps}; set one > 0."
             )
-        if self.batch_size < 1:
-            raise ValueError(f"AlignmentConfig.batch_size={self.batch_size}: must be >= 1.")
+        if self.batch_size < 1 or self.items_per_key < 0:
+            raise ValueError(
+                f"AlignmentConfig: batch_size={self.batch_size} must be >= 1, items_per_key={self.items_per_key} >= 0."
+            )
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"AlignmentConfig.eval_fraction={self.eval_fraction}: must be in (0, 1).")
         if self.lr < 0:
@@ -210,20 +214,30 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def _apply_lora(backbone, config: AlignmentConfig):
-    from peft import LoraConfig, get_peft_model
+def _key_grouped_order(keys: list[tuple[int, ...]], per_key: int, g) -> np.ndarray:
+    """A permutation of the items in runs of up to `per_key` items of one key (runs in random order), so
+    a batch's items share history prefixes, computed once each, while a batch still mixes many keys."""
+    import torch
 
-    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in backbone.named_modules())]
-    if not targets:
-        raise ValueError(f"base={config.base!r}: none of the LoRA target modules {LORA_TARGETS} exist in it.")
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets,
-        task_type="FEATURE_EXTRACTION",
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in torch.randperm(len(keys), generator=g).tolist():
+        groups.setdefault(keys[i], []).append(i)
+    runs = [group[s : s + per_key] for group in groups.values() for s in range(0, len(group), per_key)]
+    return np.array(
+        [i for r in torch.randperm(len(runs), generator=g).tolist() for i in runs[r]], dtype=np.int64
     )
-    return get_peft_model(backbone, lora)
+
+
+def _shared_logits(model, encoder, keys: list[tuple[int, ...]], candidates: np.ndarray, device):
+    """Training forward: each distinct key's prefix once (AlignmentModel.forward_shared)."""
+    import torch
+
+    distinct = list(dict.fromkeys(keys))
+    slot = {k: j for j, k in enumerate(distinct)}
+    prefix_ids, prefix_mask = encoder.collate([encoder.key_ids(k) for k in distinct], device)
+    rows = torch.tensor([slot[k] for k in keys], device=device)
+    suffix = encoder.collate([encoder.candidate_ids(int(c)) for c in candidates], device)
+    return model.forward_shared(prefix_ids, prefix_mask, rows, *suffix)
 
 
 def train_alignment(
@@ -246,7 +260,7 @@ def train_alignment(
     from tqdm import tqdm
 
     from alignment.model import AlignmentModel, PairEncoder, build_backbone, save_alignment
-    from alignment.score import score_logits
+    from alignment.score import pick_device, score_logits
 
     config = config or AlignmentConfig()
     if config.base not in PRESETS:
@@ -272,19 +286,25 @@ def train_alignment(
     backbone, tokenizer, hidden = build_backbone(config.base, vocab, config.tiny)
     method = config.resolved_method
     if method == "lora":
-        backbone = _apply_lora(backbone, config)
-    model = AlignmentModel(backbone, hidden)
+        backbone = apply_lora(
+            backbone, config.base, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            task_type="FEATURE_EXTRACTION",
+        )  # fmt: skip
+    device = pick_device(config.device)
+    model = AlignmentModel(backbone, hidden).to(device)
     encoder = PairEncoder(tokenizer, vocab)
     median = float(np.median(train.labels))
 
     def heldout_loss() -> float:
         model.eval()
-        logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256)
+        logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256, device=device)
         model.train()
         return logloss(evals.labels, sigmoid(logits))
 
     loss_before = heldout_loss()
     n_items = len(train) if config.objective == "pointwise" else len(pref_keys)
+    item_keys = train.keys if config.objective == "pointwise" else pref_keys
+    per_key = config.items_per_key or (4 if config.objective == "pointwise" else 1)
     total = config.max_steps or max(1, round(config.epochs * math.ceil(n_items / config.batch_size)))
     warmup = max(1, int(config.warmup_fraction * total))
     head_params = list(model.head.parameters())
@@ -307,17 +327,18 @@ def train_alignment(
         for s in range(0, n_items, config.batch_size):
             if step >= total:
                 break
-            if s == 0:
-                order = torch.randperm(n_items, generator=g).numpy()
+            if s == 0:  # a new epoch
+                order = _key_grouped_order(item_keys, per_key, g)
             idx = order[s : s + config.batch_size]
             if config.objective == "pointwise":
-                ids, mask = encoder.collate([encoder(train.keys[i], int(train.candidates[i])) for i in idx])
-                target = torch.tensor(train.labels[idx], dtype=torch.float32)
-                loss = F.binary_cross_entropy_with_logits(model(ids, mask), target)
+                logits = _shared_logits(
+                    model, encoder, [train.keys[i] for i in idx], train.candidates[idx], device
+                )
+                target = torch.tensor(train.labels[idx], dtype=torch.float32, device=device)
+                loss = F.binary_cross_entropy_with_logits(logits, target)
             else:
-                seqs = [encoder(pref_keys[i], int(pref_a[i])) for i in idx]
-                seqs += [encoder(pref_keys[i], int(pref_b[i])) for i in idx]
-                s_ab = model(*encoder.collate(seqs))  # (2B,)
+                both = np.concatenate([pref_a[idx], pref_b[idx]])
+                s_ab = _shared_logits(model, encoder, [pref_keys[i] for i in idx] * 2, both, device)  # (2B,)
                 loss = -F.logsigmoid(s_ab[: len(idx)] - s_ab[len(idx) :]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -334,10 +355,12 @@ def train_alignment(
     train_s = time.perf_counter() - t0
 
     model.eval()
-    eval_logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256)
+    eval_logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256, device=device)
     if config.objective == "pairwise":  # Bradley-Terry fixes score differences only: calibrate the level
         sub = np.arange(len(train))[: min(len(train), 2000)]
-        tr_logits = score_logits(model, encoder, [train.keys[i] for i in sub], train.candidates[sub])
+        tr_logits = score_logits(
+            model, encoder, [train.keys[i] for i in sub], train.candidates[sub], device=device
+        )
         a, b = platt(tr_logits.astype(np.float64), train.labels[sub])
         eval_probs = sigmoid(eval_logits, a, b)
     else:
@@ -373,6 +396,7 @@ def train_alignment(
         "train_s": round(train_s, 2),
         "examples_per_s": round(seen / train_s, 1) if train_s else None,
         "trainable_params": sum(p.numel() for p in body_params + head_params),
+        "device": str(device),
         "total_s": round(time.perf_counter() - t_start, 2),
         "out": str(out),
     }

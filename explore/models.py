@@ -22,6 +22,7 @@ from catalog.io import replace_folder, staging_folder
 PRESETS = ("tiny", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -159,3 +160,18 @@ def load_pretrained(folder: Path):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return model, tokenizer
+
+
+def apply_lora(model, base: str, *, r: int, alpha: int, dropout: float, task_type: str):
+    """`model` wrapped with LoRA adapters (peft) on whichever attention and MLP projections it has."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())]
+    if not targets:
+        raise ValueError(
+            f"base={base!r}: none of the LoRA target modules {LORA_TARGETS} exist in this model."
+        )
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type
+    )
+    return get_peft_model(model, config)

@@ -21,12 +21,11 @@ from pathlib import Path
 
 from catalog.io import replace_folder, staging_folder
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
-from explore.models import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
+from explore.models import PRESETS, TinyLMConfig, apply_lora, build_tiny, load_pretrained, resolve_base
 from explore.prompts import ClusterVocabulary, PromptFormat
 from explore.tokenizer import answer_token_ids, check_expressible
 
 INFO_FILE = "novelty.json"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -196,21 +195,10 @@ def train_novelty(
     pad_id = tokenizer.pad_token_id
     evals = evals.subset(range(min(len(evals), config.max_eval_examples)))
     if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())]
-        if not targets:
-            raise ValueError(
-                f"base={config.base!r}: none of the LoRA target modules {LORA_TARGETS} exist in this model."
-            )
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=targets,
+        model = apply_lora(
+            model, config.base, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
             task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        )  # fmt: skip
 
     loss_before = heldout_loss(model, encoder, evals, config.batch_size, pad_id)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)

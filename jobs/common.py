@@ -14,11 +14,13 @@ import pydantic
 
 from catalog.io import SchemaMismatchError
 from catalog.movielens import DataNotFoundError
+from explore.cache import CacheError
 from jobs.services import ServiceError
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (
     ServiceError,
+    CacheError,  # a refused publish, commit or rollback: the message names the live version
     SchemaMismatchError,
     DataNotFoundError,
     FileNotFoundError,

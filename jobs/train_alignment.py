@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)")
+    p.add_argument(
+        "--lr", type=float, help="learning rate (default 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)"
+    )
     p.add_argument("--lora-r", dest="lora_r", type=int)
     p.add_argument("--eval-fraction", dest="eval_fraction", type=float, help="pairs held out (0.2)")
     p.add_argument("--seed", type=int)
@@ -190,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> int:
         from jobs.services import ray_session
 
+        from alignment.aggregate import resolve_engine
+
         cfg = merge_config(AlignmentTrainConfig, args, FLAGS)
-        if cfg.engine == "pyarrow":
+        if resolve_engine(cfg.logs, aggregation_config(cfg)) == "pyarrow":  # no Ray needed
             s = train(cfg, cfg.out)
         else:
             with ray_session():

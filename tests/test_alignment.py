@@ -311,3 +311,21 @@ def test_alignment_stage_adds_scores_in_candidate_order(pointwise):
         stage(pa.table({"history_key": [[0, 1]]}))
     with pytest.raises(ValueError, match="other clusters"):
         AlignmentStage(str(out), device="cpu", catalog_signature="0" * 16)
+
+
+def test_shared_prefix_scoring_equals_whole_text_scoring(pointwise):
+    from alignment.model import load_alignment
+    from alignment.score import score_logits
+
+    out, _ = pointwise
+    model, enc, _ = load_alignment(out)
+    rng = np.random.default_rng(3)
+    keys = [tuple(int(x) for x in rng.choice(12, 2, replace=False)) for _ in range(9)]
+    pair_keys = [k for k in keys for _ in range(int(rng.integers(1, 6)))]  # 1-5 candidates per key
+    cands = [int(rng.integers(0, 12)) for _ in pair_keys]
+    order = rng.permutation(len(cands))  # pairs of one key need not be adjacent
+    pair_keys, cands = [pair_keys[i] for i in order], [cands[i] for i in order]
+    whole = score_logits(model, enc, pair_keys, cands, batch_size=4, share_prefix=False)
+    for batch_size in (1, 7, 1000):
+        shared = score_logits(model, enc, pair_keys, cands, batch_size=batch_size, share_prefix=True)
+        assert np.allclose(shared, whole, atol=1e-5), (batch_size, np.abs(shared - whole).max())

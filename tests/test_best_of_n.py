@@ -125,3 +125,20 @@ def test_failed_run_leaves_the_live_version_and_no_partial_keys(published, world
     assert leftovers == []  # the aborted version's keys were deleted
     assert version_meta(client, "explore", s["version"])["status"] == "live"
     client.close()
+
+
+def test_cache_command_reads_and_refuses_a_rollback_without_previous(published, redis_server, capsys):
+    from jobs.cache import main
+
+    out, s = published
+    row = read_table(out / "selected", BEST_OF_N).slice(0, 1).to_pylist()[0]
+    key = ",".join(map(str, row["history_key"]))
+    with pytest.raises(SystemExit) as exit_:
+        main(["lookup", key, "--redis-url", redis_server.url, "--top", "2"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert f"exact (field '{key}') in version {s['version']}" in printed
+    assert printed.count("cluster ") == min(2, len(row["selected"]))
+    with pytest.raises(SystemExit) as exit_:
+        main(["rollback", "--redis-url", redis_server.url])
+    assert exit_.value.code == 2 and "previous" in capsys.readouterr().err

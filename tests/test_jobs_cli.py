@@ -35,6 +35,9 @@ def _dead_port() -> int:
         "jobs.simulate",
         "jobs.train_novelty",
         "jobs.sample_novelty",
+        "jobs.train_alignment",
+        "jobs.best_of_n",
+        "jobs.cache",
     ],
 )
 def test_help(module):
@@ -195,9 +198,13 @@ def test_demo_runs_end_to_end(tmp_path):
             "40",
             "--novelty-eval-examples",
             "40",
+            "--traffic-rounds",
+            "6",
+            "--alignment-steps",
+            "20",
         ],
         env={"RAY_ADDRESS": ""},
-        timeout=540,
+        timeout=720,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "a Ray worker read the run folder back" in res.stdout
@@ -224,3 +231,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert sampled["keys"] == summary["catalog"]["coverage"]["distinct_keys"]
     assert sampled["samples"] == 20 * sampled["keys"] and sampled["valid_share"] == 1.0
     assert list((run / "candidates" / "candidates").glob("*.parquet"))
+    aligned = summary["alignment"]
+    assert aligned["aggregation"]["pairs_kept"] > 100 and aligned["aggregation"]["quarantined"] == 0
+    assert aligned["model"]["steps"] == 20 and aligned["model"]["evaluation"]["model"]["auc"] is not None
+    assert (run / "alignment" / "model" / "alignment.json").exists()
+    bon = summary["best_of_n"]
+    assert bon["keys"] == sampled["keys"] == bon["keys_cached"] and bon["mean_selected"] == 4.0
+    assert bon["entries"] == bon["keys"] + bon["backoff_entries"] and bon["version"]
+    assert set(summary["round1"]) == {"random", "most-frequent", "novelty-only", "best-of-n"}
+    assert all(r["impressions"] > 3000 for r in summary["round1"].values())
+    assert "cache lookups for" in res.stdout

@@ -190,9 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body() -> int:
-        from jobs.services import ray_session
-
         from alignment.aggregate import resolve_engine
+        from jobs.services import ray_session
 
         cfg = merge_config(AlignmentTrainConfig, args, FLAGS)
         if resolve_engine(cfg.logs, aggregation_config(cfg)) == "pyarrow":  # no Ray needed

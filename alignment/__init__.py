@@ -1,0 +1,29 @@
+"""The alignment LLM of LLM-powered interest exploration: it learns from members' aggregated feedback which
+novel clusters suit a history key, and scores the novelty LLM's samples for best-of-n selection.
+`import alignment` loads pyarrow and numpy only; torch and transformers load when a model is built.
+
+Public API:
+    AggregationConfig, aggregate_logs      feedback logs -> per-(key, cluster) pairs, preferences, quarantine
+    AlignmentConfig, train_alignment       pointwise (or Bradley-Terry) training and held-out evaluation
+    AlignmentScorer                        batch scoring of (key, candidate) pairs, CPU or CUDA
+    AlignmentStage                         the scorer as a Ray Data stage
+"""
+
+from alignment.aggregate import AggregationConfig, aggregate_logs
+from alignment.train import AlignmentConfig, train_alignment
+
+__all__ = [
+    "AggregationConfig", "AlignmentConfig", "AlignmentScorer", "AlignmentStage", "aggregate_logs", "train_alignment",
+]  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name == "AlignmentScorer":
+        from alignment.score import AlignmentScorer
+
+        return AlignmentScorer
+    if name == "AlignmentStage":
+        from alignment.stage import AlignmentStage
+
+        return AlignmentStage
+    raise AttributeError(f"module 'alignment' has no attribute {name!r}")

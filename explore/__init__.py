@@ -11,17 +11,23 @@ Public API:
     NoveltyStage                           the sampler as a Ray Data stage
     evaluate_novelty                       validity, recall@n against baselines, novelty
     build_key_set, check_key_rows          which keys a bulk run samples; quarantine of bad key rows
+    SelectionConfig, best_of_n,            best-of-n selection per key, and the back-off entries
+    backoff_entries
+    CacheWriter, CacheReader, rollback     the versioned Redis cache: publish, one-round-trip reads, rollback
 """
 
+from explore.cache import CacheReader, CacheWriter, rollback
 from explore.evaluate import evaluate_novelty
 from explore.examples import ExampleConfig, build_examples
 from explore.keys import build_key_set, check_key_rows
 from explore.prompts import ClusterVocabulary, PromptFormat
 from explore.sampler import EngineConfig, KeyCandidates, NoveltySampler, SamplingConfig
+from explore.select import SelectionConfig, backoff_entries, best_of_n
 from explore.sft import SFTConfig, train_novelty
 from explore.stage import NoveltyStage
 
 __all__ = [
+    "CacheReader", "CacheWriter", "SelectionConfig", "backoff_entries", "best_of_n", "rollback",
     "ClusterVocabulary", "EngineConfig", "ExampleConfig", "KeyCandidates", "NoveltySampler", "NoveltyStage",
     "PromptFormat", "SFTConfig", "SamplingConfig", "build_examples", "build_key_set", "check_key_rows",
     "evaluate_novelty", "train_novelty",

@@ -53,8 +53,9 @@ class DemoConfig(CatalogFields):
     slots: int = Field(4, ge=1)  # novel clusters per key to fill; the sampler draws 5x as many
     traffic_rounds: int = Field(24, ge=1)  # rounds of uniform exploration traffic logged for alignment
     traffic_explore_slots: int = Field(8, ge=1)  # explore slots per slate in that traffic
-    alignment_steps: int = Field(200, ge=1)  # training steps of the alignment model
+    alignment_steps: int = Field(300, ge=1)  # training steps of the alignment model
     round1_explore_slots: int = Field(4, ge=1)  # explore slots per slate when the policies are compared
+    key_limit: int | None = Field(None, ge=1)  # bulk jobs sample only the first N keys (smoke runs)
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -146,10 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         help="held-out transitions evaluated (500)",
     )
     p.add_argument(
+        "--key-limit", dest="key_limit", type=int, help="bulk jobs: only the first N keys (smoke runs)"
+    )
+    p.add_argument(
         "--traffic-rounds", dest="traffic_rounds", type=int, help="exploration traffic rounds (24)"
     )
     p.add_argument(
-        "--alignment-steps", dest="alignment_steps", type=int, help="alignment training steps (200)"
+        "--alignment-steps", dest="alignment_steps", type=int, help="alignment training steps (300)"
     )
     add_catalog_flags(p)
     args = p.parse_args(argv)
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 "novelty_eval_examples",
                 "traffic_rounds",
                 "alignment_steps",
+                "key_limit",
                 *CATALOG_FLAGS[1:],
             ],
         )
@@ -262,7 +267,11 @@ def main(argv: list[str] | None = None) -> None:
                 "novelty-sample",
                 sample_novelty,
                 SampleNoveltyFields(
-                    catalog=str(catalog_dir), model=str(novelty_dir), slots=cfg.slots, seed=cfg.seed
+                    catalog=str(catalog_dir),
+                    model=str(novelty_dir),
+                    slots=cfg.slots,
+                    seed=cfg.seed,
+                    limit=cfg.key_limit,
                 ),
                 run_dir / "candidates",
             )
@@ -324,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                     alignment=str(run_dir / "alignment"),
                     slots=cfg.slots,
                     seed=cfg.seed,
+                    limit=cfg.key_limit,
                 ),
                 run_dir / "best-of-n",
                 redis_h.url,

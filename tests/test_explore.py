@@ -143,12 +143,11 @@ def test_model_folders_are_checked(tmp_path):
         read_model_info(tmp_path)
 
 
-def test_import_explore_loads_no_model_libraries():
+@pytest.mark.parametrize("package", ["explore", "alignment"])
+def test_import_loads_no_model_libraries(package):
     import subprocess
     import sys
 
-    code = (
-        "import sys, explore; print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
-    )
+    code = f"import sys, {package}; print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -202,6 +202,8 @@ def test_demo_runs_end_to_end(tmp_path):
             "6",
             "--alignment-steps",
             "20",
+            "--key-limit",
+            "120",
         ],
         env={"RAY_ADDRESS": ""},
         timeout=720,
@@ -228,7 +230,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert novelty["heldout_loss"][1] < novelty["heldout_loss"][0]
     assert novelty["evaluation"]["validity_constrained"] == 1.0
     sampled = novelty["sampling"]
-    assert sampled["keys"] == summary["catalog"]["coverage"]["distinct_keys"]
+    assert sampled["keys"] == 120 < summary["catalog"]["coverage"]["distinct_keys"]  # --key-limit
     assert sampled["samples"] == 20 * sampled["keys"] and sampled["valid_share"] == 1.0
     assert list((run / "candidates" / "candidates").glob("*.parquet"))
     aligned = summary["alignment"]
@@ -239,5 +241,5 @@ def test_demo_runs_end_to_end(tmp_path):
     assert bon["keys"] == sampled["keys"] == bon["keys_cached"] and bon["mean_selected"] == 4.0
     assert bon["entries"] == bon["keys"] + bon["backoff_entries"] and bon["version"]
     assert set(summary["round1"]) == {"random", "most-frequent", "novelty-only", "best-of-n"}
-    assert all(r["impressions"] > 3000 for r in summary["round1"].values())
-    assert "cache lookups for" in res.stdout
+    assert all(r["impressions"] > 2000 for r in summary["round1"].values())  # best-of-n lists run short first
+    assert "cache lookups for" in res.stdout and "'backoff': 0," not in res.stdout  # unsampled keys back off

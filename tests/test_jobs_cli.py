@@ -241,5 +241,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert bon["keys"] == sampled["keys"] == bon["keys_cached"] and bon["mean_selected"] == 4.0
     assert bon["entries"] == bon["keys"] + bon["backoff_entries"] and bon["version"]
     assert set(summary["round1"]) == {"random", "most-frequent", "novelty-only", "best-of-n"}
-    assert all(r["impressions"] > 2000 for r in summary["round1"].values())  # best-of-n lists run short first
+    r1 = {name: r["impressions"] for name, r in summary["round1"].items()}
+    assert r1["random"] > 3000 and r1["most-frequent"] > 3000, r1
+    assert r1["best-of-n"] > 1000, r1  # the cache backs off for the keys --key-limit left out
+    assert r1["novelty-only"] > 0, r1  # only members whose key was sampled get novel clusters
     assert "cache lookups for" in res.stdout and "'backoff': 0," not in res.stdout  # unsampled keys back off

@@ -31,6 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.common import merge_config, run_main
+from jobs.sample_novelty import add_sampling_flags
 
 TIMING_COLUMNS = {"sample": "_sample_s", "score": "_score_s", "write": "_write_s"}
 
@@ -319,11 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="output folder for the audit table and summary (default runs/best-of-n)")
     p.add_argument("--config", help="TOML or JSON file with the fields of BestOfNConfig")
     p.add_argument("--keys", help="observed (default), all, or a parquet file with a history_key column")
-    p.add_argument("--slots", type=int, help="clusters cached per key (4)")
-    p.add_argument("--n", type=int, help="novelty samples per key (default 5 x slots)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (1.5)")
+    add_sampling_flags(p)
     p.add_argument("--min-score", dest="min_score", type=float, help="lowest alignment score cached (0)")
-    p.add_argument("--seed", type=int)
     p.add_argument("--namespace", help="Redis key namespace (explore)")
     p.add_argument("--keep-previous-s", dest="keep_previous_s", type=int, help="rollback window, s (7 days)")
     p.add_argument(

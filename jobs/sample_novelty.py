@@ -179,6 +179,14 @@ def summary_lines(s: dict) -> list[str]:
     ]
 
 
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The novelty sampling flags this job shares with jobs.best_of_n."""
+    p.add_argument("--slots", type=int, help="novel clusters cached per key (default 4)")
+    p.add_argument("--n", type=int, help="samples per key (default 5 x slots)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.5)")
+    p.add_argument("--seed", type=int)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--catalog", help="catalog folder")
@@ -186,10 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="output folder (default runs/candidates)")
     p.add_argument("--config", help="TOML or JSON file with the fields of SampleNoveltyConfig")
     p.add_argument("--keys", help="observed (default), all, members, or a parquet file with history_key")
-    p.add_argument("--slots", type=int, help="novel clusters cached per key (default 4)")
-    p.add_argument("--n", type=int, help="samples per key (default 5 x slots)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.5)")
-    p.add_argument("--seed", type=int)
+    add_sampling_flags(p)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="keys per vLLM call (default 64)")
     p.add_argument("--actors", type=int, help="engine replicas (default 1)")
     p.add_argument("--num-cpus", dest="num_cpus", type=float, help="CPUs per actor (default 0.5)")

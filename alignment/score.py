@@ -106,6 +106,11 @@ class AlignmentScorer:
 
     def score(self, keys: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
         """P(engage) per (key, candidate) pair, in input order; unknown cluster ids are a ValueError."""
+        if len(keys) != len(candidates):
+            raise ValueError(
+                f"keys has {len(keys)} entries, candidates {len(candidates)}: give one key per candidate "
+                "(repeat a key for each of its candidates)."
+            )
         m = self.vocab.size
         bad = [c for c in candidates if not 0 <= int(c) < m]
         if bad:

@@ -260,6 +260,8 @@ def test_saved_model_scores_like_the_trained_one(pointwise, world):
     assert pair_metrics(labels[held], probs, median) == r["evaluation"]["model"]
     with pytest.raises(ValueError, match="keys\\[0\\]"):
         scorer.score([(0, 99)], [1])
+    with pytest.raises(ValueError, match="one key per candidate"):
+        scorer.score([(0, 1)], [1, 2])
 
 
 def test_pairwise_variant_ranks_too(world, tmp_path):

@@ -85,6 +85,32 @@ FEEDBACK_LOG = pa.schema(
     ]
 )
 
+# One row per item the ranking endpoint served (serving/), before any engagement: the FEEDBACK_LOG columns the
+# server knows at request time, plus what produced the answer. Joined with engagement events by
+# (request_id, item_id) it becomes FEEDBACK_LOG rows.
+IMPRESSION_LOG = pa.schema(
+    [
+        _f("request_id", pa.string(), "id of the ranking request (returned to the client)"),
+        _f("member_id", pa.int64(), "who the slate was for"),
+        _f("timestamp", pa.int64(), "unix milliseconds when the slate was served"),
+        _f(
+            "history_key",
+            pa.list_(pa.int32()),
+            "the member's last K clusters at request time (fewer on a cold start)",
+        ),
+        _f("item_id", pa.int64(), "served item"),
+        _f("cluster_id", pa.int32(), "cluster of the served item"),
+        _f("source", pa.string(), "'explore' (a cached novel cluster) or 'exploit' (the member's own)"),
+        _f("position", pa.int32(), "0-based slot in the served list"),
+        _f("content_type", pa.string(), "the request's content type"),
+        _f("score", pa.float32(), "the ranking score the item was placed by"),
+        _f("explored", pa.bool_(), "the score was a Thompson sample (the request asked explore=true)"),
+        _f("cache_level", pa.string(), "exact | backoff | global | miss | degraded"),
+        _f("cache_version", pa.string(), "the Redis cache version read; null when none", True),
+        _f("ranker_version", pa.string(), "content hash of the ranker checkpoint that scored the slate"),
+    ]
+)
+
 # One row per history key: what the novelty LLM proposed for it (explore.sampler, jobs.sample_novelty).
 NOVELTY_CANDIDATES = pa.schema(
     [
@@ -160,6 +186,7 @@ TABLES: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "histories": HISTORIES,
     "feedback_log": FEEDBACK_LOG,
+    "impression_log": IMPRESSION_LOG,
     "novelty_candidates": NOVELTY_CANDIDATES,
     "best_of_n": BEST_OF_N,
     "feedback_pairs": FEEDBACK_PAIRS,

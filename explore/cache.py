@@ -445,6 +445,12 @@ class CacheReader:
         reply = self._lookup(keys=[self.keys.live], args=[self.keys.prefix, *fields])
         return self._hit(history_key, fields, reply, exclude, self._check_top(top))
 
+    def lookup_global(self, *, exclude: Iterable[int] = (), top: int | None = None) -> CacheHit:
+        """The global entry alone (level "global" or "miss"): for members with fewer than K clusters."""
+        fields = [GLOBAL_FIELD]
+        reply = self._lookup(keys=[self.keys.live], args=[self.keys.prefix, *fields])
+        return self._hit((), fields, reply, exclude, self._check_top(top))
+
     def lookup_many(
         self,
         keys: Sequence[Sequence[int]],
@@ -493,7 +499,7 @@ class CacheReader:
         field_name, raw = found
         drop = set(history_key) | set(exclude)
         kept = [(c, s) for c, s in zip(*decode_entry(raw), strict=True) if c not in drop][:top]
-        level = "exact" if field_name == fields[0] else "global" if field_name == GLOBAL_FIELD else "backoff"
+        level = "global" if field_name == GLOBAL_FIELD else "exact" if field_name == fields[0] else "backoff"
         return CacheHit(
             version=version,
             clusters=tuple(c for c, _ in kept),

@@ -97,6 +97,7 @@ class RedisServer:
     workdir: Path
     process: subprocess.Popen | None = None
     binary: str | None = None
+    owns_workdir: bool = True  # a temporary folder made here (removed at stop), not a caller's data_dir
 
     @property
     def url(self) -> str:
@@ -110,12 +111,28 @@ class RedisServer:
         maxmemory: str | None = None,
         timeout_s: float = 10.0,
         attempts: int = 3,
+        port: int | None = None,
+        data_dir: str | os.PathLike | None = None,
     ) -> RedisServer:
+        """Start a server on `port` (default: a free one).
+
+        data_dir: keep the data there as `dump.rdb` (loaded at start when present, written by `save()`);
+        the folder is the caller's and is never removed. Without it the server
+        runs in a temporary folder, removed at stop.
+        """
         binary = redis_server_binary()
         last_error = ""
-        for _ in range(attempts):  # a free port can be taken between probing and binding
-            workdir = Path(tempfile.mkdtemp(prefix="redis-"))
-            server = cls(port=free_port(), workdir=workdir, binary=binary)
+        for _ in range(
+            attempts if port is None else 1
+        ):  # a free port can be taken between probing and binding
+            if data_dir is not None:
+                workdir = Path(data_dir).resolve()
+                workdir.mkdir(parents=True, exist_ok=True)
+            else:
+                workdir = Path(tempfile.mkdtemp(prefix="redis-"))
+            server = cls(
+                port=port or free_port(), workdir=workdir, binary=binary, owns_workdir=data_dir is None
+            )
             args = [
                 binary,
                 "--port",
@@ -135,6 +152,8 @@ class RedisServer:
                 args += ["--appendonly", "yes", "--save", "60 1000"]
             else:
                 args += ["--appendonly", "no", "--save", ""]
+            if data_dir is not None:
+                args += ["--dbfilename", "dump.rdb"]
             if maxmemory:
                 args += ["--maxmemory", maxmemory]
             server.process = subprocess.Popen(
@@ -151,6 +170,15 @@ class RedisServer:
                 last_error = str(exc)
                 server.stop()
         raise ServiceError(f"redis-server ({binary}) did not come up after {attempts} attempts: {last_error}")
+
+    def save(self) -> Path:
+        """Write the data set to <workdir>/dump.rdb now (SAVE) and return its path."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        try:
+            client.save()
+        finally:
+            client.close()
+        return self.workdir / "dump.rdb"
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -184,7 +212,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def connect_redis(url: str, timeout_s: float = 5.0) -> redis.Redis:

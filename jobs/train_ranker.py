@@ -250,7 +250,7 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     from catalog.io import write_table
     from ranking.checkpoint import export_serving, load_serving
     from ranking.data import ExampleStream
-    from ranking.experiment import evaluate, train_and_evaluate
+    from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
     from ranking.features import Featurizer
     from ranking.metrics import reliability_diagram
     from ranking.model import count_flops
@@ -328,6 +328,7 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
             "final_loss": run.train.final_loss,
             "device": str(device),
         },
+        "slices": _slices(examples, run, slice_metrics),
         "flops_per_example": flops,
         "params": sum(p.numel() for p in model.parameters()),
         "featurizer": dict(featurizer.stats),
@@ -354,11 +355,33 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
             f"  {t:<11} AUC {m['auc']:.4f} (popularity {b['auc']:.4f}, int8 {q['auc']:.4f})  "
             f"logloss {m['logloss']:.4f}  ECE {m['ece']:.4f}  O/E {m['oe']:.3f}  positives {m['positive_rate']:.3f}"
         )
+    for name, sl in metrics["slices"].items():
+        shown = ", ".join(f"{t} {sl[t]['auc']:.4f}" for t in schema.tasks if t in sl)
+        print(f"  slice {name:<15} {sl['n']:>6} rows  AUC {shown or '(too few rows)'}")
     eb = metrics["embedding_bytes"]
     print(f"embeddings {eb['float32'] / 1e6:.2f} MB float32 -> {eb['int8'] / 1e6:.2f} MB int8")
     print(f"reliability diagram: {out / png.name}")
     (stage / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
     return metrics
+
+
+def _slices(examples, run, slice_metrics) -> dict:
+    """Test-part metrics on the explore slots, the exploit slots and clusters never seen in training
+    (where exploration lands: the ranker must still tell good items from bad there)."""
+    import numpy as np
+
+    test = examples.test
+    if "source" not in test.schema.names:
+        return {}
+    source = np.asarray(test["source"].to_pylist(), dtype=object)
+    seen = np.unique(examples.train["cluster_id"].to_numpy())
+    masks = {
+        "explore": source == "explore",
+        "exploit": source == "exploit",
+        "unseen_cluster": ~np.isin(test["cluster_id"].to_numpy(), seen),
+    }
+    p = run.predictions
+    return slice_metrics(p["labels"], p["probs"], examples.schema.tasks, masks, min_rows=20)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ older checkpoint (an old bandit, Fisher or export) survives next to the new weig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -146,6 +147,27 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type on a corrupt or truncated file
         raise ValueError(f"{path}: not a readable safetensors file ({exc}); retrain or restore it.") from exc
+
+
+VERSIONED_FILES = ("config.json", "schema.json", "model.safetensors", "bandit.safetensors")
+
+
+def checkpoint_version(folder: str | os.PathLike) -> str:
+    """A content hash of what scoring reads (config, schema, weights, bandit posterior): 16 hex digits.
+    Two folders with the same files have the same version; any change to them gives another."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in VERSIONED_FILES:
+        path = folder / name
+        if not path.is_file():
+            if name == "bandit.safetensors":
+                continue
+            raise FileNotFoundError(f"{path} is missing: {folder} is not a complete ranker checkpoint.")
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_fisher(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:

@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog.features import item_features, member_features, member_rating_histories, position_bucket
 from catalog.schemas import FEEDBACK_LOG
-from ranking.labels import fit_long_dwell, long_dwell_labels, position_bucket
+from ranking.labels import fit_long_dwell, long_dwell_labels
 from ranking.schema import DenseField, FeatureSchema, HistorySpec, LongDwellSpec, SparseField
 
 MOVIELENS = "movielens-ctr"
@@ -37,27 +38,6 @@ def _activity(n_prev: np.ndarray) -> np.ndarray:
     return np.array(["0", "1-9", "10-49", "50-199", "200+"])[
         np.searchsorted([1, 10, 50, 200], n_prev, "right")
     ]
-
-
-def _member_table(catalog) -> dict[int, np.ndarray]:
-    members = catalog.members
-    return {
-        "member_id": members["member_id"].to_numpy(),
-        "age": members["age"].to_numpy().astype(np.float32),
-        "gender": np.asarray(members["gender"].to_pylist(), dtype=object),
-        "occupation": np.asarray(members["occupation"].to_pylist(), dtype=object),
-    }
-
-
-def _item_table(catalog) -> dict[str, np.ndarray]:
-    items = catalog.items
-    genres = items["genres"].to_pylist()
-    return {
-        "item_id": items["item_id"].to_numpy(),
-        "cluster_id": items["cluster_id"].to_numpy(),
-        "year": np.where(items["year"].to_numpy() > 0, items["year"].to_numpy(), np.nan).astype(np.float32),
-        "genre": np.asarray([g[0] if g else "unknown" for g in genres], dtype=object),
-    }
 
 
 def _lookup(keys: np.ndarray, ids: np.ndarray, name: str) -> np.ndarray:
@@ -141,7 +121,7 @@ def movielens_ctr(
     rank[np.lexsort((it, m, ts))] = np.arange(n)
     is_test = rank >= int(round(n * (1 - test_fraction)))
 
-    items, members = _item_table(catalog), _member_table(catalog)
+    items, members = item_features(catalog), member_features(catalog)
     irow = _lookup(items["item_id"], it, "item_id")
     mrow = _lookup(members["member_id"], m, "member_id")
     train_count = np.bincount(irow[~is_test], minlength=len(items["item_id"]))
@@ -192,12 +172,14 @@ def feedback_schema(
             SparseField("source", "table"),
             SparseField("content_type", "table"),
             SparseField("position_bucket", "table"),
+            SparseField("cluster_group", "table"),
         ),
         dense=(
             DenseField("position"),
             DenseField("age"),
             DenseField("year"),
             DenseField("item_n_ratings", log1p=True),
+            DenseField("cluster_n_ratings", log1p=True),
         ),
         tasks=FEEDBACK_TASKS,
         history=HistorySpec("hist_items", "hist_actions", "item_id", ACTIONS, history_length),
@@ -214,23 +196,12 @@ def feedback_features(log: pa.Table, catalog, history_cap: int = 100) -> pa.Tabl
         raise ValueError(
             f"feedback log is missing column(s) {missing}; it must follow catalog.schemas.FEEDBACK_LOG."
         )
-    items, members = _item_table(catalog), _member_table(catalog)
+    items, members = item_features(catalog), member_features(catalog)
     irow = _lookup(items["item_id"], log["item_id"].to_numpy(), "item_id")
     mrow = _lookup(members["member_id"], log["member_id"].to_numpy(), "member_id")
-    n_ratings = catalog.items["n_ratings"].to_numpy().astype(np.float32)
-    # each member's last `history_cap` catalog ratings, in time order
-    inter = catalog.interactions
-    hm, hi = inter["member_id"].to_numpy(), inter["item_id"].to_numpy()
-    order = np.lexsort((hi, inter["timestamp"].to_numpy(), hm))
-    hm, hi, hr = hm[order], hi[order], inter["rating"].to_numpy()[order]
-    uniq, first, counts = np.unique(hm, return_index=True, return_counts=True)
-    lens = np.minimum(counts, history_cap)
-    per_member_offsets = np.r_[0, np.cumsum(lens)]
-    src = np.repeat(first + counts - lens, lens) + (
-        np.arange(per_member_offsets[-1]) - np.repeat(per_member_offsets[:-1], lens)
-    )
-    hist_items = _list_column(hi[src], per_member_offsets, pa.int64())
-    hist_actions = _list_column(hr[src].round().astype(np.int32), per_member_offsets, pa.int32())
+    uniq, per_member_offsets, h_items, h_actions = member_rating_histories(catalog, history_cap)
+    hist_items = _list_column(h_items, per_member_offsets, pa.int64())
+    hist_actions = _list_column(h_actions, per_member_offsets, pa.int32())
     log_m = log["member_id"].to_numpy()
     pos = np.searchsorted(uniq, log_m).clip(0, max(len(uniq) - 1, 0))
     has = (uniq[pos] == log_m) if len(uniq) else np.zeros(len(log_m), bool)
@@ -253,11 +224,13 @@ def feedback_features(log: pa.Table, catalog, history_cap: int = 100) -> pa.Tabl
         position=pc.cast(log["position"], pa.float32()),
         position_bucket=pa.array(position_bucket(position), pa.string()),
         genre=pa.array(items["genre"][irow], pa.string()),
+        cluster_group=pa.array(items["cluster_group"][irow], pa.string()),
         gender=pa.array(members["gender"][mrow], pa.string()),
         occupation=pa.array(members["occupation"][mrow], pa.string()),
         age=pa.array(members["age"][mrow], pa.float32()),
         year=pa.array(items["year"][irow], pa.float32()),
-        item_n_ratings=pa.array(n_ratings[irow]),
+        item_n_ratings=pa.array(items["n_ratings"][irow]),
+        cluster_n_ratings=pa.array(items["cluster_n_ratings"][irow]),
         hist_items=hist_items.take(take),
         hist_actions=hist_actions.take(take),
     )

@@ -81,3 +81,18 @@ def train_and_evaluate(
         model, schema, config, examples.test if test_source is None else test_source, device
     )
     return RunResult(model, schema, config, result, metrics, preds)
+
+
+def slice_metrics(
+    labels: np.ndarray, probs: np.ndarray, tasks, masks: dict[str, np.ndarray], min_rows: int = 1
+) -> dict[str, dict]:
+    """Per-task metrics on slices of the test part (e.g. explore slots, clusters unseen in training):
+    {slice: {'n': rows, task: metrics}}; a slice with fewer than `min_rows` rows has only 'n'."""
+    out = {}
+    for name, mask in masks.items():
+        mask = np.asarray(mask, bool)
+        out[name] = {"n": int(mask.sum())}
+        if mask.sum() >= min_rows:
+            for i, t in enumerate(tasks):
+                out[name][t] = task_metrics(labels[mask, i], probs[mask, i])
+    return out

@@ -11,15 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog.features import position_bucket  # noqa: F401  (the long-dwell groups' position buckets)
 from ranking.schema import LongDwellSpec
-
-_POSITION_EDGES = np.array([0, 1, 2, 3, 5, 10])
-_POSITION_NAMES = np.array(["0", "1", "2", "3-4", "5-9", "10+"])
-
-
-def position_bucket(position: np.ndarray) -> np.ndarray:
-    """Slot -> coarse bucket name ('0', '1', '2', '3-4', '5-9', '10+')."""
-    return _POSITION_NAMES[np.searchsorted(_POSITION_EDGES, np.asarray(position), side="right") - 1]
 
 
 def _group_keys(table: pa.Table, spec: LongDwellSpec) -> np.ndarray:

@@ -11,7 +11,13 @@ import pyarrow as pa
 import torch
 
 from ranking.bandit import BayesianLastLayer
-from ranking.checkpoint import load_bandit, load_model, save_checkpoint, write_checkpoint
+from ranking.checkpoint import (
+    checkpoint_version,
+    load_bandit,
+    load_model,
+    save_checkpoint,
+    write_checkpoint,
+)
 from ranking.config import RankerConfig
 from ranking.data import ExampleStream
 from ranking.features import Featurizer
@@ -51,6 +57,7 @@ class Ranker:
             )
         self.task_index = schema.tasks.index(self.rank_task)
         self.featurizer = Featurizer(schema, with_labels=False, history=config.history)
+        self.version: str | None = None  # the checkpoint's content hash, set by `load`
 
     @torch.no_grad()
     def score(
@@ -62,23 +69,52 @@ class Ranker:
         explore=True and a bandit, 'score' is a Thompson sample from the last-layer posterior (one
         draw for all N candidates); otherwise it is the rank task's calibrated probability.
         """
+        return self.score_requests(
+            candidates, [candidates.num_rows], explore=[explore], generators=[generator]
+        )[0]
+
+    @torch.no_grad()
+    def score_requests(
+        self,
+        candidates: pa.Table,
+        sizes: list[int],
+        *,
+        explore: list[bool],
+        generators: list[torch.Generator | None],
+    ) -> list[dict[str, np.ndarray]]:
+        """`score` for several requests in one forward pass (a serving batch).
+
+        `candidates` holds the requests' rows back to back, `sizes[r]` rows for request r. Each request
+        that asks to explore gets its own Thompson draw (from `generators[r]`), so requests batched
+        together never share a sample. Returns one `score` result per request, in order.
+        """
+        if sum(sizes) != candidates.num_rows or not len(sizes) == len(explore) == len(generators):
+            raise ValueError(
+                f"score_requests: sizes {sizes} must add up to the {candidates.num_rows} candidate rows, "
+                f"with one explore flag and one generator per request (got {len(explore)} and "
+                f"{len(generators)})."
+            )
         if candidates.num_rows == 0:
-            return {
-                **{t: np.zeros(0, np.float32) for t in self.schema.tasks},
-                "score": np.zeros(0, np.float32),
-                "explored": False,
-            }
-        batch = self.featurizer(candidates).to(self.device)
-        out = self.model.run(batch)
-        probs = torch.sigmoid(out.logits).cpu().numpy()
-        result = {t: probs[:, i] for i, t in enumerate(self.schema.tasks)}
-        explored = explore and self.bandit is not None
-        if explored:
-            result["score"] = self.bandit.thompson_scores(out.phi[:, self.task_index], generator).numpy()
+            probs = np.zeros((0, len(self.schema.tasks)), np.float32)
+            phi = None
         else:
-            result["score"] = probs[:, self.task_index]
-        result["explored"] = explored
-        return result
+            batch = self.featurizer(candidates).to(self.device)
+            out = self.model.run(batch)
+            probs = torch.sigmoid(out.logits).cpu().numpy()
+            phi = out.phi[:, self.task_index]  # (N, H)
+        results, start = [], 0
+        for size, wants, gen in zip(sizes, explore, generators, strict=True):
+            p = probs[start : start + size]
+            result = {t: p[:, i] for i, t in enumerate(self.schema.tasks)}
+            explored = bool(wants) and self.bandit is not None and size > 0
+            if explored:
+                result["score"] = self.bandit.thompson_scores(phi[start : start + size], gen).numpy()
+            else:
+                result["score"] = p[:, self.task_index]
+            result["explored"] = explored
+            results.append(result)
+            start += size
+        return results
 
     @torch.no_grad()
     def update_bandit(
@@ -128,6 +164,10 @@ class Ranker:
         data_schema: FeatureSchema | None = None,
         quantize: bool = False,
     ) -> Ranker:
+        """Rebuild from a checkpoint folder (safetensors and JSON only). `version` is the folder's content
+        hash (`checkpoint_version`), read before and after loading, so a folder swapped in meanwhile is
+        refused rather than half-read."""
+        version = checkpoint_version(folder)
         model, schema, config, meta = load_model(folder, data_schema=data_schema)
         ranker = cls(
             model,
@@ -137,4 +177,10 @@ class Ranker:
             rank_task=meta.get("bandit_task"),
             device=device,
         )
-        return ranker.quantized() if quantize else ranker
+        if checkpoint_version(folder) != version:
+            raise ValueError(
+                f"{folder} changed while it was loaded (a new checkpoint was swapped in); load it again."
+            )
+        ranker = ranker.quantized() if quantize else ranker
+        ranker.version = version
+        return ranker

@@ -1,0 +1,113 @@
+"""The endpoint's read path to the Redis cache of best-of-n clusters: latency-bound, never a 5xx.
+
+Its own redis client with short connect and read timeouts (tens of ms) and no retry loop, behind a
+circuit breaker (serving/breaker.py). A Redis error, a timeout or an open circuit gives None: the
+caller answers exploit-only and flags the response `degraded`. The lookup itself is
+explore.cache.CacheReader (one round trip for the key, its back-off suffixes and the global entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from explore.cache import CacheError, CacheHit, CacheReader, live_version
+from serving.breaker import CircuitBreaker
+
+REDIS_ERRORS = (redis.RedisError, OSError, CacheError)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (also one in the user slot, redis://secret@host) replaced by '***'."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def fast_client(url: str, timeout_ms: float) -> redis.Redis:
+    """A redis client for latency-bound reads: `timeout_ms` to connect and to read, no retries."""
+    t = timeout_ms / 1000.0
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=t,
+            socket_connect_timeout=t,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"REDIS_URL={redact_url(url)!r} is not a valid Redis URL ({exc}); use redis://[:password@]host:port/db."
+        ) from None
+
+
+class GuardedCache:
+    """CacheReader behind a circuit breaker; `lookup` runs the round trip off the event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        k: int,
+        timeout_ms: float = 50.0,
+        failures: int = 3,
+        cooldown_s: float = 2.0,
+    ):
+        self.url = url
+        self.client = fast_client(url, timeout_ms)
+        self.namespace = namespace
+        self.reader = CacheReader(self.client, namespace, k=k)
+        self.breaker = CircuitBreaker(failures, cooldown_s)
+        self.errors = 0
+
+    def lookup_sync(
+        self, history_key: Sequence[int] | None, exclude: Sequence[int], top: int
+    ) -> CacheHit | None:
+        """The cached clusters for the key (the global entry when there is no key); None when degraded."""
+        if not self.breaker.allow():
+            return None
+        try:
+            if history_key is None:
+                hit = self.reader.lookup_global(exclude=exclude, top=top)
+            else:
+                hit = self.reader.lookup(history_key, exclude=exclude, top=top)
+        except REDIS_ERRORS as exc:
+            self.errors += 1
+            self.breaker.failure(exc)
+            return None
+        self.breaker.success()
+        return hit
+
+    async def lookup(
+        self, history_key: Sequence[int] | None, exclude: Sequence[int], top: int
+    ) -> CacheHit | None:
+        return await asyncio.to_thread(self.lookup_sync, history_key, exclude, top)
+
+    def state(self) -> dict:
+        """For /readyz: the circuit, the live version (one PING-sized read when the circuit allows)."""
+        out = {"url": redact_url(self.url), "namespace": self.namespace, "circuit": self.breaker.state}
+        if self.breaker.allow():
+            try:
+                out["live_version"] = live_version(self.client, self.namespace)
+                self.breaker.success()
+                out["circuit"] = self.breaker.state
+            except REDIS_ERRORS as exc:
+                self.breaker.failure(exc)
+                out["circuit"] = self.breaker.state
+        out["reachable"] = "live_version" in out
+        out["last_error"] = self.breaker.last_error
+        out["errors"] = self.errors
+        return out

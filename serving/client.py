@@ -1,0 +1,96 @@
+"""A small Python client of the ranking endpoint, over HTTP or over a Ray Serve DeploymentHandle.
+
+from serving.client import RankClient
+client = RankClient("http://127.0.0.1:8000")
+answer = client.rank(17, k=10, explore_slots=2, recent=[{"item_id": 50, "rating": 5}])
+[(it["item_id"], it["source"]) for it in answer["items"]]
+
+HandleClient().rank(17)   # inside the Ray cluster: no HTTP, same answer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RankError(RuntimeError):
+    """The endpoint refused the request (4xx) or failed (5xx): `status` and the server's message."""
+
+    def __init__(self, status: int, message: str, detail=None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message, self.detail = status, message, detail
+
+
+def rank_body(
+    member_id: int,
+    *,
+    recent: Sequence[dict] | None = None,
+    k: int = 10,
+    explore_slots: int = 2,
+    explore: bool = False,
+    content_type: str = "movie",
+    exclude_item_ids: Sequence[int] | None = None,
+) -> dict:
+    """The POST /rank JSON body (fields as documented in README and at /docs)."""
+    return {
+        "member_id": member_id,
+        "recent": list(recent or []),
+        "k": k,
+        "explore_slots": explore_slots,
+        "explore": explore,
+        "content_type": content_type,
+        "exclude_item_ids": list(exclude_item_ids or []),
+    }
+
+
+class RankClient:
+    """Args: base_url: where the endpoint listens.  timeout_s: per call.  Keeps one HTTP session."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout_s: float = 10.0):
+        import requests
+
+        self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
+        self.session = requests.Session()
+
+    def _check(self, response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:500]}
+        if response.status_code >= 400:
+            raise RankError(response.status_code, body.get("error", str(body)), body.get("detail"))
+        return body
+
+    def rank(self, member_id: int, **kwargs) -> dict:
+        """One ranked slate; RankError on a 4xx or 5xx. kwargs: the other `rank_body` fields."""
+        r = self.session.post(
+            f"{self.base_url}/rank", json=rank_body(member_id, **kwargs), timeout=self.timeout_s
+        )
+        return self._check(r)
+
+    def healthz(self) -> dict:
+        return self._check(self.session.get(f"{self.base_url}/healthz", timeout=self.timeout_s))
+
+    def readyz(self) -> dict:
+        """The readiness report (ranker, feature store, Redis); RankError(503, ...) when not ready."""
+        return self._check(self.session.get(f"{self.base_url}/readyz", timeout=self.timeout_s))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class HandleClient:
+    """The same calls through the ingress deployment's DeploymentHandle (inside the Ray cluster)."""
+
+    def __init__(self, handle=None):
+        if handle is None:
+            from serving.deploy import ingress_handle
+
+            handle = ingress_handle()
+        self.handle = handle
+
+    def rank(self, member_id: int, *, timeout_s: float = 30.0, **kwargs) -> dict:
+        return self.handle.rank.remote(rank_body(member_id, **kwargs)).result(timeout_s=timeout_s)
+
+    async def rank_async(self, member_id: int, **kwargs) -> dict:
+        return await self.handle.rank.remote(rank_body(member_id, **kwargs))

@@ -1,0 +1,509 @@
+"""The Ray Serve deployments of the ranking app:
+
+RankIngress (FastAPI: validation, feature store, cache lookup, candidates, slate; POST /rank, GET
+/healthz, GET /readyz, OpenAPI at /docs) -> RankerModel through a DeploymentHandle (LiRank scores,
+batched across requests by candidate rows with @serve.batch, on CUDA when the replica has a GPU;
+the checkpoint comes through user_config, so `reconfigure` hot-reloads it) and -> ImpressionLogger
+(one replica that batches served items into IMPRESSION_LOG parquet parts, flushed on size, time and
+shutdown). `serving.app.build_app` wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+import pyarrow as pa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from serving.api import RankRequest, RankResponse
+from serving.service import RequestError, ScoreRequest, ScoreResult, score_batch
+from serving.settings import RankerUserConfig, ServingSettings
+
+log = logging.getLogger("ray.serve")
+
+
+# ------------------------------------------------------------------------------------------ ranker
+
+
+def _rows(requests: list[ScoreRequest]) -> int:
+    return sum(max(r.rows, 1) for r in requests)
+
+
+@serve.deployment(name="RankerModel", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.5})
+class RankerModel:
+    """Scores candidate rows with a LiRank checkpoint (model.safetensors + JSON; never serving.pt2).
+
+    Args: catalog: the catalog folder the feature store is built from (a new checkpoint is checked
+    against it before it is swapped in).  device: 'auto' (CUDA when the replica has a GPU), 'cpu', 'cuda'.
+    user_config: RankerUserConfig (checkpoint, batching); a new one is applied by `reconfigure`.
+    """
+
+    def __init__(self, catalog: str, device: str = "auto", history_cap: int = 100):
+        self.catalog, self.device, self.history_cap = catalog, device, history_cap
+        self.ranker = None
+        self.path: str | None = None
+        self.quantize = False
+        self.revision = ""
+        self.batching = True
+        self.max_batch_rows = 1024
+        self.loaded_ms: int | None = None
+        self.reloads = 0
+        self.reload_error: dict | None = None
+        self._probe: pa.Table | None = None
+        self._store = None
+        self.batches = {"batches": 0, "requests": 0, "rows": 0, "max_requests": 0}
+
+    def _probe_features(self) -> pa.Table:
+        """Feature rows of a few members and items, built by the online store: a new checkpoint must
+        read them and give finite probabilities before it serves."""
+        if self._probe is None:
+            import numpy as np
+
+            from serving.store import OnlineFeatureStore
+
+            self._store = OnlineFeatureStore.from_catalog(self.catalog, history_cap=self.history_cap)
+            store = self._store
+            tables = []
+            for member in store.member_ids[:4].tolist() + [-1]:  # known members and an unknown one
+                state = store.member_state(member)
+                rows = store.popular_rows[:8]
+                tables.append(
+                    store.features(
+                        state,
+                        rows,
+                        np.full(len(rows), "exploit", object),
+                        content_type="",
+                        position=0,
+                        timestamp_ms=0,
+                    )
+                )
+            self._probe = pa.concat_tables(tables)
+        return self._probe
+
+    def _load(self, path: str, quantize: bool):
+        import numpy as np
+
+        from ranking import Ranker
+
+        ranker = Ranker.load(path, device=self.device, quantize=quantize)
+        probe = self._probe_features()
+        self._store.check_ranker_schema(ranker.schema)
+        vocab = (
+            ranker.schema.field("content_type").vocab
+            if "content_type" in [f.name for f in ranker.schema.sparse]
+            else ()
+        )
+        content_type = vocab[0] if vocab else "movie"
+        probe = probe.set_column(
+            probe.schema.get_field_index("content_type"),
+            "content_type",
+            pa.array([content_type] * probe.num_rows),
+        )
+        (result,) = score_batch(ranker, [ScoreRequest(probe, True, 0, content_type)])
+        probs = np.stack(list(result.probabilities.values()))
+        if result.error or not (np.isfinite(probs).all() and np.isfinite(result.score).all()):
+            raise ValueError(
+                f"checkpoint {path} gives non-finite scores on the feature store's rows; retrain it."
+            )
+        return ranker
+
+    async def reconfigure(self, user_config: dict) -> None:
+        cfg = RankerUserConfig(**user_config)
+        self.batching, self.max_batch_rows = cfg.batching, cfg.max_batch_rows
+        self._batched.set_max_batch_size(cfg.max_batch_rows)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
+        from ranking.checkpoint import checkpoint_version
+
+        try:
+            same = (
+                self.ranker is not None
+                and cfg.ranker == self.path
+                and cfg.revision == self.revision
+                and cfg.quantize == self.quantize
+                and checkpoint_version(cfg.ranker) == self.ranker.version
+            )
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        t0 = time.perf_counter()
+        try:
+            ranker = await asyncio.to_thread(self._load, cfg.ranker, cfg.quantize)
+        except Exception as exc:  # a checkpoint that fails to load leaves the old one serving
+            if self.ranker is None:
+                raise
+            self.reload_error = {
+                "ranker": cfg.ranker,
+                "error": f"{type(exc).__name__}: {exc}",
+                "at_ms": _now_ms(),
+            }
+            log.warning(
+                "ranker reload from %s failed, still serving %s: %s", cfg.ranker, self.ranker.version, exc
+            )
+            return
+        old = self.ranker.version if self.ranker is not None else None
+        self.ranker, self.path, self.quantize, self.revision = ranker, cfg.ranker, cfg.quantize, cfg.revision
+        self.loaded_ms, self.reload_error = _now_ms(), None
+        self.reloads += old is not None
+        log.info(
+            "ranker %s loaded from %s in %.2fs (was %s)",
+            ranker.version,
+            cfg.ranker,
+            time.perf_counter() - t0,
+            old,
+        )
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        if self.ranker is None:
+            raise RuntimeError("no ranker loaded: give the deployment a user_config with a checkpoint")
+        if self.batching and request.rows <= self.max_batch_rows:
+            return await self._batched(request)
+        return (await asyncio.to_thread(score_batch, self.ranker, [request]))[0]
+
+    @serve.batch(max_batch_size=1024, batch_wait_timeout_s=0.002, batch_size_fn=_rows)
+    async def _batched(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        ranker = self.ranker  # one model for the whole batch, even if a reload swaps it meanwhile
+        b = self.batches
+        b["batches"] += 1
+        b["requests"] += len(requests)
+        b["rows"] += _rows(requests)
+        b["max_requests"] = max(b["max_requests"], len(requests))
+        return await asyncio.to_thread(score_batch, ranker, requests)
+
+    def info(self) -> dict:
+        r = self.ranker
+        return {
+            "loaded": r is not None,
+            "version": r.version if r else None,
+            "path": self.path,
+            "device": str(r.device) if r else None,
+            "tasks": list(r.schema.tasks) if r else [],
+            "rank_task": r.rank_task if r else None,
+            "bandit": bool(r and r.bandit is not None),
+            "quantized": self.quantize,
+            "batching": self.batching,
+            "max_batch_rows": self.max_batch_rows,
+            "loaded_ms": self.loaded_ms,
+            "reloads": self.reloads,
+            "reload_error": self.reload_error,
+            "batch_stats": dict(self.batches),
+        }
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ------------------------------------------------------------------------------------------ impressions
+
+
+@serve.deployment(
+    name="ImpressionLogger", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
+)
+class ImpressionLogger:
+    """Batches served items into IMPRESSION_LOG parts under `folder`: a part when `flush_rows` rows are
+    buffered, every `flush_s` seconds, and at shutdown. A failed write keeps the rows for the next try."""
+
+    def __init__(self, folder: str, flush_rows: int = 5000, flush_s: float = 2.0):
+        from catalog.logs import ImpressionLogWriter
+
+        self.writer = ImpressionLogWriter(folder)
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.stats = {"rows_received": 0, "rows_written": 0, "parts": 0, "write_failures": 0}
+        self._timer: asyncio.Task | None = None
+
+    async def log(self, rows: pa.Table) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._every())
+        self.buffer.append(rows)
+        self.buffered += rows.num_rows
+        self.stats["rows_received"] += rows.num_rows
+        if self.buffered >= self.flush_rows:
+            await self.flush()
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    def _take(self) -> pa.Table | None:
+        if not self.buffer:
+            return None
+        tables, self.buffer, self.buffered = self.buffer, [], 0
+        return pa.concat_tables(tables)
+
+    def _write(self, table: pa.Table) -> None:
+        try:
+            self.writer.append(table)
+        except Exception:
+            self.stats["write_failures"] += 1
+            self.buffer.insert(0, table)
+            self.buffered += table.num_rows
+            raise
+        self.stats["rows_written"] += table.num_rows
+        self.stats["parts"] += 1
+
+    async def flush(self) -> dict:
+        table = self._take()
+        if table is not None:
+            try:
+                await asyncio.to_thread(self._write, table)
+            except Exception as exc:
+                log.error(
+                    "impression log write to %s failed (rows kept for the next flush): %s",
+                    self.writer.folder,
+                    exc,
+                )
+        return {**self.stats, "buffered": self.buffered, "folder": str(self.writer.folder)}
+
+    def __del__(self):  # Serve calls it at a graceful shutdown: write what is buffered
+        table = self._take()
+        if table is not None:
+            self._write(table)
+
+
+# ------------------------------------------------------------------------------------------ ingress
+
+app = FastAPI(
+    title="interest-explorer ranking endpoint",
+    description="Cached LLM-chosen novel clusters, LiRank inside each. POST /rank; GET /healthz, /readyz.",
+    version="1",
+)
+_LIMITS = {"max_body_bytes": 256 * 1024}
+
+
+def _problem(status: int, message: str, detail: list | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail or []}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_body_bytes` gets a 413 before anything parses it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        limit = _LIMITS["max_body_bytes"]
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = _problem(
+            413, f"request body over {limit} bytes; send at most {limit} (fewer recent or excluded items)."
+        )
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    return await too_large(scope, receive, send)
+            except ValueError:
+                return await _problem(400, f"Content-Length {declared!r} is not a number.")(
+                    scope, receive, send
+                )
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks = None
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        if chunks is None:
+            return await self.inner(scope, receive, send)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.inner(scope, replay, send)
+
+
+app.add_middleware(BodyLimit)
+
+
+def _field_errors(errors) -> list[dict]:
+    out = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        field = ".".join(loc) or "body"
+        value = e.get("input")
+        ctx = e.get("ctx") or {}
+        limit = next(
+            (f"{k} {v}" for k, v in ctx.items() if k in ("ge", "le", "gt", "lt", "max_length", "min_length")),
+            None,
+        )
+        shown = json.dumps(value, default=str)[:80] if e.get("type") != "missing" else None
+        msg = (
+            f"{field}: {e.get('msg')}"
+            + (f" (got {shown})" if shown is not None else "")
+            + (f"; limit: {limit}" if limit else "")
+        )
+        out.append(
+            {
+                "field": field,
+                "value": value if shown is not None else None,
+                "limit": limit,
+                "message": msg,
+                "type": e.get("type"),
+            }
+        )
+    return out
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation(request: Request, exc: RequestValidationError):
+    detail = _field_errors(exc.errors())
+    bad_json = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if bad_json:
+        why = (bad_json[0].get("ctx") or {}).get("error", "")
+        return _problem(400, f"the body is not valid JSON ({why}); send a JSON object (see /docs).")
+    return _problem(422, "; ".join(d["message"] for d in detail), detail)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError):
+    return _problem(422, str(exc), [{"field": exc.field, "value": exc.value, "message": str(exc)}])
+
+
+class Unavailable(RuntimeError):
+    """The ranker deployment did not answer in time or failed: a 503, retry later."""
+
+
+@app.exception_handler(Unavailable)
+async def _unavailable(request: Request, exc: Unavailable):
+    return _problem(503, str(exc))
+
+
+@serve.deployment(name="RankIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(app)
+class RankIngress:
+    """Args: ranker, logger: handles of RankerModel and ImpressionLogger.  settings: ServingSettings fields."""
+
+    def __init__(self, ranker, logger, settings: dict):
+        from serving.cache_client import GuardedCache
+        from serving.metrics import Metrics
+        from serving.service import RankService
+        from serving.store import OnlineFeatureStore
+
+        self.settings = ServingSettings(**settings)
+        _LIMITS["max_body_bytes"] = self.settings.max_body_bytes
+        self.ranker, self.logger = ranker, logger
+        t0 = time.perf_counter()
+        self.store = OnlineFeatureStore.from_catalog(
+            self.settings.catalog,
+            feedback_logs=self.settings.feedback_logs,
+            history_cap=self.settings.history_cap,
+        )
+        self.store_s = time.perf_counter() - t0
+        url = self.settings.redis_url or os.environ.get("REDIS_URL")
+        if not url:
+            raise ValueError(
+                "no Redis URL for the cache: set REDIS_URL in the replicas' environment (runtime_env env_vars) "
+                "or redis_url in the app args."
+            )
+        s = self.settings
+        self.cache = GuardedCache(
+            url,
+            namespace=s.namespace,
+            k=self.store.k,
+            timeout_ms=s.redis_timeout_ms,
+            failures=s.breaker_failures,
+            cooldown_s=s.breaker_cooldown_s,
+        )
+        self.metrics = Metrics()
+        self._pending: set[asyncio.Task] = set()
+        self.log_failures = 0
+        self.service = RankService(self.store, self.cache, self._score, self._sink, s, self.metrics)
+
+    async def _score(self, request: ScoreRequest) -> ScoreResult:
+        try:
+            return await asyncio.wait_for(self.ranker.score.remote(request), timeout=30.0)
+        except TimeoutError as exc:
+            raise Unavailable("the ranker did not answer within 30 s; retry later.") from exc
+        except Exception as exc:  # a dead or failing ranker replica
+            raise Unavailable(f"the ranker failed ({type(exc).__name__}); retry later.") from exc
+
+    def _sink(self, rows: pa.Table) -> None:
+        task = asyncio.get_running_loop().create_task(self._log(rows))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _log(self, rows: pa.Table) -> None:
+        try:
+            await self.logger.log.remote(rows)
+        except Exception as exc:
+            self.log_failures += 1
+            log.error("impression log call failed: %s", exc)
+
+    async def rank(self, request: dict | RankRequest) -> dict:
+        """The /rank answer for a request dict (the DeploymentHandle API; HTTP goes through `http_rank`)."""
+        req = request if isinstance(request, RankRequest) else RankRequest.model_validate(request)
+        try:
+            out = await self.service.rank(req)
+        except RequestError:
+            self.metrics.outcome("client_error")
+            raise
+        except Unavailable:
+            self.metrics.outcome("unavailable")
+            raise
+        except Exception:
+            self.metrics.outcome("server_error")
+            raise
+        self.metrics.outcome("ok")
+        return out
+
+    @app.post(
+        "/rank",
+        response_model=RankResponse,
+        responses={
+            400: {"description": "malformed JSON"},
+            413: {"description": "body too large"},
+            422: {"description": "a field out of range; the message names it"},
+            503: {"description": "ranker unavailable"},
+        },
+    )
+    async def http_rank(self, body: RankRequest) -> dict:
+        return await self.rank(body)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self):
+        try:
+            ranker = await asyncio.wait_for(self.ranker.info.remote(), timeout=5.0)
+        except Exception as exc:
+            ranker = {"loaded": False, "error": f"{type(exc).__name__}: {exc}"}
+        redis_state = await asyncio.to_thread(self.cache.state)
+        store = {
+            "loaded": True,
+            "catalog": self.settings.catalog,
+            "members": int(len(self.store.member_ids)),
+            "items": int(len(self.store.item_ids)),
+            "clusters": len(self.store.cluster_names),
+            "load_s": round(self.store_s, 3),
+        }
+        ready = bool(ranker.get("loaded"))
+        body = {
+            "ready": ready,
+            "ranker": ranker,
+            "feature_store": store,
+            "redis": redis_state,
+            "impression_log_failures": self.log_failures,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
     "best-of-n": "bench.bench_best_of_n",
+    "serve": "bench.bench_serve",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

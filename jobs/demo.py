@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from pydantic import Field
 
@@ -117,6 +119,112 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
     return {"rates": rates, "levels": levels, "lines": lines}
 
 
+def endpoint_round(
+    catalog, simulator, run_dir, redis_url: str, explore_slots: int, in_process: dict | None = None
+) -> dict:
+    """Start the ranking app on this run (jobs.serve's config), have every member with a history key
+    request a slate over HTTP, let the simulator answer them (logs/round1/endpoint/), and report the
+    endpoint's latency and the explore slots' rates next to the in-process best-of-n arm."""
+    import numpy as np
+    import pyarrow as pa
+    from ray import serve
+
+    from catalog.logs import FeedbackLogWriter, read_impression_log
+    from catalog.schemas import FEEDBACK_LOG
+    from jobs.serve import ServeJobConfig, build_config, check_ranker, fill_secrets, run_paths
+    from jobs.services import free_port
+    from jobs.simulate import rates
+    from serving.client import rank_many
+    from serving.deploy import deploy, logger_flush
+    from sim import IMPRESSION_COLUMNS
+
+    paths = {k: v.resolve() for k, v in run_paths(run_dir).items()}
+    check_ranker(paths["catalog"], paths["ranker"])
+    cfg = ServeJobConfig(run=str(run_dir), port=free_port())
+    remote = bool(os.environ.get("RAY_ADDRESS"))
+    config = build_config(cfg, paths, redis_url_in_env=not remote)
+    if remote:
+        os.environ.setdefault("REDIS_URL", redis_url)
+    deploy(fill_secrets(config))
+    base = f"http://127.0.0.1:{config['http_options']['port']}"
+    try:
+        k = catalog.history_k
+        members = [
+            m
+            for m, h in zip(
+                *(catalog.histories[c].to_pylist() for c in ("member_id", "clusters")), strict=True
+            )
+            if len(h) >= k
+        ]
+        bodies = [{"member_id": m, "k": 10, "explore_slots": explore_slots} for m in members]
+        rank_many(base, bodies[:16], concurrency=4)  # warm-up: replicas, connections
+        answers, latency = rank_many(base, bodies, concurrency=4)
+        stats = logger_flush()
+    finally:
+        serve.shutdown()
+    failed = [a for a in answers if not isinstance(a, dict)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
+    rows = [
+        {
+            "request_id": a["request_id"],
+            "member_id": b["member_id"],
+            "timestamp": int(time.time() * 1000),
+            "history_key": a["history_key"] or [],
+            "item_id": it["item_id"],
+            "cluster_id": it["cluster_id"],
+            "source": it["source"],
+            "position": it["position"],
+            "content_type": "movie",
+        }
+        for a, b in zip(answers, bodies, strict=True)
+        for it in a["items"]
+    ]
+    impressions = pa.Table.from_pylist(
+        rows, schema=pa.schema([FEEDBACK_LOG.field(c) for c in IMPRESSION_COLUMNS])
+    )
+    log = simulator.respond(impressions)
+    FeedbackLogWriter(run_dir / "logs" / "round1" / "endpoint").append(log)
+    logged = read_impression_log(paths["impressions"]).num_rows
+    lat = np.array(latency)
+    r = rates(log)
+    e = r["explore"]
+    levels = {}
+    for a in answers:
+        levels[a["exploration"]["level"]] = levels.get(a["exploration"]["level"], 0) + 1
+    server = np.array([a["timings_ms"]["rank"] for a in answers])
+    lines = [
+        f"endpoint {base}: {len(answers)} requests from 4 clients, p50 {np.percentile(lat, 50):.1f} ms, "
+        f"p99 {np.percentile(lat, 99):.1f} ms (ranker call p50 {np.percentile(server, 50):.1f} ms); "
+        f"{logged} impressions logged ({stats['parts']} parts); cache levels {levels}",
+        f"round 1 best-of-n via endpoint explore slots ({e['impressions']}): click {e['click']:.3f} like "
+        f"{e['like']:.3f} share {e['share']:.3f} skip {e['skip']:.3f}"
+        + (
+            f" (in process, most-rated item per cluster: like {in_process['like']:.3f})" if in_process else ""
+        ),
+    ]
+    return {
+        "requests": len(answers),
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        "impressions_logged": logged,
+        "levels": levels,
+        "rates": r,
+        "lines": lines,
+    }
+
+
+def _point_latest(run_dir: Path) -> None:
+    """<runs>/latest -> this run (what `make serve` and serve_config.yaml use)."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        print(f"  {link} is not a link made by the demo; left as it is")
+        return
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
 class Stages:
     """Times named stages and prints one line per stage."""
 
@@ -179,8 +287,14 @@ def main(argv: list[str] | None = None) -> None:
         stages = Stages()
         summary: dict = {"run_dir": str(run_dir), "config": cfg.model_dump()}
         with ExitStack() as stack:
+            # Redis keeps its data in the run folder (redis/dump.rdb, saved after the cache is published), so
+            # `python -m jobs.serve --run` serves the same cache later
+            redis_h = stages.run(
+                "redis", lambda: stack.enter_context(redis_service(data_dir=run_dir / "redis"))
+            )
+            if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
+                os.environ["REDIS_URL"] = redis_h.url  # a local Ray passes it on to the endpoint's replicas
             ray_s = stages.run("ray", lambda: stack.enter_context(ray_session(num_cpus=cfg.num_cpus)))
-            redis_h = stages.run("redis", lambda: stack.enter_context(redis_service()))
             summary["services"] = {
                 "ray": {
                     "address": ray_s.address,
@@ -340,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             for line in best_of_n_summary_lines(bon):
                 print("  " + line)
+            if redis_h.server is not None:
+                redis_h.server.save()
             round1 = stages.run(
                 "round1",
                 compare_policies,
@@ -379,8 +495,24 @@ def main(argv: list[str] | None = None) -> None:
                     "ece": {t: round(v["ece"], 4) for t, v in m["tasks"].items()},
                     "examples_per_s": m["train"]["examples_per_s"],
                 }
+            # the endpoint: the round-1 best-of-n arm again, through Ray Serve over HTTP, the ranker choosing
+            # the items inside each cluster
+            served = stages.run(
+                "serve",
+                endpoint_round,
+                catalog,
+                simulator,
+                run_dir,
+                redis_h.url,
+                cfg.round1_explore_slots,
+                round1["rates"].get("best-of-n"),
+            )
+            for line in served["lines"]:
+                print("  " + line)
+            summary["serve"] = {k: v for k, v in served.items() if k != "lines"}
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _point_latest(run_dir)
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")
         return 0
 

@@ -23,16 +23,18 @@ class AppArgs(ServingSettings):
 
     ranker: str | None = None  # checkpoint for a default user_config (a deployments: user_config wins)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # the ranker replicas' device
+    # 'noop': a NoOpRanker (no model work) instead of RankerModel, the baseline of load tests
+    scorer: str = Field("lirank", pattern="^(lirank|noop)$")
 
 
 def build_app(args: AppArgs):
-    from serving.deployments import ImpressionLogger, RankerModel, RankIngress
+    from serving.deployments import ImpressionLogger, NoOpRanker, RankerModel, RankIngress
 
     if isinstance(args, dict):
         args = AppArgs(**args)
-    settings = ServingSettings(**args.model_dump(exclude={"ranker", "device"}))
-    ranker = RankerModel
-    if args.ranker:
+    settings = ServingSettings(**args.model_dump(exclude={"ranker", "device", "scorer"}))
+    ranker = RankerModel if args.scorer == "lirank" else NoOpRanker
+    if args.ranker and args.scorer == "lirank":
         ranker = ranker.options(user_config={"ranker": args.ranker})
     return RankIngress.bind(
         ranker.bind(settings.catalog, args.device, settings.history_cap),

@@ -94,3 +94,37 @@ class HandleClient:
 
     async def rank_async(self, member_id: int, **kwargs) -> dict:
         return await self.handle.rank.remote(rank_body(member_id, **kwargs))
+
+
+def rank_many(
+    base_url: str, bodies: Sequence[dict], *, concurrency: int = 8, timeout_s: float = 30.0
+) -> tuple[list[dict | RankError], list[float]]:
+    """POST every body to /rank from `concurrency` threads (one HTTP session each).
+
+    Returns (answers in input order, each a response dict or the RankError it raised; the client-side
+    latency of each call in ms)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    answers: list = [None] * len(bodies)
+    latency = [0.0] * len(bodies)
+
+    def call(i: int) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = RankClient(base_url, timeout_s=timeout_s)
+        t0 = time.perf_counter()
+        try:
+            r = client.session.post(f"{client.base_url}/rank", json=bodies[i], timeout=timeout_s)
+            answers[i] = client._check(r)
+        except RankError as exc:
+            answers[i] = exc
+        except Exception as exc:  # noqa: BLE001 - a transport failure is an answer too (status 0)
+            answers[i] = RankError(0, f"{type(exc).__name__}: {exc}")
+        latency[i] = (time.perf_counter() - t0) * 1000
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        list(pool.map(call, range(len(bodies))))
+    return answers, latency

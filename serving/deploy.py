@@ -70,6 +70,7 @@ def deploy(config: dict, *, timeout_s: float = 180.0) -> None:
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        global_logging_config=schema.logging_config,  # the controller's and proxies' log level too
     )
     client.deploy_apps(schema, _blocking=False)
     deadline = time.monotonic() + timeout_s

@@ -197,6 +197,24 @@ class RankerModel:
         }
 
 
+@serve.deployment(name="NoOpRanker", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.5})
+class NoOpRanker:
+    """A scorer that does no model work (every candidate scores 0.5) behind the same ingress: the load
+    test's baseline, so the cost of the model and of everything around it can be told apart."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        import numpy as np
+
+        half = np.full(request.rows, 0.5, np.float32)
+        return ScoreResult(probabilities={"click": half}, score=half, explored=False, ranker_version="noop")
+
+    def info(self) -> dict:
+        return {"loaded": True, "version": "noop", "path": None, "device": "none", "reload_error": None}
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -38,6 +38,7 @@ def _dead_port() -> int:
         "jobs.train_alignment",
         "jobs.best_of_n",
         "jobs.cache",
+        "jobs.serve",
     ],
 )
 def test_help(module):
@@ -210,7 +211,8 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "a Ray worker read the run folder back" in res.stdout
-    (run,) = list(tmp_path.iterdir())
+    (run,) = [p for p in tmp_path.iterdir() if p.name != "latest"]
+    assert (tmp_path / "latest").resolve() == run.resolve()  # what `make serve` serves
     summary = json.loads((run / "summary.json").read_text())
     assert summary["catalog"]["items"] == 1682 and summary["services"]["redis"]["started_here"]
     assert (run / "catalog" / "manifest.json").exists()
@@ -246,3 +248,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r1["best-of-n"] > 1000, r1  # the cache backs off for the keys --key-limit left out
     assert r1["novelty-only"] > 0, r1  # only members whose key was sampled get novel clusters
     assert "cache lookups for" in res.stdout and "'backoff': 0," not in res.stdout  # unsampled keys back off
+    served = summary["serve"]  # the best-of-n arm again, through the endpoint over HTTP
+    assert served["requests"] == summary["catalog"]["coverage"]["members_with_key"]
+    assert served["impressions_logged"] >= served["rates"]["impressions"] > 5000
+    assert served["rates"]["explore"]["impressions"] > 1000 and served["latency_ms"]["p99"] > 0
+    assert (run / "redis" / "dump.rdb").is_file() and (run / "logs" / "round1" / "endpoint").is_dir()

@@ -534,3 +534,77 @@ def test_client_raises_with_status_and_message(app):
     with pytest.raises(RankError) as err:
         app.client.rank(1, k=0)
     assert err.value.status == 422 and "k" in err.value.message
+
+
+@pytest.mark.slow
+def test_serve_job_runs_a_run_folder_and_stops_on_sigterm(world, tmp_path):
+    """`python -m jobs.serve --run RUN`: its own Ray and the run's saved Redis, a curl example, answers,
+    `reload` and `status` from another process, a clean stop on SIGTERM with the impressions flushed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from jobs.services import RedisServer, free_port
+
+    run = tmp_path / "run"
+    shutil.copytree(world.root / "catalog", run / "catalog")
+    shutil.copytree(world.root / "ranker", run / "ranker" / "feedback")
+    server = RedisServer.start(data_dir=run / "redis")
+    publish(server.url, world.catalog)
+    server.save()
+    server.stop()
+    assert (run / "redis" / "dump.rdb").is_file()  # the caller's data folder outlives the server
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "REDIS_URL": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.serve", "--run", str(run), "--port", str(port), "--num-cpus", "2",
+         "--ingress-cpus", "0.25", "--ranker-cpus", "0.25"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    out = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        text = "".join(out)
+        assert "curl -s -X POST" in text and f"127.0.0.1:{port}" in text, text
+        client = RankClient(f"http://127.0.0.1:{port}")
+        answer = client.rank(1, k=5)
+        assert len(answer["items"]) == 5 and answer["exploration"]["cache_version"]  # the saved cache
+        res = subprocess.run(
+            [sys.executable, "-m", "jobs.serve", "reload", "--run", str(run), "--ranker", str(world.root / "ranker2")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        from ranking.checkpoint import checkpoint_version
+
+        assert client.rank(1, k=5)["ranker_version"] == checkpoint_version(world.root / "ranker2")
+        res = subprocess.run(
+            [sys.executable, "-m", "jobs.serve", "status", "--run", str(run)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0 and '"ranking": "RUNNING"' in res.stdout, res.stdout + res.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(out) + rest
+    assert "[serve] stopped" in rest
+    assert read_impression_log(run / "logs" / "serving" / "impressions").num_rows >= 10
+
+
+def test_serve_job_names_a_missing_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.serve", "--run", str(tmp_path / "nope")],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2 and "make demo" in res.stderr and "Traceback" not in res.stderr

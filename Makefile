@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint lock clean
+.PHONY: install demo serve test test-fast bench lint lock clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ $(STAMP):
 
 demo: install
 	$(BIN)/python -m jobs.demo
+
+# The ranking endpoint on the latest finished demo run (runs/latest), on 127.0.0.1:8000 until Ctrl-C.
+serve: install
+	$(BIN)/python -m jobs.serve --run runs/latest
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

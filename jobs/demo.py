@@ -131,13 +131,14 @@ def endpoint_round(
 
     from catalog.logs import FeedbackLogWriter, read_impression_log
     from catalog.schemas import FEEDBACK_LOG
-    from jobs.serve import ServeJobConfig, build_config, check_ranker, fill_secrets, run_paths
+    from jobs.serve import ServeJobConfig, build_config, check_ranker, fill_secrets, quiet_logs, run_paths
     from jobs.services import free_port
     from jobs.simulate import rates
     from serving.client import rank_many
     from serving.deploy import deploy, logger_flush
     from sim import IMPRESSION_COLUMNS
 
+    quiet_logs(verbose=False)
     paths = {k: v.resolve() for k, v in run_paths(run_dir).items()}
     check_ranker(paths["catalog"], paths["ranker"])
     cfg = ServeJobConfig(run=str(run_dir), port=free_port())

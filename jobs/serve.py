@@ -183,7 +183,7 @@ def quiet_logs(verbose: bool) -> None:
 
 
 def serve_forever(cfg: ServeJobConfig) -> int:
-    from jobs.services import RedisServer, ServiceError, connect_redis, ray_session
+    from jobs.services import RedisServer, connect_redis, ray_session
     from serving.cache_client import redact_url
     from serving.deploy import deploy, logger_flush
 
@@ -248,8 +248,6 @@ def serve_forever(cfg: ServeJobConfig) -> int:
 
             serve.shutdown()
             paths["state"].unlink(missing_ok=True)
-    except ServiceError:
-        raise
     finally:
         if server is not None:
             server.stop()

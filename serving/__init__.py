@@ -7,43 +7,19 @@ Public API:
     OnlineFeatureStore                    members, items and clusters as arrays; the ranker's feature rows
     RankService                           one request start to finish, without Ray (tests, benchmarks)
     build_app                             the Serve application (import path serving.app:build_app)
-    deploy, load_config, with_ranker      apply a Serve config (serve_config.yaml) from Python
+    deploy, reload_ranker, load_config    apply a Serve config (serve_config.yaml) from Python; hot reload
     RankClient, HandleClient, RankError   clients over HTTP and over a DeploymentHandle
 
 `import serving` loads neither Ray nor torch; the deployments (serving/deployments.py) import Ray.
 """
 
 from serving.api import RankRequest, RankResponse
+from serving.app import build_app
 from serving.client import HandleClient, RankClient, RankError
+from serving.deploy import deploy, load_config, reload_ranker, with_ranker
 from serving.service import RankService
 from serving.settings import RankerUserConfig, ServingSettings
 from serving.store import OnlineFeatureStore
-
-
-def build_app(args):
-    from serving.app import build_app as _build
-
-    return _build(args)
-
-
-def deploy(config: dict, **kwargs):
-    from serving.deploy import deploy as _deploy
-
-    return _deploy(config, **kwargs)
-
-
-def load_config(path=None):
-    from serving.deploy import DEFAULT_CONFIG
-    from serving.deploy import load_config as _load
-
-    return _load(path or DEFAULT_CONFIG)
-
-
-def with_ranker(config: dict, ranker: str, **user_config):
-    from serving.deploy import with_ranker as _with
-
-    return _with(config, ranker, **user_config)
-
 
 __all__ = [
     "HandleClient",
@@ -58,5 +34,6 @@ __all__ = [
     "build_app",
     "deploy",
     "load_config",
+    "reload_ranker",
     "with_ranker",
 ]

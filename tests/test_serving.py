@@ -608,3 +608,18 @@ def test_serve_job_names_a_missing_run(tmp_path):
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 2 and "make demo" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_replicas_never_read_serving_pt2(world, tmp_path):
+    """A tampered serving.pt2 (it can carry pickled code) beside the weights changes nothing: loading reads
+    safetensors and JSON only, and the version hashes only those."""
+    from ranking import Ranker
+    from ranking.checkpoint import checkpoint_version
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(world.root / "ranker", folder)
+    before = checkpoint_version(folder)
+    (folder / "serving.pt2").write_bytes(b"PK\x03\x04 a crafted archive that must never be unpickled")
+    ranker = Ranker.load(folder, device="cpu")
+    assert ranker.version == before == checkpoint_version(folder)
+    world.store.check_ranker_schema(ranker.schema)

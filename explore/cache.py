@@ -10,7 +10,8 @@ from the version name:
 
     {ns}:live              string   the live version
     {ns}:previous          string   the version live before it (the rollback target)
-    {ns}:versions          zset     version -> unix ms when it last went live
+    {ns}:versions          zset     version -> unix ms when it last went live (strictly increasing: two
+                                    switches within one ms are 1 ms apart, so the order is the order of switches)
     {ns}:v:<version>       hash     field -> entry (see below)
     {ns}:v:<version>:meta  hash     status ("writing" | "live" | "retired"), created_ms, entries and
                                     live_ms (set by commit), plus what the publisher passes (k, slots,
@@ -179,6 +180,8 @@ local n = redis.call('HLEN', KEYS[4])
 if n ~= tonumber(ARGV[2]) then return {'count', live, n} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if last[2] and now <= tonumber(last[2]) then now = tonumber(last[2]) + 1 end  -- switches stay ordered
 redis.call('HSET', KEYS[5], 'status', 'live', 'entries', n, 'live_ms', now)
 redis.call('PERSIST', KEYS[4])
 redis.call('PERSIST', KEYS[5])
@@ -219,7 +222,10 @@ else
   redis.call('DEL', KEYS[2])
 end
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), prev)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if last[2] and now <= tonumber(last[2]) then now = tonumber(last[2]) + 1 end
+redis.call('ZADD', KEYS[3], now, prev)
 return {'ok', prev, live}
 """
 

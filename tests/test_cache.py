@@ -172,6 +172,13 @@ def test_new_version_replaces_the_old_one_whole_and_rollback_restores_it(client,
     )
 
 
+def test_versions_list_in_switch_order_even_within_one_millisecond(client, ns):
+    published = [publish(client, ns, V1).version for _ in range(6)]  # several switches per ms
+    assert [v for v, _ in list_versions(client, ns)] == published[::-1]  # newest switch first
+    ms = [int(s) for _, s in client.zrange(CacheKeys(ns).versions, 0, -1, withscores=True)]
+    assert ms == sorted(set(ms)) and len(ms) == 6  # strictly increasing: the order of the switches
+
+
 def test_commit_with_the_wrong_count_changes_nothing(client, ns):
     v1 = publish(client, ns, V1).version
     writer = CacheWriter(client, ns)

@@ -231,7 +231,8 @@ def test_feedback_log_multitask_with_groups_and_mmoe(ml_catalog, tmp_path):
     assert not long[~clicks].any() and 0.15 < long[clicks].mean() < 0.35  # 75th percentile per group
     groups = (("click", "like", "share"), ("skip",), ("long_dwell",))
     for cfg in (tiny().replace(task_groups=groups), tiny().replace(heads="mmoe")):
-        r = train_and_evaluate(ex, cfg, TrainConfig(epochs=1, batch_size=256), CPU)
+        # 2 epochs: after 1 the rare skip task (2.6% positives) is at seed noise (AUC 0.54-0.71 over seeds)
+        r = train_and_evaluate(ex, cfg, TrainConfig(epochs=2, batch_size=256), CPU)
         assert set(r.metrics) == set(ex.schema.tasks)
         assert r.metrics["click"]["auc"] > 0.6 and r.metrics["skip"]["auc"] > 0.6
     png = reliability_diagram(

@@ -72,6 +72,11 @@ class MemberState:
         return not self.known or self.history_key is None
 
 
+def _sorted_by(columns: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    order = np.argsort(columns[key], kind="stable")
+    return {name: values[order] for name, values in columns.items()}
+
+
 def _csr(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group `values` by `keys` (stable): (unique keys ascending, offsets, values in key order)."""
     order = np.argsort(keys, kind="stable")
@@ -92,27 +97,16 @@ class OnlineFeatureStore:
         self.k = catalog.history_k
         self.min_rating = float(catalog.manifest.get("config", {}).get("min_rating", 4.0))
         self.history_cap = history_cap
-        # items, sorted by id
-        items = item_features(catalog)
-        order = np.argsort(items["item_id"], kind="stable")
-        self.item_ids = items["item_id"][order].astype(np.int64)
-        self.item_cluster = items["cluster_id"][order].astype(np.int32)
-        self.item_genre = items["genre"][order]
-        self.item_year = items["year"][order]
-        self.item_n_ratings = items["n_ratings"][order]
-        self.item_cluster_group = items["cluster_group"][order]
-        self.item_cluster_n_ratings = items["cluster_n_ratings"][order]
+        # items and members, sorted by id (catalog.features: the definitions training uses)
+        self.item = _sorted_by(item_features(catalog), "item_id")
+        self.item_ids = self.item["item_id"].astype(np.int64)
+        self.item_cluster = self.item["cluster_id"].astype(np.int32)
         # items by popularity (most rated first, then id): overall and per cluster
-        self.popular_rows = np.lexsort((self.item_ids, -self.item_n_ratings)).astype(np.int64)
+        self.popular_rows = np.lexsort((self.item_ids, -self.item["n_ratings"])).astype(np.int64)
         self.cluster_offsets, self.cluster_rows = self._by_cluster(catalog.n_clusters)
         self.cluster_names = catalog.cluster_names()
-        # members, sorted by id
-        members = member_features(catalog)
-        morder = np.argsort(members["member_id"], kind="stable")
-        self.member_ids = members["member_id"][morder].astype(np.int64)
-        self.member_age = members["age"][morder].astype(np.float32)
-        self.member_gender = members["gender"][morder]
-        self.member_occupation = members["occupation"][morder]
+        self.member = _sorted_by(member_features(catalog), "member_id")
+        self.member_ids = self.member["member_id"].astype(np.int64)
         # the ranker's rating history and the items each member rated
         self.hist_members, self.hist_offsets, self.hist_items, self.hist_actions = member_rating_histories(
             catalog, history_cap
@@ -254,6 +248,7 @@ class OnlineFeatureStore:
         n = len(item_rows)
         rows = np.asarray(item_rows, np.int64)
         m = _find(self.member_ids, state.member_id)
+        item, member = self.item, self.member
         h = len(state.hist_items)
         offsets = pa.array(np.arange(n + 1, dtype=np.int32) * h)
         return pa.table(
@@ -268,14 +263,14 @@ class OnlineFeatureStore:
                 "position_bucket": pa.array(
                     np.full(n, position_bucket(np.array([position]))[0], object), pa.string()
                 ),
-                "genre": pa.array(self.item_genre[rows], pa.string()),
-                "cluster_group": pa.array(self.item_cluster_group[rows], pa.string()),
-                "gender": pa.array([self.member_gender[m] if m >= 0 else None] * n, pa.string()),
-                "occupation": pa.array([self.member_occupation[m] if m >= 0 else None] * n, pa.string()),
-                "age": pa.array(np.full(n, self.member_age[m] if m >= 0 else np.nan, np.float32)),
-                "year": pa.array(self.item_year[rows]),
-                "item_n_ratings": pa.array(self.item_n_ratings[rows]),
-                "cluster_n_ratings": pa.array(self.item_cluster_n_ratings[rows]),
+                "genre": pa.array(item["genre"][rows], pa.string()),
+                "cluster_group": pa.array(item["cluster_group"][rows], pa.string()),
+                "gender": pa.array([member["gender"][m] if m >= 0 else None] * n, pa.string()),
+                "occupation": pa.array([member["occupation"][m] if m >= 0 else None] * n, pa.string()),
+                "age": pa.array(np.full(n, member["age"][m] if m >= 0 else np.nan, np.float32)),
+                "year": pa.array(item["year"][rows], pa.float32()),
+                "item_n_ratings": pa.array(item["n_ratings"][rows], pa.float32()),
+                "cluster_n_ratings": pa.array(item["cluster_n_ratings"][rows], pa.float32()),
                 "hist_items": pa.ListArray.from_arrays(
                     offsets, pa.array(np.tile(state.hist_items, n), pa.int64())
                 ),

@@ -623,3 +623,21 @@ def test_replicas_never_read_serving_pt2(world, tmp_path):
     ranker = Ranker.load(folder, device="cpu")
     assert ranker.version == before == checkpoint_version(folder)
     world.store.check_ranker_schema(ranker.schema)
+
+
+def test_feedback_logs_extend_the_store(world):
+    """Clicked and liked items from feedback logs are never recommended again; liked ones extend the
+    cluster history (and so the key); the ranker's rating history is left as training saw it."""
+    catalog = world.catalog
+    log = read_feedback_log(world.root / "logs" / "r0")
+    member = 1
+    rows = log.filter(pa.compute.equal(log["member_id"], member)).to_pylist()
+    liked = [r for r in rows if r["like"]]
+    clicked_only = [r for r in rows if r["click"] and not r["like"]]
+    assert liked, "the simulated round gave member 1 no like; pick another member"
+    store = OnlineFeatureStore(catalog, feedback_log=log)
+    state, plain = store.member_state(member), world.store.member_state(member)
+    assert {r["item_id"] for r in liked + clicked_only} <= set(state.excluded.tolist())
+    assert state.clusters[-1] in {r["cluster_id"] for r in liked}  # the log's likes come after the catalog's
+    assert np.array_equal(state.hist_items, plain.hist_items)
+    assert len(state.clusters) >= len(plain.clusters)

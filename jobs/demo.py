@@ -119,9 +119,7 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
     return {"rates": rates, "levels": levels, "lines": lines}
 
 
-def endpoint_round(
-    catalog, simulator, run_dir, redis_url: str, explore_slots: int, in_process: dict | None = None
-) -> dict:
+def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: dict | None = None) -> dict:
     """Start the ranking app on this run (jobs.serve's config), have every member with a history key
     request a slate over HTTP, let the simulator answer them (logs/round1/endpoint/), and report the
     endpoint's latency and the explore slots' rates next to the in-process best-of-n arm."""
@@ -131,7 +129,7 @@ def endpoint_round(
 
     from catalog.logs import FeedbackLogWriter, read_impression_log
     from catalog.schemas import FEEDBACK_LOG
-    from jobs.serve import ServeJobConfig, build_config, check_ranker, fill_secrets, quiet_logs, run_paths
+    from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
     from jobs.services import free_port
     from jobs.simulate import rates
     from serving.client import rank_many
@@ -142,11 +140,8 @@ def endpoint_round(
     paths = {k: v.resolve() for k, v in run_paths(run_dir).items()}
     check_ranker(paths["catalog"], paths["ranker"])
     cfg = ServeJobConfig(run=str(run_dir), port=free_port())
-    remote = bool(os.environ.get("RAY_ADDRESS"))
-    config = build_config(cfg, paths, redis_url_in_env=not remote)
-    if remote:
-        os.environ.setdefault("REDIS_URL", redis_url)
-    deploy(fill_secrets(config))
+    config = build_config(cfg, paths)  # the replicas read REDIS_URL from the local Ray's environment
+    deploy(config)
     base = f"http://127.0.0.1:{config['http_options']['port']}"
     try:
         k = catalog.history_k
@@ -158,11 +153,12 @@ def endpoint_round(
             if len(h) >= k
         ]
         bodies = [{"member_id": m, "k": 10, "explore_slots": explore_slots} for m in members]
-        rank_many(base, bodies[:16], concurrency=4)  # warm-up: replicas, connections
+        warm, _ = rank_many(base, bodies[:16], concurrency=4)  # warm-up: replicas, connections
         answers, latency = rank_many(base, bodies, concurrency=4)
-        stats = logger_flush()
+        served = sum(len(a["items"]) for a in warm + answers if isinstance(a, dict))
+        stats = logger_flush(min_rows=served)
     finally:
-        serve.shutdown()
+        serve.shutdown()  # the demo's own local Ray
     failed = [a for a in answers if not isinstance(a, dict)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
@@ -207,6 +203,7 @@ def endpoint_round(
     return {
         "requests": len(answers),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        "impressions_served": served,
         "impressions_logged": logged,
         "levels": levels,
         "rates": r,
@@ -498,19 +495,25 @@ def main(argv: list[str] | None = None) -> None:
                 }
             # the endpoint: the round-1 best-of-n arm again, through Ray Serve over HTTP, the ranker choosing
             # the items inside each cluster
-            served = stages.run(
-                "serve",
-                endpoint_round,
-                catalog,
-                simulator,
-                run_dir,
-                redis_h.url,
-                cfg.round1_explore_slots,
-                round1["rates"].get("best-of-n"),
-            )
-            for line in served["lines"]:
-                print("  " + line)
-            summary["serve"] = {k: v for k, v in served.items() if k != "lines"}
+            if os.environ.get("RAY_ADDRESS"):
+                print(
+                    "[serve] skipped on a remote Ray: its replicas need REDIS_URL in the cluster's environment; run "
+                    f"`python -m jobs.serve --run {run_dir}` there instead"
+                )
+                served = None
+            else:
+                served = stages.run(
+                    "serve",
+                    endpoint_round,
+                    catalog,
+                    simulator,
+                    run_dir,
+                    cfg.round1_explore_slots,
+                    round1["rates"].get("best-of-n"),
+                )
+                for line in served["lines"]:
+                    print("  " + line)
+                summary["serve"] = {k: v for k, v in served.items() if k != "lines"}
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _point_latest(run_dir)

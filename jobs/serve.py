@@ -32,8 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.common import merge_config, run_main
 
-REDIS_PLACEHOLDER = "${REDIS_URL}"
-
 
 class ServeJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -108,8 +106,9 @@ def check_ranker(catalog: Path, ranker: Path) -> str:
     return r.version
 
 
-def build_config(cfg: ServeJobConfig, paths: dict[str, Path], *, redis_url_in_env: bool) -> dict:
-    """serve_config.yaml (or --config) with the run's paths and the flags applied."""
+def build_config(cfg: ServeJobConfig, paths: dict[str, Path]) -> dict:
+    """serve_config.yaml (or --serve-config) with the run's paths and the flags applied. It holds no
+    secret: the replicas read the cache's Redis URL from REDIS_URL in their environment."""
     from serving.deploy import DEFAULT_CONFIG, app_entry, deployment_entry, load_config, with_ranker
 
     config = load_config(cfg.serve_config or DEFAULT_CONFIG)
@@ -126,9 +125,6 @@ def build_config(cfg: ServeJobConfig, paths: dict[str, Path], *, redis_url_in_en
     args.update(catalog=str(paths["catalog"]), log_dir=str(paths["impressions"]))
     if cfg.device:
         args["device"] = cfg.device
-    if not redis_url_in_env:  # a remote cluster: the replicas get REDIS_URL through the runtime env
-        env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
-        env["REDIS_URL"] = REDIS_PLACEHOLDER
     ingress, ranker = deployment_entry(config, "RankIngress"), deployment_entry(config, "RankerModel")
     for entry, replicas, cpus in (
         (ingress, cfg.ingress_replicas, cfg.ingress_cpus),
@@ -160,19 +156,6 @@ def build_config(cfg: ServeJobConfig, paths: dict[str, Path], *, redis_url_in_en
     return with_ranker(config, str(paths["ranker"]), **batching)
 
 
-def fill_secrets(config: dict) -> dict:
-    """The config as deployed: the REDIS_URL placeholder replaced by the environment's value."""
-    text = json.dumps(config)
-    if REDIS_PLACEHOLDER in text:
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            raise ValueError(
-                "the app needs REDIS_URL in this environment (the replicas get it through the runtime env)."
-            )
-        text = text.replace(REDIS_PLACEHOLDER, url.replace("\\", "\\\\").replace('"', '\\"'))
-    return json.loads(text)
-
-
 def quiet_logs(verbose: bool) -> None:
     """Ray's and Serve's INFO lines off the terminal (a filter: Serve resets its logger's level at start)."""
     import logging
@@ -185,15 +168,21 @@ def quiet_logs(verbose: bool) -> None:
 def serve_forever(cfg: ServeJobConfig) -> int:
     from jobs.services import RedisServer, connect_redis, ray_session
     from serving.cache_client import redact_url
-    from serving.deploy import deploy, logger_flush
+    from serving.deploy import app_entry, deploy, logger_flush, remove_app
 
     quiet_logs(cfg.verbose)
     paths = check_run(cfg)
+    remote = bool(os.environ.get("RAY_ADDRESS"))
+    url = os.environ.get("REDIS_URL")
+    if remote and not url:
+        raise ValueError(
+            "RAY_ADDRESS is set but REDIS_URL is not: replicas on a cluster cannot reach a Redis started on this "
+            "machine. Set REDIS_URL to a Redis the cluster reaches (and in the cluster nodes' environment)."
+        )
     t0 = time.perf_counter()
     version = check_ranker(paths["catalog"], paths["ranker"])
     print(f"[serve] ranker {paths['ranker']} (version {version}) reads the feature store's columns")
     server = None
-    url = os.environ.get("REDIS_URL")
     if url:
         connect_redis(url).close()
     else:
@@ -202,25 +191,32 @@ def serve_forever(cfg: ServeJobConfig) -> int:
         os.environ["REDIS_URL"] = url  # a local Ray started below passes it on to every worker
     stop = threading.Event()
     try:
-        live = _live_version(url)
+        config = build_config(cfg, paths)
+        namespace = app_entry(config).get("args", {}).get("namespace", "explore")
+        live = _live_version(url, namespace)
         print(
             f"[serve] redis {redact_url(url)}: live cache version {live or 'none (answers are exploit-only)'}"
         )
-        remote = bool(os.environ.get("RAY_ADDRESS"))
-        config = build_config(cfg, paths, redis_url_in_env=not remote)
         with ray_session(num_cpus=cfg.num_cpus) as session:
             import ray
 
             print(f"[serve] ray {session.address}; deploying the app (about 10-20 s) ...", flush=True)
-            deploy(fill_secrets(config))
-            http = config["http_options"]
-            base = f"http://{http['host']}:{http['port']}"
+            http = deploy(config)
+            base = f"http://{http.get('host', '?')}:{http.get('port', '?')}"
+            wanted = config["http_options"]
+            if (http.get("host"), http.get("port")) != (wanted.get("host"), wanted.get("port")):
+                print(
+                    f"[serve] note: Serve was already running with HTTP on {base}, not {wanted.get('host')}:"
+                    f"{wanted.get('port')}; the app is served there.",
+                    file=sys.stderr,
+                )
             paths["state"].parent.mkdir(parents=True, exist_ok=True)
+            started_ms = time.time_ns() // 1_000_000
             state = {
                 "ray_address": ray.get_runtime_context().gcs_address,
                 "url": base,
-                "config": config,  # REDIS_URL stays a placeholder here
-                "started_ms": time.time_ns() // 1_000_000,
+                "config": config,
+                "started_ms": started_ms,
             }
             paths["state"].write_text(json.dumps(state, indent=2))
             print(f"[serve] ready in {time.perf_counter() - t0:.1f}s at {base} (OpenAPI: {base}/docs)")
@@ -244,10 +240,8 @@ def serve_forever(cfg: ServeJobConfig) -> int:
                 )
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 print(f"  impression log flush failed: {exc}", file=sys.stderr)
-            from ray import serve
-
-            serve.shutdown()
-            paths["state"].unlink(missing_ok=True)
+            remove_app(whole_serve=session.started_here)  # on a shared cluster, only this app
+            _remove_state(paths["state"], started_ms)
     finally:
         if server is not None:
             server.stop()
@@ -255,13 +249,22 @@ def serve_forever(cfg: ServeJobConfig) -> int:
     return 0
 
 
-def _live_version(url: str) -> str | None:
+def _remove_state(path: Path, started_ms: int) -> None:
+    """Remove the state file if it is still ours (another `jobs.serve` on the run may have replaced it)."""
+    try:
+        if json.loads(path.read_text()).get("started_ms") == started_ms:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _live_version(url: str, namespace: str) -> str | None:
     from explore.cache import live_version
     from jobs.services import connect_redis
 
     client = connect_redis(url)
     try:
-        return live_version(client)
+        return live_version(client, namespace)
     finally:
         client.close()
 
@@ -282,7 +285,7 @@ def _attach(run: str):
 
 
 def reload(cfg: ServeJobConfig) -> int:
-    from serving.deploy import DEFAULT_CONFIG, load_config, reload_ranker
+    from serving.deploy import reload_ranker, with_ranker
 
     quiet_logs(cfg.verbose)
     if not cfg.ranker:
@@ -291,20 +294,19 @@ def reload(cfg: ServeJobConfig) -> int:
     ranker = Path(cfg.ranker).resolve()
     session, state = _attach(cfg.run)
     try:
-        config = state["config"] if state else load_config(cfg.serve_config or DEFAULT_CONFIG)
         t0 = time.perf_counter()
-        info = reload_ranker(fill_secrets(config), str(ranker))
-        if state:  # the next reload starts from the config now live
-            from serving.deploy import with_ranker
-
-            state["config"] = with_ranker(config, str(ranker))
+        # the config Serve runs (read back from Serve), else the one `jobs.serve --run` recorded
+        info = reload_ranker(state["config"] if state else None, str(ranker))
+        if state and info.get("path") == str(ranker):  # the recorded config names what serves now
+            state["config"] = with_ranker(state["config"], str(ranker))
             paths["state"].write_text(json.dumps(state, indent=2))
     finally:
         session.shutdown()
-    error = info.get("reload_error")
-    if error and error.get("ranker") == str(ranker):
+    error = info.get("reload_error") or {}
+    if info.get("path") != str(ranker):
         print(
-            f"error: the replicas refused {ranker}: {error['error']}. Still serving {info['version']} ({info['path']}).",
+            f"error: the replicas refused {ranker}: {error.get('error')}. Still serving {info['version']} "
+            f"({info['path']}).",
             file=sys.stderr,
         )
         return 2
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
             import yaml
 
             paths = check_run(cfg)
-            config = build_config(cfg, paths, redis_url_in_env=True)
+            config = build_config(cfg, paths)
             Path(args.write_config).write_text(yaml.safe_dump(config, sort_keys=False))
             print(
                 f"wrote {args.write_config}; the replicas read the cache's Redis from REDIS_URL in their environment"

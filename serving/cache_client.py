@@ -9,31 +9,42 @@ explore.cache.CacheReader (one round trip for the key, its back-off suffixes and
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from explore.cache import CacheError, CacheHit, CacheReader, live_version
+from explore.cache import CacheHit, CacheReader, live_version
 from serving.breaker import CircuitBreaker
 
-REDIS_ERRORS = (redis.RedisError, OSError, CacheError)
+log = logging.getLogger("ray.serve")
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password (also one in the user slot, redis://secret@host) replaced by '***'."""
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL with any password replaced by '***': in the user-info part (also one in the user slot,
+    redis://secret@host) and in a `password=` query parameter."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        query = [
+            (k, "***" if k.lower() in ("password", "username") else v) for k, v in parse_qsl(parts.query)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
+
+
+def has_credentials(url: str) -> bool:
+    return redact_url(url) != url
 
 
 def fast_client(url: str, timeout_ms: float) -> redis.Redis:
@@ -71,7 +82,8 @@ class GuardedCache:
         self.namespace = namespace
         self.reader = CacheReader(self.client, namespace, k=k)
         self.breaker = CircuitBreaker(failures, cooldown_s)
-        self.errors = 0
+        self.errors = 0  # lookups that failed (Redis down, slow, or an unexpected reply)
+        self.bad_entries = 0  # entries that did not decode
 
     def lookup_sync(
         self, history_key: Sequence[int] | None, exclude: Sequence[int], top: int
@@ -84,7 +96,12 @@ class GuardedCache:
                 hit = self.reader.lookup_global(exclude=exclude, top=top)
             else:
                 hit = self.reader.lookup(history_key, exclude=exclude, top=top)
-        except REDIS_ERRORS as exc:
+        except ValueError as exc:  # Redis answered, but with an entry that does not decode: a miss
+            self.breaker.success()
+            self.bad_entries += 1
+            log.error("cache entry for %s does not decode (answered as a miss): %s", history_key, exc)
+            return CacheHit(version=None)
+        except Exception as exc:  # noqa: BLE001 - Redis down, slow or odd: degrade, never a 5xx
             self.errors += 1
             self.breaker.failure(exc)
             return None
@@ -103,11 +120,11 @@ class GuardedCache:
             try:
                 out["live_version"] = live_version(self.client, self.namespace)
                 self.breaker.success()
-                out["circuit"] = self.breaker.state
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - reported, never raised
                 self.breaker.failure(exc)
-                out["circuit"] = self.breaker.state
+            out["circuit"] = self.breaker.state
         out["reachable"] = "live_version" in out
         out["last_error"] = self.breaker.last_error
         out["errors"] = self.errors
+        out["bad_entries"] = self.bad_entries
         return out

@@ -58,12 +58,16 @@ def with_ranker(config: dict, ranker: str, **user_config) -> dict:
     return config
 
 
-def deploy(config: dict, *, timeout_s: float = 180.0) -> None:
-    """Start Serve (HTTP options from the config) and apply the config; wait until the app runs."""
+def deploy(config: dict, *, timeout_s: float = 180.0) -> dict:
+    """Start Serve (HTTP options from the config) and apply the config; wait until the app runs.
+
+    Other applications deployed from configs on the same Serve are kept (a Serve config is declarative:
+    applied alone, it would delete them). Returns the HTTP options Serve actually runs with: a Serve that
+    was already running keeps its own, which may differ from the config's."""
     from ray import serve
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
     client = serve_api.serve_start(
@@ -72,6 +76,11 @@ def deploy(config: dict, *, timeout_s: float = 180.0) -> None:
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
         global_logging_config=schema.logging_config,  # the controller's and proxies' log level too
     )
+    details = client.get_serve_details()
+    ours = {a.name for a in schema.applications}
+    for name, app in (details.get("applications") or {}).items():
+        if name not in ours and app.get("deployed_app_config"):
+            schema.applications.append(ServeApplicationSchema.model_validate(app["deployed_app_config"]))
     client.deploy_apps(schema, _blocking=False)
     deadline = time.monotonic() + timeout_s
     time.sleep(0.5)
@@ -79,12 +88,42 @@ def deploy(config: dict, *, timeout_s: float = 180.0) -> None:
         app = serve.status().applications.get(APP_NAME)
         status = str(getattr(app, "status", "")).split(".")[-1] if app else "NOT_STARTED"
         if status == "RUNNING" and _updated(app):
-            return
+            return dict(details.get("http_options") or {})
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise DeployError(f"the ranking app is {status}: {_reason(app)}")
         if time.monotonic() > deadline:
             raise DeployError(f"the ranking app is still {status} after {timeout_s:.0f}s: {_reason(app)}")
         time.sleep(0.25)
+
+
+def live_config() -> dict | None:
+    """The ranking app's config as Serve runs it (None when it was not deployed from a config)."""
+    from ray.serve._private import api as serve_api
+
+    details = serve_api.serve_start().get_serve_details()
+    app = (details.get("applications") or {}).get(APP_NAME) or {}
+    if not app.get("deployed_app_config"):
+        return None
+    return {
+        "proxy_location": details.get("proxy_location") or "HeadOnly",
+        "http_options": {
+            k: v
+            for k, v in (details.get("http_options") or {}).items()
+            if k in ("host", "port", "request_timeout_s")
+        },
+        "applications": [app["deployed_app_config"]],
+    }
+
+
+def remove_app(*, whole_serve: bool) -> None:
+    """Stop the ranking app: all of Serve when this process started it (a local Ray), else only the
+    ranking app, so a shared cluster's other applications keep running."""
+    from ray import serve
+
+    if whole_serve:
+        serve.shutdown()
+    else:
+        serve.delete(APP_NAME)
 
 
 def _updated(app) -> bool:
@@ -99,33 +138,37 @@ def _reason(app) -> str:
     return " | ".join(parts)[:2000] or "no message"
 
 
-def reload_ranker(config: dict, ranker: str, *, timeout_s: float = 120.0, **user_config) -> dict:
-    """Hot-reload: apply `config` with a new RankerModel user_config naming `ranker`, then wait until the
-    replica reports it loaded (its version is the folder's content hash) or refused it (reload_error
-    names it: the old checkpoint keeps serving). Returns the replica's info."""
-    from ranking.checkpoint import checkpoint_version
-
+def reload_ranker(
+    config: dict | None, ranker: str, *, timeout_s: float = 120.0, agree: int = 8, **user_config
+) -> dict:
+    """Hot-reload: apply the live config (as Serve runs it; `config` when Serve has none) with a new
+    RankerModel user_config naming `ranker` and a new revision, so only the ranker replicas change
+    (`reconfigure`); then wait until `agree` info calls in a row (routed to random replicas) report that
+    revision loaded, or one reports it refused. A refused checkpoint is taken out of the config again
+    (the previous one re-applied), so replicas started later load the checkpoint that serves.
+    Returns the last replica info."""
+    config = live_config() or config
+    if config is None:
+        raise DeployError("the ranking app is not running from a Serve config here; nothing to reload.")
     target = str(ranker)
-    started_ms = time.time_ns() // 1_000_000
     # a new revision makes the user_config differ even when the folder's path does not (a retrained
     # checkpoint swapped into the same folder), so Serve calls reconfigure
-    user_config = {"revision": str(time.time_ns()), **user_config}
-    deploy(with_ranker(config, target, **user_config), timeout_s=timeout_s)
-    try:
-        want = checkpoint_version(target)
-    except (OSError, ValueError):
-        want = None  # an incomplete folder: the replica refuses it and says why
+    revision = str(time.time_ns())
+    deploy(with_ranker(config, target, revision=revision, **user_config), timeout_s=timeout_s)
     deadline = time.monotonic() + timeout_s
+    in_a_row = 0
     while True:
         info = ranker_info()
-        if info["path"] == target and info["version"] == want:
-            return info
         error = info.get("reload_error") or {}
-        if error.get("ranker") == target and error.get("at_ms", 0) >= started_ms:
+        if error.get("revision") == revision:
+            deploy(config, timeout_s=timeout_s)  # back to the user_config that serves
+            return info
+        in_a_row = in_a_row + 1 if info.get("revision") == revision else 0
+        if in_a_row >= agree:
             return info
         if time.monotonic() > deadline:
-            raise DeployError(f"the ranker replica did not take {target} within {timeout_s:.0f}s: {info}")
-        time.sleep(0.2)
+            raise DeployError(f"the ranker replicas did not take {target} within {timeout_s:.0f}s: {info}")
+        time.sleep(0.1)
 
 
 def ingress_handle():
@@ -140,11 +183,18 @@ def ranker_info() -> dict:
     return serve.get_deployment_handle(RANKER, APP_NAME).info.remote().result(timeout_s=30)
 
 
-def logger_flush() -> dict:
-    """Write what the impression logger buffers now (tests, the demo, shutdown)."""
+def logger_flush(*, min_rows: int = 0, timeout_s: float = 60.0) -> dict:
+    """Write what the impression logger buffers now; with `min_rows`, first wait (bounded) until it has
+    received that many rows in all (the ingress sends them after answering, so a few may be in flight)."""
     from ray import serve
 
-    return serve.get_deployment_handle(LOGGER, APP_NAME).flush.remote().result(timeout_s=60)
+    handle = serve.get_deployment_handle(LOGGER, APP_NAME)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = handle.flush.remote().result(timeout_s=timeout_s)
+        if stats["rows_received"] >= min_rows or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
 
 
 __all__ = [
@@ -157,6 +207,9 @@ __all__ = [
     "ingress_handle",
     "load_config",
     "logger_flush",
+    "live_config",
     "ranker_info",
+    "reload_ranker",
+    "remove_app",
     "with_ranker",
 ]

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from serving.api import RankRequest, RankResponse
-from serving.service import RequestError, ScoreRequest, ScoreResult, score_batch
+from serving.service import RequestError, ScoreRequest, ScoreResult, ScoringFailed, score_batch
 from serving.settings import RankerUserConfig, ServingSettings
 
 log = logging.getLogger("ray.serve")
@@ -95,6 +95,12 @@ class RankerModel:
         ranker = Ranker.load(path, device=self.device, quantize=quantize)
         probe = self._probe_features()
         self._store.check_ranker_schema(ranker.schema)
+        hist = ranker.schema.history
+        if hist is not None and self.history_cap < hist.length:
+            raise ValueError(
+                f"the ranker reads histories of {hist.length} actions but the feature store keeps {self.history_cap} "
+                f"(history_cap); serve it with history_cap >= {hist.length}."
+            )
         vocab = (
             ranker.schema.field("content_type").vocab
             if "content_type" in [f.name for f in ranker.schema.sparse]
@@ -115,23 +121,19 @@ class RankerModel:
         return ranker
 
     async def reconfigure(self, user_config: dict) -> None:
-        cfg = RankerUserConfig(**user_config)
+        """Apply a user_config: batching at once; a checkpoint loaded beside the old one, checked, then
+        swapped in. Anything that fails leaves the old checkpoint serving (and says why in `info`)."""
+        try:
+            cfg = RankerUserConfig(**user_config)
+        except Exception as exc:  # a typo in a user_config must not take a serving replica down
+            if self.ranker is None:
+                raise
+            return self._refuse(user_config.get("ranker"), user_config.get("revision", ""), exc)
         self.batching, self.max_batch_rows = cfg.batching, cfg.max_batch_rows
         self._batched.set_max_batch_size(cfg.max_batch_rows)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
-        from ranking.checkpoint import checkpoint_version
-
-        try:
-            same = (
-                self.ranker is not None
-                and cfg.ranker == self.path
-                and cfg.revision == self.revision
-                and cfg.quantize == self.quantize
-                and checkpoint_version(cfg.ranker) == self.ranker.version
-            )
-        except (OSError, ValueError):
-            same = False
-        if same:
+        if await asyncio.to_thread(self._same, cfg):
+            self.revision = cfg.revision
             return
         t0 = time.perf_counter()
         try:
@@ -139,15 +141,7 @@ class RankerModel:
         except Exception as exc:  # a checkpoint that fails to load leaves the old one serving
             if self.ranker is None:
                 raise
-            self.reload_error = {
-                "ranker": cfg.ranker,
-                "error": f"{type(exc).__name__}: {exc}",
-                "at_ms": _now_ms(),
-            }
-            log.warning(
-                "ranker reload from %s failed, still serving %s: %s", cfg.ranker, self.ranker.version, exc
-            )
-            return
+            return self._refuse(cfg.ranker, cfg.revision, exc)
         old = self.ranker.version if self.ranker is not None else None
         self.ranker, self.path, self.quantize, self.revision = ranker, cfg.ranker, cfg.quantize, cfg.revision
         self.loaded_ms, self.reload_error = _now_ms(), None
@@ -159,6 +153,26 @@ class RankerModel:
             time.perf_counter() - t0,
             old,
         )
+
+    def _same(self, cfg: RankerUserConfig) -> bool:
+        """The checkpoint asked for is the one serving (same folder, same content, same quantization)."""
+        from ranking.checkpoint import checkpoint_version
+
+        if self.ranker is None or cfg.ranker != self.path or cfg.quantize != self.quantize:
+            return False
+        try:
+            return checkpoint_version(cfg.ranker) == self.ranker.version
+        except (OSError, ValueError):
+            return False
+
+    def _refuse(self, path, revision: str, exc: Exception) -> None:
+        self.reload_error = {
+            "ranker": path,
+            "revision": revision,
+            "error": f"{type(exc).__name__}: {exc}",
+            "at_ms": _now_ms(),
+        }
+        log.warning("ranker reload from %s refused, still serving %s: %s", path, self.ranker.version, exc)
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         if self.ranker is None:
@@ -175,7 +189,10 @@ class RankerModel:
         b["requests"] += len(requests)
         b["rows"] += _rows(requests)
         b["max_requests"] = max(b["max_requests"], len(requests))
-        return await asyncio.to_thread(score_batch, ranker, requests)
+        try:
+            return await asyncio.to_thread(score_batch, ranker, requests)
+        except Exception:  # one bad request must not fail the others batched with it: score each alone
+            return [await asyncio.to_thread(_score_alone, ranker, r) for r in requests]
 
     def info(self) -> dict:
         r = self.ranker
@@ -190,6 +207,7 @@ class RankerModel:
             "quantized": self.quantize,
             "batching": self.batching,
             "max_batch_rows": self.max_batch_rows,
+            "revision": self.revision,
             "loaded_ms": self.loaded_ms,
             "reloads": self.reloads,
             "reload_error": self.reload_error,
@@ -215,6 +233,14 @@ class NoOpRanker:
         return {"loaded": True, "version": "noop", "path": None, "device": "none", "reload_error": None}
 
 
+def _score_alone(ranker, request: ScoreRequest) -> ScoreResult:
+    try:
+        return score_batch(ranker, [request])[0]
+    except Exception as exc:  # noqa: BLE001 - reported to the ingress as a server-side failure
+        log.exception("scoring one request failed")
+        return ScoreResult(ranker_version=ranker.version or "", failure=f"{type(exc).__name__}: {exc}")
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -223,24 +249,40 @@ def _now_ms() -> int:
 
 
 @serve.deployment(
-    name="ImpressionLogger", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
+    name="ImpressionLogger",
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    graceful_shutdown_wait_loop_s=1.0,
+    graceful_shutdown_timeout_s=30.0,
+    ray_actor_options={"num_cpus": 0},
 )
 class ImpressionLogger:
     """Batches served items into IMPRESSION_LOG parts under `folder`: a part when `flush_rows` rows are
-    buffered, every `flush_s` seconds, and at shutdown. A failed write keeps the rows for the next try."""
+    buffered, every `flush_s` seconds, and at shutdown. A failed write keeps the rows for the next try;
+    past `max_buffer_rows` kept rows (writes failing for long) the oldest are dropped and counted, so a
+    broken disk cannot take the replica down with it."""
 
-    def __init__(self, folder: str, flush_rows: int = 5000, flush_s: float = 2.0):
+    def __init__(
+        self, folder: str, flush_rows: int = 5000, flush_s: float = 2.0, max_buffer_rows: int = 2_000_000
+    ):
         from catalog.logs import ImpressionLogWriter
 
         self.writer = ImpressionLogWriter(folder)
-        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self.flush_rows, self.flush_s, self.max_buffer_rows = flush_rows, flush_s, max_buffer_rows
         self.buffer: list[pa.Table] = []
         self.buffered = 0
-        self.stats = {"rows_received": 0, "rows_written": 0, "parts": 0, "write_failures": 0}
+        self.stats = {
+            "rows_received": 0,
+            "rows_written": 0,
+            "parts": 0,
+            "write_failures": 0,
+            "rows_dropped": 0,
+        }
         self._timer: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def log(self, rows: pa.Table) -> None:
-        if self._timer is None:
+        if self._timer is None or self._timer.done():
             self._timer = asyncio.get_running_loop().create_task(self._every())
         self.buffer.append(rows)
         self.buffered += rows.num_rows
@@ -251,42 +293,45 @@ class ImpressionLogger:
     async def _every(self) -> None:
         while True:
             await asyncio.sleep(self.flush_s)
-            await self.flush()
-
-    def _take(self) -> pa.Table | None:
-        if not self.buffer:
-            return None
-        tables, self.buffer, self.buffered = self.buffer, [], 0
-        return pa.concat_tables(tables)
-
-    def _write(self, table: pa.Table) -> None:
-        try:
-            self.writer.append(table)
-        except Exception:
-            self.stats["write_failures"] += 1
-            self.buffer.insert(0, table)
-            self.buffered += table.num_rows
-            raise
-        self.stats["rows_written"] += table.num_rows
-        self.stats["parts"] += 1
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - the timer must outlive any one failure
+                log.exception("impression log flush failed")
 
     async def flush(self) -> dict:
-        table = self._take()
-        if table is not None:
-            try:
-                await asyncio.to_thread(self._write, table)
-            except Exception as exc:
-                log.error(
-                    "impression log write to %s failed (rows kept for the next flush): %s",
-                    self.writer.folder,
-                    exc,
-                )
+        """Write what is buffered as one part (on the event loop, one flush at a time)."""
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if self.buffer:
+                tables = list(self.buffer)
+                table = pa.concat_tables(tables)
+                try:
+                    await asyncio.to_thread(self.writer.append, table)
+                except Exception as exc:  # noqa: BLE001 - kept for the next flush
+                    self.stats["write_failures"] += 1
+                    self._bound()
+                    log.error("impression log write to %s failed (rows kept): %s", self.writer.folder, exc)
+                else:
+                    del self.buffer[: len(tables)]  # rows logged meanwhile stay buffered
+                    self.buffered -= table.num_rows
+                    self.stats["rows_written"] += table.num_rows
+                    self.stats["parts"] += 1
         return {**self.stats, "buffered": self.buffered, "folder": str(self.writer.folder)}
 
+    def _bound(self) -> None:
+        while self.buffered > self.max_buffer_rows and len(self.buffer) > 1:
+            dropped = self.buffer.pop(0)
+            self.buffered -= dropped.num_rows
+            self.stats["rows_dropped"] += dropped.num_rows
+            log.error("impression log buffer full: %d oldest rows dropped", dropped.num_rows)
+
     def __del__(self):  # Serve calls it at a graceful shutdown: write what is buffered
-        table = self._take()
-        if table is not None:
-            self._write(table)
+        if self.buffer:
+            try:
+                self.writer.append(pa.concat_tables(self.buffer))
+                self.buffer, self.buffered = [], 0
+            except Exception:  # noqa: BLE001 - nothing left to keep them in
+                log.exception("impression log: %d rows could not be written at shutdown", self.buffered)
 
 
 # ------------------------------------------------------------------------------------------ ingress
@@ -297,10 +342,22 @@ app = FastAPI(
     version="1",
 )
 _LIMITS = {"max_body_bytes": 256 * 1024}
+_REPLICA: dict = {"metrics": None}  # this ingress replica's Metrics, for the module-level handlers
+
+
+def _count(outcome: str) -> None:
+    if _REPLICA["metrics"] is not None:
+        _REPLICA["metrics"].outcome(outcome)
 
 
 def _problem(status: int, message: str, detail: list | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "detail": detail or []}, status_code=status)
+
+
+def _counted(status: int, message: str, detail: list | None = None) -> JSONResponse:
+    """A client-error answer, counted as ranking_requests_total{outcome="client_error"}."""
+    _count("client_error")
+    return _problem(status, message, detail)
 
 
 class BodyLimit:
@@ -314,15 +371,19 @@ class BodyLimit:
             return await self.inner(scope, receive, send)
         limit = _LIMITS["max_body_bytes"]
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = _problem(
-            413, f"request body over {limit} bytes; send at most {limit} (fewer recent or excluded items)."
-        )
+
+        def too_large():
+            return _counted(
+                413,
+                f"request body over {limit} bytes; send at most {limit} (fewer recent or excluded items).",
+            )
+
         if declared is not None:
             try:
                 if int(declared) > limit:
-                    return await too_large(scope, receive, send)
+                    return await too_large()(scope, receive, send)
             except ValueError:
-                return await _problem(400, f"Content-Length {declared!r} is not a number.")(
+                return await _counted(400, f"Content-Length {declared!r} is not a number.")(
                     scope, receive, send
                 )
         chunks, size, more = [], 0, True
@@ -334,7 +395,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return await too_large(scope, receive, send)
+                return await too_large()(scope, receive, send)
             more = message.get("more_body", False)
         if chunks is None:
             return await self.inner(scope, receive, send)
@@ -388,8 +449,8 @@ async def _validation(request: Request, exc: RequestValidationError):
     bad_json = [e for e in exc.errors() if e.get("type") == "json_invalid"]
     if bad_json:
         why = (bad_json[0].get("ctx") or {}).get("error", "")
-        return _problem(400, f"the body is not valid JSON ({why}); send a JSON object (see /docs).")
-    return _problem(422, "; ".join(d["message"] for d in detail), detail)
+        return _counted(400, f"the body is not valid JSON ({why}); send a JSON object (see /docs).")
+    return _counted(422, "; ".join(d["message"] for d in detail), detail)
 
 
 @app.exception_handler(RequestError)
@@ -402,7 +463,8 @@ class Unavailable(RuntimeError):
 
 
 @app.exception_handler(Unavailable)
-async def _unavailable(request: Request, exc: Unavailable):
+@app.exception_handler(ScoringFailed)
+async def _unavailable(request: Request, exc: Exception):
     return _problem(503, str(exc))
 
 
@@ -443,6 +505,7 @@ class RankIngress:
             cooldown_s=s.breaker_cooldown_s,
         )
         self.metrics = Metrics()
+        _REPLICA["metrics"] = self.metrics
         self._pending: set[asyncio.Task] = set()
         self.log_failures = 0
         self.service = RankService(self.store, self.cache, self._score, self._sink, s, self.metrics)
@@ -461,11 +524,21 @@ class RankIngress:
         task.add_done_callback(self._pending.discard)
 
     async def _log(self, rows: pa.Table) -> None:
-        try:
-            await self.logger.log.remote(rows)
-        except Exception as exc:
-            self.log_failures += 1
-            log.error("impression log call failed: %s", exc)
+        for attempt in range(3):  # the logger replica may be restarting: retry, then count the loss
+            try:
+                await self.logger.log.remote(rows)
+                return
+            except Exception as exc:  # noqa: BLE001
+                if attempt == 2:
+                    self.log_failures += 1
+                    log.error("impression log call failed, %d rows lost: %s", rows.num_rows, exc)
+                else:
+                    await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def __del__(self):
+        """At a graceful shutdown, wait (bounded) for the impression-log calls still in flight."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=10.0)
 
     async def rank(self, request: dict | RankRequest) -> dict:
         """The /rank answer for a request dict (the DeploymentHandle API; HTTP goes through `http_rank`)."""
@@ -475,7 +548,7 @@ class RankIngress:
         except RequestError:
             self.metrics.outcome("client_error")
             raise
-        except Unavailable:
+        except (Unavailable, ScoringFailed):
             self.metrics.outcome("unavailable")
             raise
         except Exception:

@@ -35,6 +35,10 @@ class RequestError(ValueError):
         self.field, self.value = field, value
 
 
+class ScoringFailed(RuntimeError):
+    """The ranker could not score this request's rows (a server-side error: 503)."""
+
+
 @dataclass
 class ScoreRequest:
     """What the ingress sends the ranker deployment: one request's candidate rows."""
@@ -56,6 +60,7 @@ class ScoreResult:
     explored: bool = False
     ranker_version: str = ""
     error: dict | None = None  # {'field', 'value', 'message'} for a client error
+    failure: str | None = None  # the ranker failed on this request (a server-side error)
 
 
 def check_content_type(schema, content_type: str) -> dict | None:
@@ -176,6 +181,8 @@ class RankService:
         )
         if result.error:
             raise RequestError(**result.error)
+        if result.failure:
+            raise ScoringFailed(f"the ranker failed on this request: {result.failure}")
         timer.lap("rank")
         item_ids = self.store.item_ids[cands.rows]
         positions = explore_positions(req.k, req.explore_slots, s.explore_positions)

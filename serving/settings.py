@@ -34,6 +34,14 @@ class ServingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _positions(self) -> ServingSettings:
+        if self.redis_url is not None:
+            from serving.cache_client import has_credentials
+
+            if has_credentials(self.redis_url):
+                raise ValueError(
+                    "redis_url carries a password; app settings are visible in Serve's config and status. Put "
+                    "the URL in REDIS_URL in the replicas' environment instead, and leave redis_url unset."
+                )
         if self.explore_positions is not None and (
             any(p < 0 for p in self.explore_positions)
             or len(set(self.explore_positions)) != len(self.explore_positions)

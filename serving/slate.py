@@ -21,16 +21,16 @@ from serving.candidates import Candidates
 
 
 def explore_positions(k: int, explore_slots: int, configured: Sequence[int] | None = None) -> list[int]:
-    """The slots explore items go to: the configured ones below k (first `explore_slots`), or spread."""
+    """The slots explore items go to: the configured ones below k (the first `explore_slots`), or
+    `explore_slots` slots spread evenly over 1..k-1 (distinct: their spacing is at least 1), or every slot
+    when explore_slots >= k."""
     if explore_slots <= 0:
         return []
     if configured is not None:
         return sorted(p for p in configured if p < k)[:explore_slots]
-    return (
-        sorted(set(np.linspace(1, k - 1, explore_slots).round().astype(int).tolist()))[:explore_slots]
-        if k > 1
-        else [0]
-    )
+    if explore_slots >= k:
+        return list(range(k))
+    return np.linspace(1, k - 1, explore_slots).round().astype(int).tolist()
 
 
 def assemble(

@@ -250,6 +250,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "cache lookups for" in res.stdout and "'backoff': 0," not in res.stdout  # unsampled keys back off
     served = summary["serve"]  # the best-of-n arm again, through the endpoint over HTTP
     assert served["requests"] == summary["catalog"]["coverage"]["members_with_key"]
-    assert served["impressions_logged"] >= served["rates"]["impressions"] > 5000
+    assert (
+        served["impressions_logged"] == served["impressions_served"] >= served["rates"]["impressions"] > 5000
+    )
     assert served["rates"]["explore"]["impressions"] > 1000 and served["latency_ms"]["p99"] > 0
     assert (run / "redis" / "dump.rdb").is_file() and (run / "logs" / "round1" / "endpoint").is_dir()

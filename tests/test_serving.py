@@ -204,6 +204,13 @@ def test_slate_rule_positions_one_per_cluster_and_ties():
     scores = np.array([0.9, 0.95, 0.2, 0.5, 0.3, 0.8, 0.8, 0.1])
     ids = np.array([10, 11, 12, 13, 14, 15, 16, 17])
     assert explore_positions(10, 2) == [1, 9] and explore_positions(5, 3, [4, 0, 2]) == [0, 2, 4]
+    for k in range(1, 30):  # always explore_slots distinct slots below k
+        for n in range(k + 1):
+            assert (
+                sorted(set(explore_positions(k, n))) == explore_positions(k, n)
+                and len(explore_positions(k, n)) == n
+            )
+    assert explore_positions(3, 3) == [0, 1, 2] and explore_positions(10, 1) == [1]
     slate = assemble(cands, scores, ids, k=6, positions=[1, 3])
     # explore pool: best of cluster 5 (index 1), then cluster 7 (3); cluster 6 is third and not shown
     # exploit pool: 0.8 tie -> smaller item id (15 before 16), then 0.3, 0.1
@@ -241,6 +248,13 @@ def test_store_refuses_a_checkpoint_of_other_features(world):
         world.store.check_ranker_schema(movielens_schema())
 
 
+def test_app_settings_refuse_a_redis_password():
+    from serving.settings import ServingSettings
+
+    with pytest.raises(ValueError, match="REDIS_URL in the replicas' environment"):
+        ServingSettings(catalog="c", log_dir="l", redis_url="redis://:s3cret@host:6379/0")
+
+
 def test_breaker_opens_half_opens_and_closes():
     now = [0.0]
     b = CircuitBreaker(failures=2, cooldown_s=1.0, clock=lambda: now[0])
@@ -260,6 +274,7 @@ def test_breaker_opens_half_opens_and_closes():
 
 
 def test_redis_urls_are_redacted():
+    assert redact_url("redis://host:6379/0?password=s3cret&db=1") == "redis://host:6379/0?password=***&db=1"
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("redis://s3cret@host:6379/0") == "redis://:***@host:6379/0"  # password in the user slot
     assert redact_url("redis://user:s3cret@host/0") == "redis://user:***@host/0"
@@ -405,6 +420,28 @@ def test_malformed_oversized_and_wrong_method(app):
 
 
 @pytest.mark.slow
+def test_a_corrupt_cache_entry_is_a_miss_not_an_error(app, world):
+    from explore.cache import CacheKeys, live_version
+
+    client = redis.Redis.from_url(app.redis.url)
+    hist = member_history(world.catalog, 7)
+    data = CacheKeys(NS).data(live_version(client, NS))
+    field = key_field(hist[-2:])
+    good = client.hget(data, field)
+    client.hset(data, field, b"17:0.9;not-a-cluster")
+    try:
+        for _ in range(5):  # more than the breaker's failures: Redis answered, the circuit stays closed
+            answer = app.client.rank(7, k=5)
+            assert answer["exploration"]["level"] == "miss" and not answer["degraded"]
+            assert {it["source"] for it in answer["items"]} == {"exploit"}
+        assert app.client.readyz()["redis"]["circuit"] == "closed"
+    finally:
+        client.hset(data, field, good)
+        client.close()
+    assert app.client.rank(7, k=5)["exploration"]["level"] == "exact"
+
+
+@pytest.mark.slow
 def test_requests_are_batched_across_clients(app):
     from serving.client import HandleClient
     from serving.deploy import ranker_info
@@ -424,8 +461,9 @@ def test_requests_are_batched_across_clients(app):
 def test_impressions_logged_equal_what_was_served(app, world):
     from serving.deploy import logger_flush
 
+    before = logger_flush()["rows_received"]
     answers = [app.client.rank(m, k=7, explore_slots=2) for m in (3, 4, 5)]
-    logger_flush()
+    logger_flush(min_rows=before + sum(len(a["items"]) for a in answers))  # the log calls may be in flight
     log = read_impression_log(world.root / "impressions")
     for answer in answers:
         rows = [r for r in log.to_pylist() if r["request_id"] == answer["request_id"]]
@@ -562,12 +600,22 @@ def test_serve_job_runs_a_run_folder_and_stops_on_sigterm(world, tmp_path):
          "--ingress-cpus", "0.25", "--ranker-cpus", "0.25"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    import queue
+
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True
+    )
+    reader.start()  # drains the pipe for the whole run, so the server never blocks on it
     out = []
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
                 break
             out.append(line)
             if "Ctrl-C stops it" in line:
@@ -592,7 +640,11 @@ def test_serve_job_runs_a_run_folder_and_stops_on_sigterm(world, tmp_path):
         assert res.returncode == 0 and '"ranking": "RUNNING"' in res.stdout, res.stdout + res.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    rest = ""
+    while not lines.empty():
+        rest += lines.get() or ""
     assert proc.returncode == 0, "".join(out) + rest
     assert "[serve] stopped" in rest
     assert read_impression_log(run / "logs" / "serving" / "impressions").num_rows >= 10

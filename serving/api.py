@@ -8,9 +8,12 @@ cold-start answer.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
 INT64 = dict(ge=-(2**63), le=2**63 - 1)
+ItemId = Annotated[StrictInt, Field(**INT64)]  # ids are int64 end to end (catalog, features, logs)
 
 
 class RecentEngagement(BaseModel):
@@ -47,7 +50,7 @@ class RankRequest(BaseModel):
     content_type: str = Field(
         "movie", min_length=1, max_length=64, description="from the ranker's vocabulary"
     )
-    exclude_item_ids: list[StrictInt] = Field(
+    exclude_item_ids: list[ItemId] = Field(
         default_factory=list, max_length=1000, description="items never to return"
     )
 

@@ -183,6 +183,13 @@ class RankService:
             raise RequestError(**result.error)
         if result.failure:
             raise ScoringFailed(f"the ranker failed on this request: {result.failure}")
+        if len(cands) and not (
+            np.isfinite(result.score).all()
+            and all(np.isfinite(p).all() for p in result.probabilities.values())
+        ):
+            raise ScoringFailed(
+                f"the ranker {result.ranker_version} gave non-finite scores; reload a sound checkpoint."
+            )
         timer.lap("rank")
         item_ids = self.store.item_ids[cands.rows]
         positions = explore_positions(req.k, req.explore_slots, s.explore_positions)

@@ -10,7 +10,6 @@ LOCK_HASH := $(shell cat $(LOCK) $(NODEPS) pyproject.toml | sha256sum | cut -c1-
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 # Light, private Ray settings for every job and test started from here.
 export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_AUTH_MODE ?= disabled
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1

@@ -52,15 +52,27 @@ class CacheWriteStage:
     The driver calls CacheWriter.begin before the pipeline runs and commit after it finishes; this stage
     only writes fields (CacheWriter.write), so any number of actors can share one version. Rows gain
     `cached` (true when an entry was written; a key with no selected cluster has none).
+
+    url: a SecretURL (or a plain URL without a password): Ray may show an actor's arguments in errors.
+    staging_ttl_s: the version's staging TTL, renewed with each chunk (the publisher's --staging-ttl-s).
     """
 
-    def __init__(self, url: str, version: str, namespace: str = "explore", chunk: int = 1000):
+    def __init__(
+        self,
+        url,
+        version: str,
+        namespace: str = "explore",
+        chunk: int = 1000,
+        staging_ttl_s: int = 86_400,
+    ):
         import redis
 
-        from explore.cache import CacheWriter
+        from explore.cache import CacheWriter, reveal
 
-        self.client = redis.Redis.from_url(url)
-        self.writer = CacheWriter(self.client, namespace, version=version, chunk=chunk)
+        self.client = redis.Redis.from_url(reveal(url))
+        self.writer = CacheWriter(
+            self.client, namespace, version=version, chunk=chunk, staging_ttl_s=staging_ttl_s
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from explore.cache import encode_entry, key_field

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class BestOfNFields(BaseModel):
     namespace: str = "explore"  # Redis key namespace
     keep_previous_s: int = Field(7 * 86_400, ge=1)  # how long the replaced version stays for rollback
     staging_ttl_s: int = Field(86_400, ge=1)  # an unfinished version expires this long after its last write
+    min_entries_ratio: float = Field(0.5, ge=0, le=1)  # refuse a version with fewer x the live one's entries
+    force_publish: bool = False  # publish even when k, the catalog or the size differ from the live version
+    allow_evictable_redis: bool = False  # publish into a Redis whose maxmemory-policy may evict live keys
     batch_size: int = Field(64, ge=1)  # keys per vLLM call and per scoring call
     novelty_actors: int = Field(1, ge=1)
     alignment_actors: int = Field(1, ge=1)
@@ -71,7 +75,8 @@ class BestOfNConfig(BestOfNFields):
 
 FLAGS = [
     "out", "catalog", "novelty", "alignment", "keys", "slots", "n", "temperature", "min_score", "seed",
-    "namespace", "keep_previous_s", "staging_ttl_s", "batch_size", "novelty_actors", "alignment_actors",
+    "namespace", "keep_previous_s", "staging_ttl_s", "min_entries_ratio", "force_publish",
+    "allow_evictable_redis", "batch_size", "novelty_actors", "alignment_actors",
     "num_cpus", "novelty_gpus", "alignment_gpus", "kv_cache_mib", "threads", "limit",
 ]  # fmt: skip
 
@@ -117,7 +122,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from catalog.build import Catalog
     from catalog.io import read_table, replace_folder, staging_folder, write_table
     from catalog.schemas import BEST_OF_N
-    from explore.cache import CacheWriter, encode_entry
+    from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
     from explore.keys import QUARANTINE, key_table
     from explore.prompts import ClusterVocabulary
     from explore.select import SelectionConfig, backoff_entries, select_batch
@@ -171,7 +176,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     }
     client = redis.Redis.from_url(redis_url)
     writer = CacheWriter(client, cfg.namespace, staging_ttl_s=cfg.staging_ttl_s)
-    writer.begin(meta)
+    writer.begin(meta, force=cfg.force_publish, allow_evictable=cfg.allow_evictable_redis)
     t0 = time.perf_counter()
     try:
         # blocks cut here: a repartition task would need a whole CPU that the actors' shares leave free
@@ -218,7 +223,12 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
             fn_constructor_kwargs={
                 "stage": CacheWriteStage,
                 "column": TIMING_COLUMNS["write"],
-                "kwargs": {"url": redis_url, "version": writer.version, "namespace": cfg.namespace},
+                "kwargs": {
+                    "url": SecretURL(redis_url),  # redacted wherever Ray shows the actor's arguments
+                    "version": writer.version,
+                    "namespace": cfg.namespace,
+                    "staging_ttl_s": cfg.staging_ttl_s,
+                },
             },
             concurrency=1,
             batch_size=cfg.batch_size,
@@ -242,13 +252,21 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         )
         writer.write((f, encode_entry(c, s)) for f, (c, s) in backoff.items())
         cached = int(pc.sum(table["cached"]).as_py() or 0)
-        result = writer.commit(cached + len(backoff), keep_previous_s=cfg.keep_previous_s)
+        result = writer.commit(
+            cached + len(backoff),
+            keep_previous_s=cfg.keep_previous_s,
+            min_entries_ratio=cfg.min_entries_ratio,
+            force=cfg.force_publish,
+        )
         finish_s = time.perf_counter() - t1
-    except BaseException:
+    except BaseException as exc:
         try:
             writer.abort()
         except Exception:  # noqa: BLE001  (the staging TTL removes what abort could not)
             pass
+        cause = cache_error_in(exc)
+        if cause is not None and cause is not exc:  # raised in a Ray actor: the user error, not Ray's wrapper
+            raise CacheError(str(cause)) from None
         raise
     finally:
         client.close()
@@ -290,6 +308,28 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     return summary
 
 
+def cache_error_in(exc: BaseException):
+    """The CacheError (a refused or failed publish step) behind `exc`, also one raised inside a Ray actor and
+    wrapped by Ray Data; None when there is none."""
+    from explore.cache import CacheError
+
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CacheError):
+            return e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        if isinstance(getattr(e, "args", None), tuple):
+            stack += [a for a in e.args if isinstance(a, BaseException)]
+    # Ray Data re-raises a UDF's error without its chain; the remote traceback text keeps its message
+    found = re.findall(r"^explore\.cache\.CacheError: (.+)$", str(exc), flags=re.MULTILINE)
+    return CacheError(found[-1]) if found else None
+
+
 def _cuda() -> bool:
     import torch
 
@@ -326,6 +366,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep-previous-s", dest="keep_previous_s", type=int, help="rollback window, s (7 days)")
     p.add_argument(
         "--staging-ttl-s", dest="staging_ttl_s", type=int, help="TTL of an unfinished version (1 day)"
+    )
+    p.add_argument(
+        "--min-entries-ratio",
+        dest="min_entries_ratio",
+        type=float,
+        help="refuse a version with fewer than this x the live version's entries (0.5)",
+    )
+    p.add_argument(
+        "--force-publish",
+        dest="force_publish",
+        action="store_const",
+        const=True,
+        help="publish even if k, the catalog or the size differ from the live version",
+    )
+    p.add_argument(
+        "--allow-evictable-redis",
+        dest="allow_evictable_redis",
+        action="store_const",
+        const=True,
+        help="publish into a Redis whose maxmemory-policy (allkeys-*) may evict the live version",
     )
     p.add_argument("--batch-size", dest="batch_size", type=int, help="keys per batch (64)")
     p.add_argument("--novelty-actors", dest="novelty_actors", type=int, help="vLLM engine replicas (1)")

@@ -34,7 +34,7 @@ from jobs.common import merge_config, new_run_dir, run_main
 from jobs.sample_novelty import SampleNoveltyFields
 from jobs.sample_novelty import sample as sample_novelty
 from jobs.sample_novelty import summary_lines as sample_summary_lines
-from jobs.services import ray_session, redis_service
+from jobs.services import ray_session, redact, redis_service
 from jobs.simulate import simulate_round, summary_line
 from jobs.train_alignment import AlignmentTrainFields
 from jobs.train_alignment import summary_lines as alignment_summary_lines
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                     "cpus": ray.cluster_resources().get("CPU", 0),
                 },
                 "redis": {
-                    "url": redis_h.url if redis_h.server else "REDIS_URL",
+                    "url": redact(redis_h.url) if redis_h.server else "REDIS_URL",
                     "version": redis_h.version(),
                     "started_here": redis_h.server is not None,
                 },

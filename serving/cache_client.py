@@ -16,35 +16,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from explore.cache import CacheHit, CacheReader, live_version
+from explore.cache import CacheHit, CacheReader, has_credentials, live_version, redact_url
 from serving.breaker import CircuitBreaker
 
 log = logging.getLogger("ray.serve")
 
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***': in the user-info part (also one in the user slot,
-    redis://secret@host) and in a `password=` query parameter."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" in parts.netloc:
-        userinfo, host = parts.netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    if parts.query:
-        query = [
-            (k, "***" if k.lower() in ("password", "username") else v) for k, v in parse_qsl(parts.query)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
-
-
-def has_credentials(url: str) -> bool:
-    return redact_url(url) != url
+__all__ = ["GuardedCache", "fast_client", "has_credentials", "redact_url"]
 
 
 def fast_client(url: str, timeout_ms: float) -> redis.Redis:

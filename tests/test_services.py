@@ -33,8 +33,8 @@ def test_embedded_redis_is_a_real_server_and_is_gone_after_shutdown(monkeypatch)
         info = r.client.info("server")
         assert info["redis_version"].count(".") == 2
         assert info["tcp_port"] == r.server.port
-        assert r.client.config_get("save")["save"] == ""  # no persistence by default
-        assert r.client.config_get("appendonly")["appendonly"] == "no"
+        persistence = r.client.info("persistence")
+        assert persistence["aof_enabled"] == 0 and persistence["rdb_bgsave_in_progress"] == 0
         r.client.set("k", "v")
         pid, port, workdir = r.server.process.pid, r.server.port, r.server.workdir
         assert workdir.is_dir()
@@ -57,7 +57,7 @@ def test_redis_url_is_used_when_set(monkeypatch, redis_server):
     with redis_service() as r:
         assert r.server is None
         r.client.set("from-url", "1")
-    assert redis.Redis(port=redis_server.port).get("from-url") == b"1"
+    assert redis.Redis.from_url(redis_server.url).get("from-url") == b"1"
 
 
 def test_unreachable_redis_url_is_a_clear_error(monkeypatch):
@@ -78,14 +78,10 @@ def test_unreachable_redis_url_is_a_clear_error(monkeypatch):
 def test_bad_redis_url_and_wrong_password(redis_server):
     with pytest.raises(ServiceError, match="not a valid Redis URL"):
         connect_redis("http://127.0.0.1:1")
-    admin = redis.Redis(port=redis_server.port)
-    admin.config_set("requirepass", "right")
-    try:
-        with pytest.raises(ServiceError, match="refused the credentials"):
-            connect_redis(f"redis://:wrong@127.0.0.1:{redis_server.port}/0")
-        assert connect_redis(f"redis://:right@127.0.0.1:{redis_server.port}/0").ping()
-    finally:
-        redis.Redis(port=redis_server.port, password="right").config_set("requirepass", "")
+    with pytest.raises(ServiceError, match="refused the credentials") as err:
+        connect_redis(f"redis://:wrong-pass@127.0.0.1:{redis_server.port}/0")
+    assert "wrong-pass" not in str(err.value)
+    assert connect_redis(redis_server.url).ping()
 
 
 def test_missing_redis_binary_is_a_clear_error(monkeypatch, tmp_path):

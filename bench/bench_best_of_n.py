@@ -120,7 +120,7 @@ def _publish(quick: bool) -> dict:
         version = client.info("server")["redis_version"]
         client.close()
         out = subprocess.run(
-            [str(redis_benchmark()), "-h", "127.0.0.1", "-p", str(server.port), "-t", "set", "-n", str(n), "-P", "16",
+            [str(redis_benchmark()), "-h", "127.0.0.1", "-p", str(server.port), "-a", server.password, "-t", "set", "-n", str(n), "-P", "16",
              "-d", str(size), "-r", str(n), "--csv"],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip

@@ -34,7 +34,9 @@ def _python_hset_rate(client, n: int, fields_per_key: int, value: bytes) -> floa
     return n / (time.perf_counter() - t0)
 
 
-def _redis_benchmark_rate(exe, port: int, n: int, pipeline: int, size: int) -> float:
+def _redis_benchmark_rate(exe, port: int, n: int, pipeline: int, size: int, password: str) -> float:
+    # -a: redis-benchmark 6.2 reads the password from no other place; the server is this bench's own,
+    # on loopback, and stops right after
     out = subprocess.run(
         [
             str(exe),
@@ -42,6 +44,8 @@ def _redis_benchmark_rate(exe, port: int, n: int, pipeline: int, size: int) -> f
             "127.0.0.1",
             "-p",
             str(port),
+            "-a",
+            password,
             "-t",
             "set",
             "-n",
@@ -74,7 +78,7 @@ def run(quick: bool = False) -> list[dict]:
         client = connect_redis(server.url)
         py = _python_set_rate(client, n, 1000, b"x" * size)
         py_h = _python_hset_rate(client, n, 100, b"x" * size)
-        rb = _redis_benchmark_rate(exe, server.port, n, 16, size)
+        rb = _redis_benchmark_rate(exe, server.port, n, 16, size, server.password)
         version = client.info("server")["redis_version"]
         client.flushdb()
         client.close()

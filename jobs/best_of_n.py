@@ -121,6 +121,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from alignment.stage import AlignmentStage
     from catalog.build import Catalog
     from catalog.io import read_table, replace_folder, staging_folder, write_table
+    from catalog.outputs import check_output_folder
     from catalog.schemas import BEST_OF_N
     from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
     from explore.keys import QUARANTINE, key_table
@@ -131,7 +132,9 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from explore.stage import CacheWriteStage, NoveltyStage
     from jobs.sample_novelty import ENGINE_ENV, load_keys
 
-    out = Path(out)
+    out = check_output_folder(
+        out, ("summary.json", "selected"), job="jobs.best_of_n", what="best-of-n audit output"
+    )
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     align_dir = alignment_folder(cfg.alignment).resolve()

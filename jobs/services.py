@@ -137,8 +137,11 @@ class RedisServer:
         attempts: int = 3,
         port: int | None = None,
         data_dir: str | os.PathLike | None = None,
+        password: str | None = None,
     ) -> RedisServer:
         """Start a server on `port` (default: a free one).
+
+        password: default a new random one; give the old one to restart a server its clients still know.
 
         data_dir: keep the data there as `dump.rdb` (loaded at start when present, written by `save()`);
         the folder is the caller's and is never removed. Without it the server
@@ -157,6 +160,8 @@ class RedisServer:
             server = cls(
                 port=port or free_port(), workdir=workdir, binary=binary, owns_workdir=data_dir is None
             )
+            if password is not None:
+                server.password = password
             conf = server._write_conf()
             args = [
                 binary,

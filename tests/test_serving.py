@@ -530,7 +530,7 @@ def test_redis_down_degrades_then_recovers(app, world):
             and ready["redis"]["circuit"] in ("open", "half-open")
         )
     finally:
-        app.redis = RedisServer.start(port=port)
+        app.redis = RedisServer.start(port=port, password=app.redis.password)  # a restart keeps its password
         publish(app.redis.url, world.catalog)
     deadline = time.monotonic() + 15
     while True:

@@ -14,16 +14,19 @@ a multiple of `interval`. The pairwise view (two candidates of one key, the bett
 built from the same labels, for the Bradley-Terry variant.
 
 Two engines give the same result: pyarrow in-process for small logs, Ray Data for large ones (one
-task per log part, then a distributed group-by). Rows that cannot be aggregated (a column missing
-or of the wrong type, nulls, negative or NaN dwell, an unknown cluster, a key of the wrong length)
-are set aside in a quarantine table with the reason and the part they came from, and counted.
+task per log part, then a distributed group-by). Rows are checked by catalog.feedback, the rules
+ranker training applies too (a column missing or of the wrong type, nulls, actions other than 0/1,
+NaN, infinite or negative dwell, an unknown cluster, a key of the wrong length, negative positions or
+ids): rows that break one are set aside in a quarantine table with the reason and the part they came
+from, and counted. A part that cannot be read at all is quarantined as a whole (one row, counted in
+`quarantined_parts`) and the rest is aggregated, unless `strict_logs` makes it an error.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,19 +35,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog.logs import log_parts
-from catalog.schemas import (
-    FEEDBACK_LOG,
-    FEEDBACK_PAIRS,
-    FEEDBACK_PREFERENCES,
-    FEEDBACK_QUARANTINE,
-    SOURCES,
+from catalog.feedback import (
+    FeedbackRules,
+    check_feedback,
+    log_files,
+    quarantine_stats,
+    raise_if_unreadable,
+    read_part,
 )
+from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, SOURCES
 
 ENGINES = ("auto", "pyarrow", "ray")
 NORMALISATIONS = ("minmax", "rank", "none")
 COUNTS = ("impressions", "clicks", "likes", "shares", "skips", "long_dwells")
-REQUIRED = ("history_key", "cluster_id", "source", "click", "like", "share", "skip", "dwell_s")
 SUMS = pa.schema(
     [pa.field("key", pa.string()), pa.field("cluster_id", pa.int32())]
     + [pa.field(c, pa.int64()) for c in COUNTS]
@@ -66,6 +69,7 @@ class AggregationConfig:
     min_gap: float = 0.2  # pairwise set: label difference for one candidate to count as preferred
     engine: str = "auto"  # auto: pyarrow below ray_threshold_mib of logs, Ray Data above
     ray_threshold_mib: int = 256
+    strict_logs: bool = False  # an unreadable log part is an error (default: quarantined whole, rest used)
 
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -106,66 +110,10 @@ class AggregatedFeedback:
 # one log part: validate, then sum per (key, cluster)
 
 
-def _lenient(raw: pa.Table) -> tuple[dict[str, pa.ChunkedArray], list[str]]:
-    """Every FEEDBACK_LOG column, cast where possible; a missing or uncastable column becomes nulls and
-    a problem that quarantines the whole part (its raw values stay in the part file)."""
-    n, cols, problems = raw.num_rows, {}, []
-    for f in FEEDBACK_LOG:
-        if f.name not in raw.column_names:
-            problems.append(f"missing column {f.name}")
-            cols[f.name] = pa.chunked_array([pa.nulls(n, f.type)])
-            continue
-        col = raw[f.name]
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                problems.append(f"column {f.name} is {col.type}, expected {f.type}")
-                col = pa.chunked_array([pa.nulls(n, f.type)])
-        cols[f.name] = col
-    return cols, problems
-
-
-def _np(mask) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, True).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def check_events(raw: pa.Table, k: int, n_clusters: int, part: str = "<table>") -> tuple[pa.Table, pa.Table]:
-    """(good rows as FEEDBACK_LOG, quarantined rows as FEEDBACK_QUARANTINE) of one log table."""
-    cols, problems = _lenient(raw)
-    n = raw.num_rows
-    reasons = np.full(n, None, dtype=object)
-
-    def flag(mask: np.ndarray, reason: str) -> None:
-        sel = mask & (reasons == None)  # noqa: E711  (elementwise on an object array)
-        reasons[sel] = reason
-
-    if problems:
-        flag(np.ones(n, bool), "; ".join(problems))
-    for name in REQUIRED:
-        flag(_np(pc.is_null(cols[name])), f"null {name}")
-    flag(~_np(pc.is_in(cols["source"], pa.array(SOURCES))), f"source not one of {SOURCES}")
-    lengths = pc.fill_null(pc.list_value_length(cols["history_key"]), 0).to_numpy(zero_copy_only=False)
-    flag(lengths != k, f"history_key does not hold K={k} clusters")
-    flat = pc.list_flatten(cols["history_key"])
-    parents = pc.list_parent_indices(cols["history_key"]).to_numpy(zero_copy_only=False)
-    bad_flat = _np(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, n_clusters)))
-    bad_key = np.zeros(n, bool)
-    bad_key[parents[bad_flat]] = True
-    flag(bad_key, f"history_key holds an unknown cluster id (catalog has 0..{n_clusters - 1})")
-    cid = cols["cluster_id"]
-    flag(_np(pc.or_(pc.less(cid, 0), pc.greater_equal(cid, n_clusters))), "unknown cluster_id")
-    dwell = cols["dwell_s"]
-    flag(_np(pc.is_nan(dwell)), "dwell_s is NaN")
-    flag(_np(pc.less(dwell, 0)), "negative dwell_s")
-
-    bad = reasons != None  # noqa: E711
-    table = pa.table(cols)
-    good = table.filter(pa.array(~bad)).cast(FEEDBACK_LOG)
-    quarantined = table.filter(pa.array(bad))
-    quarantined = quarantined.append_column("reason", pa.array(reasons[bad].tolist(), pa.string()))
-    quarantined = quarantined.append_column("part", pa.array([part] * int(bad.sum()), pa.string()))
-    return good, quarantined.cast(FEEDBACK_QUARANTINE)
+    """(good rows as FEEDBACK_LOG, quarantined rows as FEEDBACK_QUARANTINE) of one log table, by the
+    rules of catalog.feedback."""
+    return check_feedback(raw, FeedbackRules(k, n_clusters), part)
 
 
 def key_text(history_key: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -203,17 +151,12 @@ def _sum_by_pair(t: pa.Table) -> pa.Table:
 
 
 def _part_sums(
-    path: str, config: AggregationConfig, k: int, n_clusters: int
+    path: str, config: AggregationConfig, k: int, n_clusters: int, *, strict: bool
 ) -> tuple[pa.Table, pa.Table, int]:
-    """(sums, quarantined, rows read) of one log part."""
-    try:
-        raw = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(
-            f"feedback log part {path}: not a readable parquet file ({exc}). Move it out of the log folder."
-        ) from exc
-    good, quarantined = check_events(raw, k, n_clusters, path)
-    return partial_sums(good, config), quarantined, raw.num_rows
+    """(sums, quarantined, rows read) of one log part; an unreadable part is one quarantine row (strict:
+    an error)."""
+    part = read_part(path, FeedbackRules(k, n_clusters), strict=strict)
+    return partial_sums(part.good, config), part.quarantine, part.rows
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,23 +246,10 @@ def preferences(pairs: pa.Table, min_gap: float) -> pa.Table:
 # whole logs
 
 
-def _log_files(logs: list[str | os.PathLike]) -> list[str]:
-    files: list[str] = []
-    for entry in logs:
-        path = Path(entry)
-        if path.is_file():
-            files.append(str(path))
-        else:
-            files.extend(str(p) for p in log_parts(path))  # FileNotFoundError names a missing folder
-    if not files:
-        raise ValueError(f"logs={[str(x) for x in logs]}: no feedback log parts (part-*.parquet) found.")
-    return files
-
-
 def _pyarrow_sums(files, config, k, n_clusters) -> tuple[pa.Table, pa.Table, int]:
     sums, quarantined, rows = [], [], 0
     for path in files:
-        s, q, n = _part_sums(path, config, k, n_clusters)
+        s, q, n = _part_sums(path, config, k, n_clusters, strict=config.strict_logs)
         sums.append(s)
         quarantined.append(q)
         rows += n
@@ -328,12 +258,13 @@ def _pyarrow_sums(files, config, k, n_clusters) -> tuple[pa.Table, pa.Table, int
 
 def _part_task(batch: pa.Table, config: dict, k: int, n_clusters: int, quarantine_dir: str) -> pa.Table:
     """Ray Data task: log-part paths in, their SUMS rows out. Quarantined rows and the row count go to
-    files named by the part, so a retried task overwrites its own files."""
+    files named by the part, so a retried task overwrites its own files. An unreadable part never fails
+    the task: it is quarantined, and the driver raises for it when strict."""
     import hashlib
 
     cfg, out = AggregationConfig(**config), []
     for path in batch["path"].to_pylist():
-        sums, quarantined, rows = _part_sums(path, cfg, k, n_clusters)
+        sums, quarantined, rows = _part_sums(path, cfg, k, n_clusters, strict=False)
         name = Path(quarantine_dir) / hashlib.sha256(path.encode()).hexdigest()[:24]
         pq.write_table(pa.table({"rows": [rows]}), f"{name}.rows.parquet")
         if quarantined.num_rows:
@@ -386,7 +317,7 @@ def resolve_engine(logs: list[str | os.PathLike], config: AggregationConfig) -> 
     """'pyarrow' or 'ray': the configured engine, or for 'auto' the one the logs' total size calls for."""
     if config.engine != "auto":
         return config.engine
-    size = sum(os.path.getsize(f) for f in _log_files(logs))
+    size = sum(os.path.getsize(f) for f in log_files(logs))
     return "ray" if size > config.ray_threshold_mib << 20 else "pyarrow"
 
 
@@ -407,12 +338,14 @@ def aggregate_logs(
             a temporary folder by default.
     """
     config = config or AggregationConfig()
-    files = _log_files(logs)
+    files = log_files(logs)
     size = sum(os.path.getsize(f) for f in files)
     engine = resolve_engine(logs, config)
     if engine == "ray":
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             sums, quarantined, rows = _ray_sums(files, config, k, n_clusters, Path(tmp))
+        if config.strict_logs:
+            raise_if_unreadable(quarantined)
     else:
         sums, quarantined, rows = _pyarrow_sums(files, config, k, n_clusters)
     pairs, stats = finalize(sums, config)
@@ -420,11 +353,8 @@ def aggregate_logs(
     quarantined = quarantined.sort_by([("part", "ascending")]) if quarantined.num_rows else quarantined
     stats = {
         "engine": engine,
-        "parts": len(files),
         "log_bytes": size,
-        "events": rows,
-        "quarantined": quarantined.num_rows,
-        "quarantine_reasons": dict(Counter(quarantined["reason"].to_pylist()).most_common()),
+        **quarantine_stats(quarantined, parts=len(files), events=rows),
         **stats,
         "preferences": prefs.num_rows,
     }

@@ -183,22 +183,36 @@ def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
+    from explore.models import check_safetensors_file, check_weight_files
+
     folder = Path(folder)
     info = read_alignment_info(folder)
     vocab = ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    fix = "the alignment model folder is truncated or corrupt; retrain it (python -m jobs.train_alignment)"
+    try:
+        head = load_file(str(folder / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error type on a short or corrupt file
+        raise ValueError(f"{folder / HEAD_FILE}: not a readable safetensors file ({exc}); {fix}.") from exc
     if info["method"] == "lora":
         from peft import PeftModel
 
         from explore.models import resolve_base
 
         base = AutoModel.from_pretrained(resolve_base(info["base"]), dtype=torch.float32)
+        adapter = folder / "adapter" / "adapter_model.safetensors"
+        if adapter.is_file():
+            check_safetensors_file(adapter, fix)
         backbone = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
     else:
+        check_weight_files(folder / "backbone", fix)
         backbone = AutoModel.from_pretrained(folder / "backbone", dtype=torch.float32)
     model = AlignmentModel(backbone, backbone.config.hidden_size)
-    model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    try:
+        model.head.load_state_dict(head)
+    except RuntimeError as exc:  # a head of another width
+        raise ValueError(f"{folder / HEAD_FILE} does not fit the backbone ({exc}); {fix}.") from exc
     model.to(device).eval()
     return model, PairEncoder(tokenizer, vocab), info

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import pyarrow as pa
 
 from catalog.io import replace_folder, staging_folder
 from catalog.metrics import auc, logloss
+from catalog.outputs import check_output_folder
 from explore.models import PRESETS, TinyLMConfig, apply_lora
 from explore.prompts import ClusterVocabulary
 
@@ -240,6 +242,24 @@ def _shared_logits(model, encoder, keys: list[tuple[int, ...]], candidates: np.n
     return model.forward_shared(prefix_ids, prefix_mask, rows, *suffix)
 
 
+def check_base(base: str) -> None:
+    """Fail fast on a base folder that is not a whole causal LM (a ValueError naming the folder or the
+    truncated weights file), before anything is read or written; presets need no check."""
+    if base not in PRESETS:
+        from explore.models import resolve_base
+
+        resolve_base(base)
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """`out` if an alignment model may be swapped in there: new, empty, or an earlier alignment model."""
+    from alignment.model import INFO_FILE
+
+    return check_output_folder(
+        out, (INFO_FILE,), job="alignment.train_alignment", what="alignment model", flag="out"
+    )
+
+
 def train_alignment(
     vocab: ClusterVocabulary,
     pairs: pa.Table,
@@ -253,7 +273,9 @@ def train_alignment(
     """Train on FEEDBACK_PAIRS (pointwise) or FEEDBACK_PREFERENCES (pairwise), evaluate on held-out pairs,
     save the model folder at `out`; returns the report (also in alignment.json).
 
-    `candidates` (NOVELTY_CANDIDATES of the same keys) enables the novelty-frequency baseline.
+    `candidates` (NOVELTY_CANDIDATES of the same keys) enables the novelty-frequency baseline. An `out`
+    that holds files but no alignment model is refused before training (ValueError): the swap would
+    delete them.
     """
     import torch
     import torch.nn.functional as F
@@ -262,11 +284,9 @@ def train_alignment(
     from alignment.model import AlignmentModel, PairEncoder, build_backbone, save_alignment
     from alignment.score import pick_device, score_logits
 
+    check_out(out)
     config = config or AlignmentConfig()
-    if config.base not in PRESETS:
-        from explore.models import resolve_base
-
-        resolve_base(config.base)  # fail fast on a bad folder
+    check_base(config.base)
     t_start = time.perf_counter()
     data = PairSet.from_table(pairs)
     held = heldout_mask(data.keys, data.candidates, config.eval_fraction, config.seed)
@@ -413,8 +433,11 @@ def train_alignment(
         "config": asdict(config),
         "report": report,
     }
-    out = Path(out)
+    out = check_out(out)  # again: the folder may have been filled while the model trained
     tmp = staging_folder(out)
-    save_alignment(tmp, model, tokenizer, info, method)
-    replace_folder(tmp, out)
+    try:
+        save_alignment(tmp, model, tokenizer, info, method)
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report

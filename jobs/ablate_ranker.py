@@ -4,7 +4,8 @@ a time on the same data and seed, and print AUC, logloss, ECE and O/E with the c
     python -m jobs.ablate_ranker --out runs/ablation                      # MovieLens CTR
     python -m jobs.ablate_ranker --dataset feedback --logs runs/<demo>/logs/round0/random
 
-Writes ablation.md (the table) and ablation.json to --out.
+Writes ablation.md (the table) and ablation.json to --out, over those of an earlier run; an --out
+that holds files but neither of them is refused before training.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from catalog.outputs import check_output_folder
 from jobs.common import merge_config, run_main
 from jobs.train_ranker import DATA_FLAGS, RankerJobFields, add_data_flags, job_configs, load_examples
+
+OWN_FILES = ("ablation.json", "ablation.md")
 
 
 class AblationJobConfig(RankerJobFields):
@@ -38,6 +42,7 @@ def ablate(cfg: AblationJobConfig) -> int:
     from ranking.ablation import STEPS, markdown_table, multitask_steps, run_ablation
     from ranking.train import pick_device
 
+    check_output_folder(cfg.out, OWN_FILES, job="jobs.ablate_ranker", what="ablation")
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
     full, tcfg = job_configs(cfg)

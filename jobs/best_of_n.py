@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.common import merge_config, run_main
 from jobs.sample_novelty import add_sampling_flags
 
+OWN_FILES = ("selected", "summary.json")  # what marks --out as an earlier output of this job
 TIMING_COLUMNS = {"sample": "_sample_s", "score": "_score_s", "write": "_write_s"}
 
 
@@ -132,9 +134,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from explore.stage import CacheWriteStage, NoveltyStage
     from jobs.sample_novelty import ENGINE_ENV, load_keys
 
-    out = check_output_folder(
-        out, ("summary.json", "selected"), job="jobs.best_of_n", what="best-of-n audit output"
-    )
+    out = check_output_folder(out, OWN_FILES, job="jobs.best_of_n", what="best-of-n output")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     align_dir = alignment_folder(cfg.alignment).resolve()
@@ -155,7 +155,6 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     if keys.num_rows == 0:
         raise ValueError(f"--keys {cfg.keys}: no valid history keys ({quarantined.num_rows} quarantined).")
     out.mkdir(parents=True, exist_ok=True)
-    write_table(quarantined, out / "quarantine.parquet", QUARANTINE)
 
     cuda = _cuda()
     novelty_gpus = cfg.novelty_gpus if cfg.novelty_gpus is not None else (0.5 if cuda else 0.0)
@@ -241,8 +240,13 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         ds = ds.materialize()
         busy = {stage: float(ds.sum(col) or 0.0) for stage, col in TIMING_COLUMNS.items()}
         staging = staging_folder(out / "selected")
-        ds.drop_columns(list(TIMING_COLUMNS.values())).write_parquet(str(staging.resolve()))
-        selected_dir = replace_folder(staging, out / "selected")
+        try:
+            ds.drop_columns(list(TIMING_COLUMNS.values())).write_parquet(str(staging.resolve()))
+            selected_dir = replace_folder(staging, out / "selected")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        # after the swap: a run that failed before leaves no file that would make a rerun refuse --out
+        write_table(quarantined, out / "quarantine.parquet", QUARANTINE)
         pipeline_s = time.perf_counter() - t0
 
         table = read_table(selected_dir, BEST_OF_N)
@@ -406,9 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body() -> int:
+        from catalog.outputs import check_output_folder
         from jobs.services import ray_session, redis_service
 
         cfg = merge_config(BestOfNConfig, args, FLAGS)
+        check_output_folder(cfg.out, OWN_FILES, job="jobs.best_of_n", what="best-of-n output")  # before Ray
         with ray_session(), redis_service() as r:
             s = run(cfg, cfg.out, r.url)
         for line in summary_lines(s):

@@ -1,6 +1,9 @@
 """Build the MovieLens-100K catalog: clusters, items, members, interactions, histories.
 
 python -m jobs.build_catalog --out runs/catalog [--config catalog.toml] [--n-clusters 48] ...
+
+The tables and manifest.json are written into --out over those of an earlier catalog; an --out that
+holds files but no catalog file is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.build import CatalogConfig, build_movielens_catalog, summary_lines
+from catalog.build import MANIFEST, TABLE_SCHEMAS, CatalogConfig, build_movielens_catalog, summary_lines
+from catalog.outputs import check_output_folder
 from catalog.taxonomy import TaxonomyConfig
 from jobs.common import merge_config, run_main
 
@@ -46,6 +50,8 @@ class CatalogJobConfig(CatalogFields):
     out: str = "runs/catalog"
 
 
+# what marks a folder as a catalog (an interrupted save leaves tables without the manifest)
+CATALOG_FILES = (MANIFEST, *(f"{name}.parquet" for name in TABLE_SCHEMAS))
 FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "holdout_fraction", "seed"]
 
 
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> int:
         cfg = merge_config(CatalogJobConfig, args, FLAGS)
+        check_output_folder(cfg.out, CATALOG_FILES, job="jobs.build_catalog", what="catalog")
         t0 = time.perf_counter()
         catalog = build_movielens_catalog(cfg.catalog_config())
         out = catalog.save(Path(cfg.out))

@@ -9,7 +9,8 @@
 Each key gets n samples (default 5 x --slots) at --temperature, each a valid cluster name; the engine
 lives in Ray actors (fractional CPUs here, one GPU each where CUDA is present). Outputs in --out:
 candidates/*.parquet (catalog.schemas.NOVELTY_CANDIDATES, one row per key, every sample counted),
-quarantine.parquet (key rows that were not K known cluster ids, with the reason), summary.json.
+quarantine.parquet (key rows that were not K known cluster ids, with the reason), summary.json. An
+--out that holds files but no candidates/ folder (not an earlier run of this job) is refused at the start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -51,6 +53,7 @@ class SampleNoveltyConfig(SampleNoveltyFields):
     out: str = "runs/candidates"
 
 
+OWN_FILES = ("candidates",)  # what marks an --out as this job's: the sampled candidates folder
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
 FLAGS = [
     "out", "catalog", "model", "keys", "slots", "n", "temperature", "seed", "batch_size", "actors",
@@ -89,13 +92,14 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
 
     from catalog.build import Catalog
     from catalog.io import read_table, replace_folder, staging_folder, write_table
+    from catalog.outputs import check_output_folder
     from catalog.schemas import NOVELTY_CANDIDATES
     from explore.keys import QUARANTINE
     from explore.prompts import ClusterVocabulary
     from explore.sft import read_model_info
     from explore.stage import NoveltyStage
 
-    out = Path(out)
+    out = check_output_folder(out, OWN_FILES, job="jobs.sample_novelty", what="novelty candidates")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     info = read_model_info(cfg.model)
@@ -108,7 +112,6 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     if keys.num_rows == 0:
         raise ValueError(f"--keys {cfg.keys}: no valid history keys ({quarantined.num_rows} quarantined).")
     out.mkdir(parents=True, exist_ok=True)
-    write_table(quarantined, out / "quarantine.parquet", QUARANTINE)  # empty when none: no stale rows
 
     num_gpus = cfg.num_gpus
     if num_gpus is None:
@@ -137,9 +140,13 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     )
     # Ray appends to an existing folder: write a fresh one and swap it in, so a rerun never mixes runs
     staging = staging_folder(out / "candidates")
-    ds.write_parquet(str(staging.resolve()))
-    cand_dir = replace_folder(staging, out / "candidates")
+    try:
+        ds.write_parquet(str(staging.resolve()))
+        cand_dir = replace_folder(staging, out / "candidates")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     wall_s = time.perf_counter() - t0
+    write_table(quarantined, out / "quarantine.parquet", QUARANTINE)  # empty when none: no stale rows
 
     table = read_table(cand_dir, NOVELTY_CANDIDATES)
     n_samples = sum(table["n_samples"].to_pylist())
@@ -209,10 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body() -> int:
+        from catalog.outputs import check_output_folder
         from jobs.services import ray_session
 
         cfg = merge_config(SampleNoveltyConfig, args, FLAGS)
-        with ray_session():
+        check_output_folder(cfg.out, OWN_FILES, job="jobs.sample_novelty", what="novelty candidates")
+        with ray_session():  # sample() checks --out again, for callers that skip main
             s = sample(cfg, cfg.out)
         for line in summary_lines(s):
             print(line)

@@ -3,7 +3,9 @@
     python -m jobs.simulate --catalog runs/catalog --policy most-frequent --out runs/logs/round0
 
 Policies: random (random novel clusters), most-frequent (most frequent next cluster), oracle (the
-simulator's own best novel clusters: an upper bound for evaluation only).
+simulator's own best novel clusters: an upper bound for evaluation only). --out is a feedback-log
+folder: new, empty, or one with parts already (the round's parts are appended); a folder of other
+files is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from catalog.build import Catalog
 from catalog.logs import FeedbackLogWriter
+from catalog.outputs import check_output_folder
 from jobs.common import merge_config, run_main
 
 POLICIES = ("random", "most-frequent", "oracle")
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             args,
             ["catalog", "out", "policy", "slate_size", "explore_slots", "content_type", "seed"],
         )
+        check_output_folder(cfg.out, ("part-*.parquet",), job="jobs.simulate", what="feedback log")
         t0 = time.perf_counter()
         catalog = Catalog.load(cfg.catalog)
         simulator = MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed))

@@ -1,6 +1,9 @@
 """Generate a synthetic world (same tables as a catalog) for scale tests, streamed in bounded memory.
 
 python -m jobs.synthesize --out runs/synthetic --members 1000000 --clusters 2000
+
+The tables and manifest.json are written into --out over those of an earlier catalog; an --out that
+holds files but no catalog file is refused before anything is generated.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from catalog.outputs import check_output_folder
 from catalog.synthetic import SyntheticConfig, generate_world
+from jobs.build_catalog import CATALOG_FILES
 from jobs.common import merge_config, run_main
 
 
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = merge_config(
             SynthJobConfig, args, ["out", "members", "clusters", "groups", "chunk_members", "seed"]
         )
+        check_output_folder(cfg.out, CATALOG_FILES, job="jobs.synthesize", what="catalog")
         t0 = time.perf_counter()
         manifest = generate_world(
             cfg.out,

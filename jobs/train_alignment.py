@@ -40,6 +40,7 @@ class AlignmentTrainFields(BaseModel):
     long_dwell_s: float = Field(60.0, ge=0)
     engine: str = Field("auto", pattern="^(auto|pyarrow|ray)$")
     ray_threshold_mib: int = Field(256, ge=0)
+    strict_logs: bool = False  # an unreadable log part stops the job (default: quarantined whole, rest used)
     aggregate_only: bool = False
     # model
     base: str = "tiny"  # tiny, smollm2-135m, or a causal-LM folder (e.g. a trained novelty model)
@@ -60,7 +61,7 @@ class AlignmentTrainConfig(AlignmentTrainFields):
 
 FLAGS = [
     "out", "catalog", "logs", "candidates", "sources", "min_impressions", "normalise", "interval", "min_gap",
-    "long_dwell_s", "engine", "ray_threshold_mib", "aggregate_only", "base", "method", "objective", "epochs",
+    "long_dwell_s", "engine", "ray_threshold_mib", "strict_logs", "aggregate_only", "base", "method", "objective", "epochs",
     "max_steps", "batch_size", "lr", "lora_r", "eval_fraction", "seed",
 ]  # fmt: skip
 
@@ -77,19 +78,25 @@ def aggregation_config(cfg: AlignmentTrainFields):
         long_dwell_s=cfg.long_dwell_s,
         engine=cfg.engine,
         ray_threshold_mib=cfg.ray_threshold_mib,
+        strict_logs=cfg.strict_logs,
     )
+
+
+OWN_FILES = ("pairs.parquet",)  # written first by every run: marks an --out as this job's
 
 
 def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) -> dict:
     """Aggregate, then train and evaluate; returns the summary (also out/summary.json)."""
     from alignment.aggregate import aggregate_logs
-    from alignment.train import AlignmentConfig, train_alignment
+    from alignment.train import AlignmentConfig, check_base, check_out, train_alignment
     from catalog.build import Catalog
     from catalog.io import read_table, write_table
+    from catalog.outputs import check_output_folder
     from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, NOVELTY_CANDIDATES
     from explore.prompts import ClusterVocabulary
 
-    out = Path(out)
+    out = check_output_folder(out, OWN_FILES, job="jobs.train_alignment", what="alignment job output")
+    check_out(out / "model")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     model_cfg = AlignmentConfig(
@@ -104,6 +111,8 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         eval_fraction=cfg.eval_fraction,
         seed=cfg.seed,
     )  # checked before the logs are read
+    if not cfg.aggregate_only:
+        check_base(model_cfg.base)  # a bad --base folder fails before --out is created
     candidates = read_table(cfg.candidates, NOVELTY_CANDIDATES) if cfg.candidates else None
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate_logs(
@@ -131,7 +140,12 @@ def summary_lines(s: dict) -> list[str]:
     a = s["aggregation"]
     lines = [
         f"feedback: {a['events']} events in {a['parts']} parts ({a['engine']}); {a['quarantined']} quarantined"
-        + (f" {a['quarantine_reasons']}" if a["quarantined"] else ""),
+        + (f" {a['quarantine_reasons']}" if a["quarantined"] else "")
+        + (
+            f"; {a['quarantined_parts']} unreadable part(s) quarantined whole"
+            if a["quarantined_parts"]
+            else ""
+        ),
         f"aggregated: {a['pairs_kept']} (key, cluster) pairs of {a['keys_kept']} keys kept from {a['pairs_seen']} "
         f"({a['pairs_below_min_impressions']} below the minimum impressions); {a['label_values']} label values, "
         f"mean {a['label_mean']}; {a['preferences']} preference pairs",
@@ -173,6 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", choices=["auto", "pyarrow", "ray"], help="aggregation engine (auto)")
     p.add_argument(
         "--ray-threshold-mib", dest="ray_threshold_mib", type=int, help="auto: Ray above this (256)"
+    )
+    p.add_argument(
+        "--strict-logs",
+        dest="strict_logs",
+        action="store_const",
+        const=True,
+        help="stop on an unreadable log part (default: quarantine the part whole and use the rest)",
     )
     p.add_argument("--aggregate-only", dest="aggregate_only", action="store_const", const=True)
     p.add_argument("--base", help="tiny (default), smollm2-135m, or a causal-LM folder")

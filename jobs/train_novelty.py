@@ -7,7 +7,9 @@
 Outputs in --out: a plain Hugging Face folder vLLM loads (config.json, model.safetensors, tokenizer) and
 novelty.json (prompt format, cluster names, training report, evaluation). The evaluation on held-out
 members prints format validity of free generations, recall@n of the true next novel cluster against
-frequency and random baselines, and novelty (share of samples outside the history).
+frequency and random baselines, and novelty (share of samples outside the history). The folder is
+built beside --out and swapped in whole; an --out that holds files but no novelty.json (not an earlier
+novelty model) is refused before training.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ FLAGS = [
 
 
 def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) -> dict:
-    """Train (and evaluate) one novelty model; returns the report saved in novelty.json."""
+    """Train (and evaluate) one novelty model; returns the report saved in novelty.json. An `out` that
+    holds files but no novelty model (novelty.json) is refused before any work: the job replaces it."""
     from catalog.build import Catalog
+    from catalog.outputs import check_output_folder
     from explore.examples import ExampleConfig, build_examples
     from explore.prompts import ClusterVocabulary
     from explore.sft import INFO_FILE, SFTConfig, train_novelty
 
+    check_output_folder(out, (INFO_FILE,), job="jobs.train_novelty", what="novelty model")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     examples = ExampleConfig(

@@ -7,9 +7,13 @@ share, skip, long dwell), evaluate it on the later part by time, and write a sel
 
 Outputs in --out: the checkpoint (config.json, schema.json, model.safetensors, fisher.safetensors,
 bandit.safetensors), metrics.json, reliability.png, serving.pt2 (torch.export), examples/*.parquet,
-summary.json. The folder is built beside --out and swapped in whole when the run succeeds, so a failed
-run leaves the previous one intact and no file of an older model survives; --out must not be (or hold)
-the warm-start or cold-start checkpoint.
+summary.json, and for --dataset feedback quarantine.parquet when log rows were set aside. Feedback
+logs are checked by the rules alignment applies (catalog.feedback) plus the catalog's item and member
+ids; the model trains on the rows that pass, the others are counted in metrics.json ("feedback") and
+kept in quarantine.parquet with the reason; an unreadable log part is quarantined whole (with
+--strict-logs it is an error). The folder is built beside --out and swapped in whole when the run
+succeeds, so a failed run leaves the previous one intact and no file of an older model survives;
+--out must not be (or hold) the warm-start or cold-start checkpoint.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ class RankerJobFields(BaseModel):
     long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
     device: str = "auto"
     seed: int | None = None  # overrides train.seed when given
+    strict_logs: bool = False  # an unreadable feedback-log part stops the job (default: quarantined whole)
 
 
-DATA_FLAGS = ["dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed"]
+DATA_FLAGS = [
+    "dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed", "strict_logs",
+]  # fmt: skip
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +64,13 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--strict-logs",
+        dest="strict_logs",
+        action="store_const",
+        const=True,
+        help="stop on an unreadable feedback-log part (default: quarantine the part whole and use the rest)",
+    )
 
 
 class TrainJobConfig(RankerJobFields):
@@ -89,27 +103,43 @@ def job_configs(cfg: RankerJobFields, **flags):
     return config, tcfg
 
 
-def load_examples(cfg, catalog):
-    from catalog.logs import read_feedback_log
+def read_feedback_logs(cfg, catalog):
+    """cfg.logs read part by part and checked by catalog.feedback (the rules alignment applies, plus the
+    catalog's item and member ids): a CheckedFeedback of the good rows, the quarantine and the counts."""
+    from catalog.feedback import FeedbackRules, read_feedback
+    from catalog.logs import log_parts
+
+    if not cfg.logs:
+        raise ValueError(
+            "--dataset feedback needs --logs DIR (a feedback-log folder, e.g. from `make demo`)."
+        )
+    for d in cfg.logs:
+        if not Path(d).is_file() and not log_parts(d):
+            raise ValueError(
+                f"no feedback rows in {d}; point --logs at a policy folder such as .../logs/round0/random."
+            )
+    checked = read_feedback(cfg.logs, FeedbackRules.for_catalog(catalog, ids=True), strict=cfg.strict_logs)
+    st = checked.stats
+    if checked.good.num_rows == 0:
+        raise ValueError(
+            f"--logs {' '.join(cfg.logs)}: none of the {st['events']} feedback rows in {st['parts']} parts is "
+            f"usable ({st['quarantined']} quarantined: {st['quarantine_reasons']}; {st['quarantined_parts']} "
+            "unreadable parts). Check that the logs were written for this --catalog, or fix their producer."
+        )
+    return checked
+
+
+def load_examples(cfg, catalog, checked=None):
+    """The job's train and test examples; for --dataset feedback from `checked` (read_feedback_logs),
+    read here when not given."""
     from ranking.datasets import feedback_examples, movielens_ctr
 
     if cfg.dataset == "movielens":
         examples = movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
     else:
-        if not cfg.logs:
-            raise ValueError(
-                "--dataset feedback needs --logs DIR (a feedback-log folder, e.g. from `make demo`)."
-            )
-        import pyarrow as pa
-
-        logs = [read_feedback_log(d) for d in cfg.logs]
-        for d, log in zip(cfg.logs, logs, strict=True):
-            if log.num_rows == 0:
-                raise ValueError(
-                    f"no feedback rows in {d}; point --logs at a policy folder such as .../logs/round0/random."
-                )
+        checked = checked or read_feedback_logs(cfg, catalog)
         examples = feedback_examples(
-            pa.concat_tables(logs),
+            checked.good,
             catalog,
             test_fraction=cfg.test_fraction,
             history_length=cfg.history_length,
@@ -151,7 +181,8 @@ def cold_start_path(cfg, warm_meta: dict) -> str:
 def check_out(cfg) -> None:
     """The job replaces --out whole: refuse a folder of other files, and one that is (or holds) the
     warm-start or cold-start checkpoint the run starts from."""
-    from ranking.checkpoint import read_checkpoint_config
+    from catalog.outputs import check_output_folder
+    from ranking.checkpoint import OWN_FILES, read_checkpoint_config
 
     out = Path(cfg.out).resolve()
     if cfg.warm_start:
@@ -163,11 +194,7 @@ def check_out(cfg) -> None:
                     f"--out {cfg.out} resolves to {out}, which is or holds the {flag} checkpoint {path} "
                     f"({p}); the job replaces --out whole and would overwrite it. Give --out a new folder."
                 )
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ValueError(
-            f"--out {cfg.out} holds files but no ranker checkpoint (config.json); the job replaces --out "
-            "whole and would delete them. Give a new or empty folder, or an earlier run of this job."
-        )
+    check_output_folder(cfg.out, OWN_FILES, job="jobs.train_ranker", what="ranker checkpoint")
 
 
 def incremental_prior(cfg, tcfg, data_schema):
@@ -247,8 +274,10 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     from tqdm import tqdm
 
     from catalog.build import Catalog, build_movielens_catalog
+    from catalog.feedback import summary_line
     from catalog.io import write_table
-    from ranking.checkpoint import export_serving, load_serving
+    from catalog.schemas import FEEDBACK_QUARANTINE
+    from ranking.checkpoint import export_serving
     from ranking.data import ExampleStream
     from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
     from ranking.features import Featurizer
@@ -264,7 +293,11 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     )
 
     catalog = Catalog.load(cfg.catalog) if cfg.catalog else build_movielens_catalog()
-    examples = load_examples(cfg, catalog)
+    checked = read_feedback_logs(cfg, catalog) if cfg.dataset == "feedback" else None
+    examples = load_examples(cfg, catalog, checked)
+    if checked is not None and checked.quarantine.num_rows:
+        write_table(checked.quarantine, stage / "quarantine.parquet", FEEDBACK_QUARANTINE)
+        print(f"{summary_line(checked.stats)}; set aside in {out / 'quarantine.parquet'}")
     # the streaming reader trains from parquet, as it would from shared storage at scale
     paths = {}
     for part in ("train", "test"):
@@ -333,6 +366,8 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "featurizer": dict(featurizer.stats),
     }
+    if checked is not None:
+        metrics["feedback"] = checked.stats  # rows read, kept and quarantined (with reasons)
     ranker.save(stage, swap=False, train_config=train_cfg_dict, fisher=fisher, metrics=metrics)
     png = reliability_diagram(
         {
@@ -342,8 +377,8 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
         stage / "reliability.png",
     )
     if cfg.export:
-        pt2 = export_serving(model.cpu(), sample.inputs(), stage / "serving.pt2")
-        load_serving(pt2)(*sample.inputs())  # the export must load and run
+        program = export_serving(model.cpu(), sample.inputs(), stage / "serving.pt2")
+        program.module()(*sample.inputs())  # the export must run; checked in memory, never read back
 
     print(
         f"trained {examples.train.num_rows} rows x {tcfg.epochs} epochs in {run.train.seconds:.1f}s "
@@ -361,7 +396,10 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     eb = metrics["embedding_bytes"]
     print(f"embeddings {eb['float32'] / 1e6:.2f} MB float32 -> {eb['int8'] / 1e6:.2f} MB int8")
     print(f"reliability diagram: {out / png.name}")
-    (stage / "summary.json").write_text(json.dumps({"out": str(out), **metrics["train"]}, indent=2))
+    feedback = {"feedback": checked.stats} if checked is not None else {}
+    (stage / "summary.json").write_text(
+        json.dumps({"out": str(out), **metrics["train"], **feedback}, indent=2)
+    )
     return metrics
 
 

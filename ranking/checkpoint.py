@@ -11,21 +11,35 @@ folder alone (no pickle), plus an export of the serving model with torch.export.
   serving.pt2         torch.export program of the serving forward, optional
 
 `save_checkpoint` builds the folder beside its destination and swaps it in whole, so no file of an
-older checkpoint (an old bandit, Fisher or export) survives next to the new weights.
+older checkpoint (an old bandit, Fisher or export) survives next to the new weights; it refuses a
+destination that holds files but no checkpoint (catalog.outputs), which the swap would delete.
+
+serving.pt2 is for serving stacks that run torch.export programs (AOTInductor, ExecuTorch). Nothing
+in this project loads it: the endpoint scores with model.safetensors + JSON, and the train job checks
+the export by running the program in memory before saving it. A .pt2 file is code: torch.export.load
+unpickles entries the archive marks as pickled, and compiles its shape guards and symbolic expressions
+as Python. `load_serving` therefore refuses, before torch reads a byte, any archive that is not the
+shape torch.export.save gives this model (pickled weights or constants, custom objects, unknown
+entries, sample inputs that need more than torch.load(weights_only=True), operators outside aten,
+guards or expressions outside their small grammar). Still: load only exports you made.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from catalog.io import replace_folder, staging_folder
+from catalog.outputs import check_output_folder
 from ranking.bandit import BayesianLastLayer
 from ranking.config import RankerConfig
 from ranking.model import LiRankModel, build_model
@@ -33,6 +47,9 @@ from ranking.schema import FeatureSchema
 
 FORMAT = "lirank-ranker/1"
 OPTIONAL_FILES = ("fisher.safetensors", "bandit.safetensors", "metrics.json", "serving.pt2")
+# what marks a folder as a ranker checkpoint (an HF model folder has a config.json too, never a schema.json)
+OWN_FILES = ("schema.json",)
+CONFIG_KEYS = ("format", "ranker", "train", "tasks", "bandit_task")  # config.json's top level
 
 
 def _write_json(path: Path, obj) -> None:
@@ -49,7 +66,11 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def save_checkpoint(folder: str | os.PathLike, *args, **kwargs) -> Path:
     """Write the checkpoint into a new folder built beside `folder`, then swap it in for `folder` (whose
-    other contents go with the old checkpoint). The other arguments are those of `write_checkpoint`."""
+    other contents go with the old checkpoint). The other arguments are those of `write_checkpoint`.
+    A `folder` that holds files but no checkpoint is refused (ValueError): the swap would delete them."""
+    check_output_folder(
+        folder, OWN_FILES, job="ranking.save_checkpoint", what="ranker checkpoint", flag="folder"
+    )
     tmp = staging_folder(folder)
     try:
         write_checkpoint(tmp, *args, **kwargs)
@@ -98,20 +119,56 @@ def write_checkpoint(
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfig, FeatureSchema]:
+    """(config.json as a dict, its RankerConfig, the FeatureSchema), each checked: a field that is
+    missing, unknown or of the wrong kind is a ValueError naming the file, not a traceback later."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} is not a ranker checkpoint: config.json is missing.")
+    fix = "restore the folder, or retrain the checkpoint with this code (python -m jobs.train_ranker)"
     try:
         meta = json.loads(cfg_path.read_text())
         schema = FeatureSchema.from_dict(json.loads((folder / "schema.json").read_text()))
-    except (json.JSONDecodeError, FileNotFoundError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{folder}: corrupt or incomplete checkpoint ({exc}); retrain or restore it."
-        ) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder}: corrupt or incomplete checkpoint ({exc!r}); {fix}.") from exc
+    except (ValueError, AttributeError) as exc:  # schema.json with a field of the wrong kind
+        raise ValueError(f"{folder / 'schema.json'}: {exc}; {fix}.") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_path}: holds a JSON {type(meta).__name__}, not an object; {fix}.")
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {meta.get('format')!r}, this code reads {FORMAT!r}.")
-    return meta, RankerConfig.from_dict(meta["ranker"]), schema
+        raise ValueError(f"{cfg_path}: format {meta.get('format')!r}, this code reads {FORMAT!r}; {fix}.")
+    missing = [k for k in CONFIG_KEYS if k not in meta]
+    unknown = sorted(set(meta) - set(CONFIG_KEYS))
+    if missing or unknown:
+        problems = [f"missing field(s) {missing}"] if missing else []
+        problems += [f"unknown field(s) {unknown}"] if unknown else []
+        raise ValueError(
+            f"{cfg_path}: {'; '.join(problems)}. A checkpoint's config.json holds exactly the fields "
+            f"{list(CONFIG_KEYS)}; {fix}."
+        )
+    kinds = {"ranker": dict, "train": dict, "tasks": list}
+    for key, kind in kinds.items():
+        if not isinstance(meta[key], kind):
+            raise ValueError(
+                f"{cfg_path}: field '{key}' is {meta[key]!r}, not a JSON {'object' if kind is dict else 'array'}; "
+                f"{fix}."
+            )
+    if meta["tasks"] != list(schema.tasks):
+        raise ValueError(
+            f"{cfg_path}: tasks {meta['tasks']} differ from schema.json's {list(schema.tasks)}; {fix}."
+        )
+    if meta["bandit_task"] is not None and meta["bandit_task"] not in schema.tasks:
+        raise ValueError(
+            f"{cfg_path}: bandit_task {meta['bandit_task']!r} is not one of the tasks {list(schema.tasks)}; {fix}."
+        )
+    cold_start = meta["train"].get("cold_start")
+    if cold_start is not None and not isinstance(cold_start, str):
+        raise ValueError(f"{cfg_path}: train.cold_start is {cold_start!r}, not a path; {fix}.")
+    try:
+        config = RankerConfig.from_dict(meta["ranker"])
+    except ValueError as exc:
+        raise ValueError(f"{cfg_path}, field 'ranker': {exc} Fix the field or {fix}.") from exc
+    return meta, config, schema
 
 
 def load_model(
@@ -194,17 +251,143 @@ class ServingModule(torch.nn.Module):
 
 def export_serving(
     model: LiRankModel, example_inputs: tuple[torch.Tensor, ...], path: str | os.PathLike
-) -> Path:
-    """torch.export the serving forward with a dynamic batch size and save it as a .pt2 program."""
+) -> torch.export.ExportedProgram:
+    """torch.export the serving forward with a dynamic batch size, save it at `path` as a .pt2 archive
+    and return the program (run `.module()` on it to check the export without reading the file back)."""
     module = ServingModule(model.eval())
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic = tuple({0: batch} for _ in example_inputs)
     program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic)
-    path = Path(path)
     torch.export.save(program, str(path))
-    return path
+    return program
+
+
+# What torch.export.save writes for one program of tensors (under the archive's root folder).
+_PT2_ENTRY = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/model\.json"
+    r"|data/weights/model_weights_config\.json|data/constants/model_constants_config\.json"
+    r"|data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/model\.pt)"
+)
+_TOKEN = re.compile(
+    r"\s+|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<string>'[^']*')|\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+    r"|==|!=|<=|>=|\*\*|//|[-+*/%<>()\[\],.=]"
+)
+# the names a shape guard ("L['x'].size()[0] == L['y'].size()[0]") may use
+_GUARD_NAMES = frozenset({"L", "and", "or", "not", "size", "stride", "storage_offset", "dim"})
+# the names a symbolic expression ("Symbol('s2', positive=True, integer=True)") may use, besides symbols
+_EXPR_NAMES = frozenset(
+    {
+        "Symbol", "Integer", "True", "False", "positive", "integer", "nonnegative", "real", "finite", "Max",
+        "Min", "Abs", "Mod", "PythonMod", "FloorDiv", "CeilDiv", "CleanDiv", "ModularIndexing", "Eq", "Ne",
+        "Lt", "Le", "Gt", "Ge", "FloorToInt", "CeilToInt", "TruncToInt", "IntTrueDiv", "PowByNatural",
+    }
+)  # fmt: skip
+_SYMBOL = re.compile(r"[a-z]\d+")
+
+
+def _in_grammar(text: str, names: frozenset, string: re.Pattern) -> bool:
+    """True when `text` is made only of numbers, operators, the given names (or symbols like s0) and
+    strings matching `string`: Python that can compare shapes but call nothing else."""
+    pos = 0
+    for m in _TOKEN.finditer(text):
+        if m.start() != pos:
+            return False
+        pos = m.end()
+        if m.group("name") and m.group("name") not in names and not _SYMBOL.fullmatch(m.group("name")):
+            return False
+        if m.group("string") and not string.fullmatch(m.group("string")[1:-1]):
+            return False
+    return pos == len(text)
+
+
+def _walk(obj, key: str):
+    """Every value stored under `key` anywhere in a JSON tree."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                yield v
+            yield from _walk(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v, key)
+
+
+def check_serving_archive(path: str | os.PathLike) -> bytes:
+    """The bytes of a serving.pt2 archive, read once, after checking that loading it unpickles nothing
+    and compiles no Python beyond shape guards; a ValueError naming the file and the entry otherwise."""
+    path = Path(path)
+    data = path.read_bytes()
+
+    def refuse(problem: str):
+        raise ValueError(
+            f"{path}: {problem}. Refused before loading: torch.export.load would unpickle or run what the "
+            "archive holds. Load only exports you made; re-export it with ranking.checkpoint.export_serving "
+            "(python -m jobs.train_ranker writes serving.pt2)."
+        )
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        refuse(f"not a torch.export archive ({exc})")
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1 or any("/" not in n for n in names):
+        refuse(f"entries {names[:5]} are not under one root folder, as torch.export.save writes them")
+    root = roots.pop()
+    for n in names:
+        if not _PT2_ENTRY.fullmatch(n[len(root) + 1 :]):
+            refuse(f"unexpected entry {n!r} (a pickled object, another format or another program)")
+
+    def read_json(entry: str):
+        try:
+            return json.loads(archive.read(f"{root}/{entry}"))
+        except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            refuse(f"entry {root}/{entry} is missing or not JSON ({exc})")
+
+    for entry, prefix in (
+        ("data/weights/model_weights_config.json", "weight_"),
+        ("data/constants/model_constants_config.json", "tensor_"),
+    ):
+        config = read_json(entry)
+        items = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(items, dict):
+            refuse(f"entry {root}/{entry} has no 'config' object")
+        for fqn, meta in items.items():
+            if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+                refuse(f"{root}/{entry} marks {fqn!r} as pickled (use_pickle true)")
+            name = meta.get("path_name")
+            if (
+                not (isinstance(name, str) and re.fullmatch(rf"{prefix}\d+", name))
+                or meta.get("tensor_meta") is None
+            ):
+                refuse(f"{root}/{entry} stores {fqn!r} as {name!r}, not as raw tensor bytes")
+    program = read_json("models/model.json")
+    if not isinstance(program, dict):
+        refuse(f"entry {root}/models/model.json is not a JSON object")
+    for target in _walk(program, "target"):
+        if not (
+            isinstance(target, str) and re.fullmatch(r"torch\.ops\.aten\.\w+\.\w+|_operator\.\w+", target)
+        ):
+            refuse(f"the graph calls {target!r}, not an aten operator")
+    for guard in program.get("guards_code") or []:
+        if not (isinstance(guard, str) and _in_grammar(guard, _GUARD_NAMES, re.compile(r"[A-Za-z_]\w*"))):
+            refuse(f"shape guard {str(guard)[:80]!r} is not a comparison of input sizes")
+    for expr in _walk(program, "expr_str"):
+        if not (isinstance(expr, str) and _in_grammar(expr, _EXPR_NAMES, _SYMBOL)):
+            refuse(f"symbolic expression {str(expr)[:80]!r} is not an arithmetic of shape symbols")
+    sample = f"{root}/data/sample_inputs/model.pt"
+    if sample in names and archive.read(sample):
+        try:  # torch tries weights_only=True first and falls back to full unpickling: make sure it need not
+            inputs = torch.load(io.BytesIO(archive.read(sample)), weights_only=True)
+        except Exception as exc:  # the weights-only unpickler's refusal, whatever its type
+            refuse(f"entry {sample} needs full unpickling ({type(exc).__name__})")
+        if not isinstance(inputs, (tuple, dict)):
+            refuse(f"entry {sample} holds a {type(inputs).__name__}, not sample inputs")
+    return data
 
 
 def load_serving(path: str | os.PathLike):
-    """The exported serving program as a callable module."""
-    return torch.export.load(str(path)).module()
+    """The exported serving program as a callable module, after `check_serving_archive` (which refuses
+    any archive whose loading would unpickle). The program is read from those same checked bytes."""
+    data = check_serving_archive(path)
+    return torch.export.load(io.BytesIO(data)).module()

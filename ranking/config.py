@@ -2,10 +2,74 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 CROSS_KINDS = ("none", "dcnv2", "residual")
 HEAD_KINDS = ("groups", "mmoe")
+
+
+def _split_top(inner: str) -> list[str]:
+    """'tuple[str, ...], ...' -> ['tuple[str, ...]', '...']: split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(inner[start:i].strip())
+            start = i + 1
+    return [*parts, inner[start:].strip()]
+
+
+def _is_kind(value, kind: str) -> bool:
+    """Whether `value` fits the annotation `kind` (int, float, bool, str, tuple[...]; JSON gives lists
+    for tuples, and an int is fine where a float is declared). Other annotations are not checked."""
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple[") and kind.endswith("]"):
+        if not isinstance(value, (tuple, list)):
+            return False
+        parts = _split_top(kind[len("tuple[") : -1])
+        if parts[-1] == "...":
+            return all(_is_kind(v, parts[0]) for v in value)
+        return len(value) == len(parts) and all(_is_kind(v, p) for v, p in zip(value, parts, strict=True))
+    return True
+
+
+def _describe(kind: str) -> str:
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    if kind in names:
+        return names[kind]
+    if kind.startswith("tuple["):
+        parts = _split_top(kind[len("tuple[") : -1])
+        if parts[-1] == "...":
+            return f"a list whose items are each {_describe(parts[0])}"
+        return f"a list of {len(parts)} items, each {_describe(parts[0])}"
+    return kind
+
+
+def check_field_types(config) -> None:
+    """Raise a ValueError naming the first field of a config dataclass whose value is not of its declared
+    kind (a string where a number belongs, a number where a list belongs), before any check compares it."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(f.type, str) and not _is_kind(value, f.type):
+            raise ValueError(f"{type(config).__name__}.{f.name}={value!r}: must be {_describe(f.type)}.")
+
+
+def check_dict(name: str, d) -> dict:
+    """`d` if it is a dict of fields (a JSON object), else a ValueError that says what it is."""
+    if not isinstance(d, dict):
+        raise ValueError(
+            f'{name}: expected an object of fields (e.g. {{"epochs": 2}}), got a {type(d).__name__} '
+            f"({str(d)[:60]})."
+        )
+    return d
 
 
 @dataclass(frozen=True)
@@ -37,6 +101,8 @@ class RankerConfig:
     def __post_init__(self):
         def bad(name: str, fix: str):
             raise ValueError(f"RankerConfig.{name}={getattr(self, name)!r}: {fix}")
+
+        check_field_types(self)
 
         for name in ("embedding_dim", "cross_layers", "cross_rank", "tower_width", "action_dim"):
             if getattr(self, name) < 1:
@@ -71,6 +137,7 @@ class RankerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RankerConfig:
+        check_dict("RankerConfig", d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

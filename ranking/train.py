@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ranking.config import check_dict, check_field_types
 from ranking.data import ExampleStream
 from ranking.features import Batch
 from ranking.model import LiRankModel
@@ -36,6 +37,8 @@ class TrainConfig:
         def bad(name, fix):
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {fix}")
 
+        check_field_types(self)
+
         for name in ("epochs", "batch_size", "fisher_batches"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1.")
@@ -55,6 +58,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        check_dict("TrainConfig", d)
         known = {f.name for f in fields(cls)}
         if set(d) - known:
             raise ValueError(

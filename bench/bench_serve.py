@@ -19,6 +19,7 @@ a server on 2 cores; the ratios are what to read.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -197,16 +198,15 @@ def _levels(url: str, bodies: list[dict], label: str, quick: bool) -> dict:
     return out
 
 
-def _app_config(
-    tmp: Path, redis_url: str, port: int, *, scorer: str = "lirank", log_dir: str = "impressions"
-) -> dict:
+def _app_config(tmp: Path, port: int, *, scorer: str = "lirank", log_dir: str = "impressions") -> dict:
+    """The endpoint's config; the replicas read REDIS_URL from the local Ray's environment (never from the
+    config, which Serve shows to anyone who can read its status)."""
     from serving.deploy import app_entry, deployment_entry, load_config, with_ranker
 
     config = with_ranker(load_config(), str(tmp / "ranker"))
     config["http_options"]["port"] = port
     entry = app_entry(config)
     entry["args"].update(catalog=str(tmp / "catalog"), log_dir=str(tmp / log_dir), scorer=scorer)
-    entry["runtime_env"] = {"env_vars": {"REDIS_URL": redis_url}}
     if scorer == "noop":
         entry["deployments"] = [d for d in entry["deployments"] if d["name"] != "RankerModel"]
         deployment_entry(config, "NoOpRanker")["ray_actor_options"] = {"num_cpus": 0.5}
@@ -230,7 +230,6 @@ def _haproxy_env(folder: str) -> dict:
 
 def _haproxy(tmp: Path, redis_url: str, bodies: list[dict], quick: bool) -> dict | None:
     import importlib.util
-    import os
 
     from ray import serve
 
@@ -253,7 +252,7 @@ def _haproxy(tmp: Path, redis_url: str, bodies: list[dict], quick: bool) -> dict
     try:
         with ray_session(num_cpus=2, address="local"):
             port = free_port()
-            deploy(_app_config(tmp, redis_url, port, log_dir="impressions-haproxy"))
+            deploy(_app_config(tmp, port, log_dir="impressions-haproxy"))
             out = _levels(f"http://127.0.0.1:{port}", bodies, "haproxy, batching on", quick)
             serve.shutdown()
         return out
@@ -277,13 +276,15 @@ def run(quick: bool = False) -> list[dict]:
         bodies = _bodies(catalog, 2000)
         with redis_service() as r:
             _publish(r.url, catalog)
+            saved_url = os.environ.get("REDIS_URL")
+            os.environ["REDIS_URL"] = r.url  # a local Ray started below passes it on to the replicas
             with ray_session(num_cpus=2, address="local"):
                 inner = _in_process(tmp, catalog, bodies[: 100 if quick else 300], r.url)
                 print(f"  in process: RankService p50 {inner['service_p50_ms']:.2f} ms, ranker call p50 {inner['ranker_p50_ms']:.2f} ms "
                       f"({inner['candidates_mean']:.0f} candidates); stages {inner['stages_p50_ms']}", flush=True)  # fmt: skip
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
-                config = _app_config(tmp, r.url, port)
+                config = _app_config(tmp, port)
                 deploy(config)
                 results = {"batched": _levels(url, bodies, "lirank, batching on", quick)}
                 info = reload_ranker(config, str(tmp / "ranker"), batching=False)
@@ -296,10 +297,14 @@ def run(quick: bool = False) -> list[dict]:
                 print(f"  fixed rate {fixed['rate']:.1f} req/s for {fixed['seconds']:.0f}s: p50 {fixed['p50_ms']:.1f} ms, "
                       f"p99 {fixed['p99_ms']:.1f} ms, errors {fixed['errors']} {fixed['error_kinds']}", flush=True)  # fmt: skip
                 serve.shutdown()
-                deploy(_app_config(tmp, r.url, port, scorer="noop", log_dir="impressions-noop"))
+                deploy(_app_config(tmp, port, scorer="noop", log_dir="impressions-noop"))
                 results["noop"] = _levels(url, bodies, "no-op scorer", quick)
                 serve.shutdown()
             haproxy = _haproxy(tmp, r.url, bodies, quick)
+            if saved_url is None:
+                os.environ.pop("REDIS_URL", None)
+            else:
+                os.environ["REDIS_URL"] = saved_url
     b, u, n = results["batched"], results["unbatched"], results["noop"]
     if haproxy:
         results["haproxy"] = haproxy

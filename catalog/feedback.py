@@ -119,6 +119,7 @@ def _columns(raw: pa.Table) -> tuple[dict[str, pa.ChunkedArray], list[str], list
             bad = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, pa.array([0, 1], col.type))))
             flags.append((_mask(bad), f"{f.name} is not 0 or 1"))
             col = pc.if_else(bad, pa.scalar(None, col.type), col)
+        col = _null_out_of_range(col, f, flags)
         if col.type != f.type:
             try:
                 col = col.cast(f.type)
@@ -127,6 +128,32 @@ def _columns(raw: pa.Table) -> tuple[dict[str, pa.ChunkedArray], list[str], list
                 col = pa.chunked_array([pa.nulls(n, f.type)])
         cols[f.name] = col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
     return cols, problems, flags
+
+
+def _null_out_of_range(col, f: pa.Field, flags: list) -> pa.ChunkedArray:
+    """An integer column (or list of integers) wider than the schema's integer type, with the rows holding a
+    value out of its range flagged and nulled: the cast that follows would otherwise fail for the whole
+    part because of one row."""
+    target, values = f.type, col.type
+    is_list = pa.types.is_list(target) and pa.types.is_list(values)
+    if is_list:
+        target, values = target.value_type, values.value_type
+    if not (pa.types.is_integer(target) and pa.types.is_integer(values)) or target == values:
+        return col
+    info = np.iinfo(target.to_pandas_dtype())
+    flat = pc.list_flatten(col) if is_list else col
+    out = pc.or_(pc.less(flat, info.min), pc.greater(flat, info.max))
+    out = np.asarray(pc.fill_null(out, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if not out.any():
+        return col
+    if is_list:
+        rows = np.zeros(len(col), bool)
+        rows[pc.list_parent_indices(col).to_numpy(zero_copy_only=False)[out]] = True
+    else:
+        rows = out
+    flags.append((rows, f"{f.name} holds a value outside {target}"))
+    keep = pa.array(~rows)
+    return pc.if_else(keep, col, pa.scalar(None, col.type))
 
 
 def _unknown(ids: pa.ChunkedArray, known: np.ndarray) -> np.ndarray:

@@ -545,7 +545,16 @@ def redis_errors(step: str, version: str):
 
 def check_eviction_policy(client) -> str:
     """The server's maxmemory-policy; CacheError when it may evict keys without a TTL (the live version)."""
-    memory = client.info("memory")
+    import redis
+
+    try:
+        memory = client.info("memory")
+    except redis.ResponseError as exc:  # e.g. an ACL user without INFO
+        raise CacheError(
+            f"could not read Redis's maxmemory-policy ({exc}): the publish checks that the live version cannot "
+            "be evicted. Allow INFO for this user, or skip the check (--allow-evictable-redis) if the policy is "
+            "noeviction."
+        ) from None
     policy = str(memory.get("maxmemory_policy", "noeviction"))
     if policy in EVICTING_POLICIES and int(memory.get("maxmemory", 0) or 0) > 0:
         raise CacheError(

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.common import merge_config, run_main
 from jobs.sample_novelty import add_sampling_flags
 
-OWN_FILES = ("selected", "summary.json")  # what marks --out as an earlier output of this job
+OWN_FILES = ("selected",)  # what marks --out as an earlier output of this job (summary.json: many jobs)
 TIMING_COLUMNS = {"sample": "_sample_s", "score": "_score_s", "write": "_write_s"}
 
 

@@ -262,8 +262,9 @@ def connect_redis(url: str, timeout_s: float = 5.0, *, name: str = "REDIS_URL") 
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     except (ValueError, TypeError) as exc:
         raise ServiceError(
-            f"{name}={redact(url)!r} is not a valid Redis URL ({redact_error(exc, url)}). Use "
-            "redis://[:password@]host:port/db, or rediss:// for TLS."
+            f"{name}={redact(url)!r} is not a valid Redis URL ({invalid_url_reason(exc, url)}). Use "
+            "redis://[:password@]host:port/db, or rediss:// for TLS; a password holding '/', '?', '#' or "
+            "'@' must be percent-encoded."
         ) from None
     try:
         client.ping()
@@ -279,6 +280,12 @@ def connect_redis(url: str, timeout_s: float = 5.0, *, name: str = "REDIS_URL") 
             + (", or unset REDIS_URL to start a local server." if name == "REDIS_URL" else ".")
         ) from None
     return client
+
+
+def invalid_url_reason(exc: BaseException, url: str) -> str:
+    """Why a URL did not parse, without a fragment of its secret: a parse error of a URL with user info may
+    quote a piece of the password (an unencoded '/' cuts the host part short), so only its kind is shown."""
+    return "it does not parse" if "@" in url else redact_error(exc, url)
 
 
 def redact_error(exc: BaseException, url: str) -> str:
@@ -298,7 +305,7 @@ def redact_error(exc: BaseException, url: str) -> str:
 
 @dataclass
 class RedisHandle:
-    url: str
+    url: str = field(repr=False)  # holds the password
     client: redis.Redis
     server: RedisServer | None  # None when REDIS_URL pointed at an external server
 

@@ -36,8 +36,10 @@ def fast_client(url: str, timeout_ms: float) -> redis.Redis:
             health_check_interval=0,
         )
     except ValueError as exc:
+        reason = "it does not parse" if "@" in url else str(exc)  # a parse error may quote part of a password
         raise ValueError(
-            f"REDIS_URL={redact_url(url)!r} is not a valid Redis URL ({exc}); use redis://[:password@]host:port/db."
+            f"REDIS_URL={redact_url(url)!r} is not a valid Redis URL ({reason}); use redis://[:password@]host:port/db "
+            "(a password holding '/', '?', '#' or '@' percent-encoded)."
         ) from None
 
 

@@ -421,3 +421,35 @@ def test_train_ranker_trains_on_the_good_rows_and_keeps_the_quarantine(ml_catalo
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["feedback"] == fb
     with pytest.raises(ValueError, match="cannot be rebuilt"):
         train(TrainJobConfig(out=str(tmp_path / "run2"), strict_logs=True, **common))
+
+
+def test_one_out_of_range_id_quarantines_its_row_not_the_part():
+    """A producer that writes int64 ids (what pyarrow makes of Python ints): a value beyond int32 sets aside
+    its own row; the other rows of the part are kept."""
+    from catalog.feedback import FeedbackRules, check_feedback
+
+    n = 3
+    t = pa.table(
+        {
+            "request_id": ["a", "b", "c"],
+            "member_id": [1, 2, 3],
+            "timestamp": [1, 2, 3],
+            "history_key": pa.array([[1, 2], [1, 2**40], [3, 4]], pa.list_(pa.int64())),
+            "item_id": [1, 2, 3],
+            "cluster_id": pa.array([1, 2, 2**35], pa.int64()),
+            "source": ["explore"] * n,
+            "position": pa.array([0, 1, 2], pa.int64()),
+            "content_type": ["movie"] * n,
+            "click": [True, False, True],
+            "like": [False] * n,
+            "share": [False] * n,
+            "skip": [False] * n,
+            "dwell_s": [1.0, 2.0, 3.0],
+        }
+    )
+    good, quarantined = check_feedback(t, FeedbackRules(2, 10))
+    assert good["request_id"].to_pylist() == ["a"]
+    assert quarantined["reason"].to_pylist() == [
+        "history_key holds a value outside int32",
+        "cluster_id holds a value outside int32",
+    ]

@@ -492,6 +492,11 @@ JOBS = [
     ("jobs.simulate", ["--catalog", "{world}/catalog"], "feedback log"),
     ("jobs.ablate_ranker", ["--dataset", "feedback", "--logs", "{world}/none"], "ablation"),
     ("jobs.train_ranker", ["--dataset", "feedback", "--logs", "{world}/none"], "ranker checkpoint"),
+    (
+        "jobs.best_of_n",
+        ["--catalog", "{world}/catalog", "--novelty", "{world}/none", "--alignment", "{world}/none"],
+        "best-of-n output",
+    ),
 ]
 
 

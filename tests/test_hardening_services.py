@@ -315,3 +315,28 @@ def test_abort_frees_a_large_hash_with_unlink(redis_server):
     w.abort()
     assert calls("unlink") == unlinks + 1 and calls("del") == dels
     assert not client.exists(w.keys.data(w.version))
+
+
+def test_jobs_cache_lists_and_collects_abandoned_versions(redis_server, capsys):
+    from jobs.cache import main
+
+    client, ns = _client(redis_server), "cli-gc"
+    _, live = _publish(client, ns, 3)
+    dead = CacheWriter(client, ns)
+    dead.begin({"k": 2})
+    dead.write([("1,2", encode_entry([3], [0.5]))])
+    common = ["--redis-url", redis_server.url, "--namespace", ns]
+    with pytest.raises(SystemExit) as exit_:
+        main(["versions", *common])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and f"{live.version}  went live" in out
+    assert f"{dead.version}  writing: 1 fields" in out
+    with pytest.raises(SystemExit):
+        main(["gc", "--dry-run", "--idle-s", "0", *common])
+    assert f"would remove 1 version(s) idle for 0 s: {dead.version}" in capsys.readouterr().out
+    assert client.exists(dead.keys.data(dead.version))
+    with pytest.raises(SystemExit):
+        main(["gc", "--idle-s", "0", *common])
+    assert f"removed 1 abandoned version(s): {dead.version}" in capsys.readouterr().out
+    assert not client.exists(dead.keys.data(dead.version)) and live_version(client, ns) == live.version
+    assert redis_server.password not in out

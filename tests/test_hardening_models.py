@@ -25,28 +25,9 @@ from ranking.train import TrainConfig
 
 
 def _tiny_data(n: int = 8):
-    """A fitted schema (a hashed id with a history, a vocabulary field, one dense field) and its table."""
-    from ranking.schema import DenseField, FeatureSchema, HistorySpec, SparseField
+    from test_ranking_train import _tiny_data as tiny_ranker_data  # one definition, in the ranker tests
 
-    ids = np.arange(10, 10 + n)
-    table = pa.table(
-        {
-            "item_id": pa.array(ids, pa.int64()),
-            "kind": pa.array([("a", "b")[i % 2] for i in range(n)]),
-            "x": pa.array(np.linspace(0.0, 1.0, n)),
-            "hist_items": pa.array([[int(i) - 1] for i in ids], pa.list_(pa.int64())),
-            "hist_actions": pa.array([[1]] * n, pa.list_(pa.int32())),
-            "y": pa.array([float(i % 2) for i in range(n)], pa.float32()),
-        }
-    )
-    schema = FeatureSchema(
-        sparse=(SparseField("item_id", "qr", 64), SparseField("kind", "table")),
-        dense=(DenseField("x"),),
-        tasks=("y",),
-        history=HistorySpec("hist_items", "hist_actions", "item_id", 3, 4),
-        calibration=("kind",),
-    )
-    return schema.fit(table), table
+    return tiny_ranker_data(n)
 
 
 @pytest.fixture(scope="module")

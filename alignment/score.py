@@ -18,14 +18,7 @@ import numpy as np
 import torch
 
 from alignment.model import AlignmentModel, PairEncoder, load_alignment
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'.")
-    return torch.device(device)
+from lm.device import pick_device
 
 
 @torch.inference_mode()

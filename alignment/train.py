@@ -30,8 +30,10 @@ import pyarrow as pa
 from catalog.io import replace_folder, staging_folder
 from catalog.metrics import auc, logloss
 from catalog.outputs import check_output_folder
-from explore.models import PRESETS, TinyLMConfig, apply_lora
-from explore.prompts import ClusterVocabulary
+from catalog.vocabulary import ClusterVocabulary
+from lm.lora import apply_lora
+from lm.presets import PRESETS, TinyLMConfig
+from lm.schedule import warmup_cosine
 
 OBJECTIVES = ("pointwise", "pairwise")
 METHODS = ("auto", "full", "lora")
@@ -210,12 +212,6 @@ def pair_metrics(labels: np.ndarray, probs: np.ndarray, median: float) -> dict:
 # training
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def _key_grouped_order(keys: list[tuple[int, ...]], per_key: int, g) -> np.ndarray:
     """A permutation of the items in runs of up to `per_key` items of one key (runs in random order), so
     a batch's items share history prefixes, computed once each, while a batch still mixes many keys."""
@@ -246,7 +242,7 @@ def check_base(base: str) -> None:
     """Fail fast on a base folder that is not a whole causal LM (a ValueError naming the folder or the
     truncated weights file), before anything is read or written; presets need no check."""
     if base not in PRESETS:
-        from explore.models import resolve_base
+        from lm.presets import resolve_base
 
         resolve_base(base)
 
@@ -282,7 +278,8 @@ def train_alignment(
     from tqdm import tqdm
 
     from alignment.model import AlignmentModel, PairEncoder, build_backbone, save_alignment
-    from alignment.score import pick_device, score_logits
+    from alignment.score import score_logits
+    from lm.device import pick_device
 
     check_out(out)
     config = config or AlignmentConfig()
@@ -336,7 +333,7 @@ def train_alignment(
         ],
         weight_decay=config.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
     g = torch.Generator().manual_seed(config.seed)
     model.train()
     t0, step, seen, last = time.perf_counter(), 0, 0, float("nan")

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     from alignment.train import AlignmentConfig, train_alignment
     from catalog.build import Catalog
     from catalog.schemas import FEEDBACK_PAIRS
+    from catalog.vocabulary import ClusterVocabulary
     from explore.keys import build_key_set
-    from explore.prompts import ClusterVocabulary
 
     catalog = Catalog.load(args.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)

@@ -166,8 +166,8 @@ def run(quick: bool = False) -> list[dict]:
     import pyarrow.parquet as pq
 
     from catalog.build import build_movielens_catalog
+    from catalog.vocabulary import ClusterVocabulary
     from explore.keys import build_key_set
-    from explore.prompts import ClusterVocabulary
     from explore.sft import SFTConfig, train_novelty
     from jobs.best_of_n import BestOfNConfig
     from jobs.best_of_n import run as run_job

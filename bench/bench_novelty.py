@@ -97,8 +97,8 @@ def _ray_data_llm(model_dir: Path, sampler, keys, n: int, temperature: float) ->
 
 def run(quick: bool = False) -> list[dict]:
     from catalog.build import build_movielens_catalog
+    from catalog.vocabulary import ClusterVocabulary
     from explore.keys import build_key_set
-    from explore.prompts import ClusterVocabulary
     from explore.sampler import NoveltySampler, SamplingConfig
     from explore.sft import SFTConfig, train_novelty
     from jobs.sample_novelty import SampleNoveltyConfig, sample

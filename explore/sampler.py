@@ -23,7 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog.schemas import NOVELTY_CANDIDATES
-from explore.prompts import ClusterVocabulary, PromptFormat
+from catalog.vocabulary import ClusterVocabulary
+from explore.prompts import PromptFormat
 from explore.sft import encode_prompt, read_model_info
 from explore.tokenizer import check_expressible
 

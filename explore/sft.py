@@ -22,10 +22,13 @@ from pathlib import Path
 
 from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
+from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
-from explore.models import PRESETS, TinyLMConfig, apply_lora, build_tiny, load_pretrained, resolve_base
-from explore.prompts import ClusterVocabulary, PromptFormat
+from explore.prompts import PromptFormat, tokenizer_texts
 from explore.tokenizer import answer_token_ids, check_expressible
+from lm.lora import apply_lora
+from lm.presets import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
+from lm.schedule import warmup_cosine
 
 INFO_FILE = "novelty.json"
 
@@ -142,13 +145,6 @@ def heldout_loss(model, encoder: _Encoder, examples: NoveltyExamples, batch_size
     return total / max(count, 1)
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def check_out(out: str | os.PathLike) -> Path:
     """`out` if a novelty model may be swapped in there: new, empty, or an earlier novelty model folder."""
     return check_output_folder(
@@ -201,7 +197,7 @@ def train_novelty(
         )
     torch.manual_seed(config.seed)
     if config.method == "full":
-        model, tokenizer = build_tiny(vocab, config.tiny)
+        model, tokenizer = build_tiny(vocab, config.tiny, tokenizer_texts(vocab))
     else:
         model, tokenizer = load_pretrained(resolve_base(config.base))
     fmt = prompt_format_for(tokenizer, config.base, examples.k)
@@ -221,7 +217,7 @@ def train_novelty(
     warmup = max(1, int(config.warmup_fraction * total))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
     g = torch.Generator().manual_seed(config.seed)
     model.train()
     t0 = time.perf_counter()

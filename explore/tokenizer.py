@@ -1,42 +1,13 @@
-"""The tokenizer of the `tiny` preset, and the check that a tokenizer can express every cluster name.
+"""The novelty LLM's answers as tokens, and the check that a tokenizer can express every cluster name.
 
-The tiny model is trained from scratch, so its tokenizer is too: a byte-level BPE learnt from the
-catalog's own text (cluster names, keyword descriptions, the prompt's fixed words). Byte-level means
-any text can be encoded, vLLM detokenizes it without help, and structured outputs can constrain it.
+The tiny preset's tokenizer itself is built in lm.tokenizer (shared by both LLMs), from the catalog's
+text and the prompt's words (explore.prompts.tokenizer_texts).
 """
 
 from __future__ import annotations
 
-from explore.prompts import ClusterVocabulary, PromptFormat
-
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
-
-
-def build_cluster_tokenizer(vocab: ClusterVocabulary, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer (transformers PreTrainedTokenizerFast) trained on the catalog's text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if vocab_size < 300:
-        raise ValueError(
-            f"vocab_size={vocab_size}: a byte-level tokenizer needs at least 300 (256 bytes + merges)."
-        )
-    corpus = [*vocab.names, *vocab.descriptions, *(["history: | next:"] * 4)]
-    corpus += [f"{n} ({d})" for n, d in zip(vocab.names, vocab.descriptions, strict=True)]
-    corpus += [PromptFormat("plain").answer(n) for n in vocab.names]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+from catalog.vocabulary import ClusterVocabulary
+from explore.prompts import PromptFormat
 
 
 def answer_token_ids(tokenizer, fmt: PromptFormat, name: str) -> list[int]:

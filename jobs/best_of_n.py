@@ -125,9 +125,9 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from catalog.io import read_table, replace_folder, staging_folder, write_table
     from catalog.outputs import check_output_folder
     from catalog.schemas import BEST_OF_N
+    from catalog.vocabulary import ClusterVocabulary
     from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
     from explore.keys import QUARANTINE, key_table
-    from explore.prompts import ClusterVocabulary
     from explore.select import SelectionConfig, backoff_entries, select_batch
     from explore.sft import INFO_FILE as NOVELTY_INFO
     from explore.sft import read_model_info

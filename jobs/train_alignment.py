@@ -93,7 +93,7 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
     from catalog.io import read_table, write_table
     from catalog.outputs import check_output_folder
     from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, NOVELTY_CANDIDATES
-    from explore.prompts import ClusterVocabulary
+    from catalog.vocabulary import ClusterVocabulary
 
     out = check_output_folder(out, OWN_FILES, job="jobs.train_alignment", what="alignment job output")
     check_out(out / "model")

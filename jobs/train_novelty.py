@@ -56,8 +56,8 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     holds files but no novelty model (novelty.json) is refused before any work: the job replaces it."""
     from catalog.build import Catalog
     from catalog.outputs import check_output_folder
+    from catalog.vocabulary import ClusterVocabulary
     from explore.examples import ExampleConfig, build_examples
-    from explore.prompts import ClusterVocabulary
     from explore.sft import INFO_FILE, SFTConfig, train_novelty
 
     check_output_folder(out, (INFO_FILE,), job="jobs.train_novelty", what="novelty model")

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def world(ml_catalog, tmp_path_factory):
+    from catalog.vocabulary import ClusterVocabulary
     from explore.examples import ExampleConfig
-    from explore.models import TinyLMConfig
-    from explore.prompts import ClusterVocabulary
     from explore.sft import SFTConfig, train_novelty
     from jobs.simulate import simulate_round
     from jobs.train_alignment import AlignmentTrainFields
     from jobs.train_alignment import train as train_alignment
+    from lm.presets import TinyLMConfig
     from sim import MemberSimulator, SimConfig
 
     root = tmp_path_factory.mktemp("bon")

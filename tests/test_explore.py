@@ -7,12 +7,14 @@ import json
 import pyarrow as pa
 import pytest
 
+from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, build_examples, novelty_transitions
 from explore.keys import build_key_set, check_key_rows
-from explore.models import check_causal_lm_folder
-from explore.prompts import ClusterVocabulary, PromptFormat
+from explore.prompts import PromptFormat, tokenizer_texts
 from explore.sft import collate, read_model_info
-from explore.tokenizer import build_cluster_tokenizer, check_expressible
+from explore.tokenizer import check_expressible
+from lm.presets import check_causal_lm_folder
+from lm.tokenizer import build_cluster_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_prompts_show_names_and_keywords(vocab):
 
 
 def test_catalog_tokenizer_expresses_every_name(vocab):
-    tok = build_cluster_tokenizer(vocab, 1024)
+    tok = build_cluster_tokenizer(vocab, 1024, tokenizer_texts(vocab))
     fmt = PromptFormat("plain", 2)
     longest = check_expressible(tok, vocab, fmt)
     assert 2 <= longest <= 20

@@ -344,8 +344,8 @@ def world(tmp_path_factory):
     from catalog.build import Catalog
     from catalog.logs import FeedbackLogWriter
     from catalog.synthetic import SyntheticConfig, generate_world
-    from explore.models import TinyLMConfig, build_tiny
-    from explore.prompts import ClusterVocabulary
+    from catalog.vocabulary import ClusterVocabulary
+    from lm.presets import TinyLMConfig, build_tiny
 
     root = tmp_path_factory.mktemp("world")
     generate_world(root / "catalog", SyntheticConfig(n_members=40, n_clusters=6, n_groups=3, seed=0))

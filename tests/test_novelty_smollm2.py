@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig
-from explore.prompts import ClusterVocabulary
 from explore.sampler import EngineConfig, NoveltySampler, SamplingConfig
 from explore.sft import SFTConfig, train_novelty
 

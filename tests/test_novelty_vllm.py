@@ -10,11 +10,11 @@ import pytest
 
 from catalog.io import read_table
 from catalog.schemas import NOVELTY_CANDIDATES
+from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, build_examples
-from explore.models import TinyLMConfig
-from explore.prompts import ClusterVocabulary
 from explore.sampler import NoveltySampler, SamplingConfig
 from explore.sft import SFTConfig, train_novelty
+from lm.presets import TinyLMConfig
 
 pytestmark = pytest.mark.slow
 EXAMPLES = ExampleConfig(k=2, max_per_key=16, eval_fraction=0.1, seed=0)

@@ -165,18 +165,33 @@ def test_thompson_sampling_explores_and_exploit_is_deterministic(trained, ml_exa
     cand = ml_examples.test.slice(0, 50)
     assert not ranker.score(cand, explore=True)["explored"]  # no posterior yet: exploit
     ranker.update_bandit(ml_examples.train)
-    draws = [
-        ranker.score(cand, explore=True, generator=torch.Generator().manual_seed(s))["score"]
-        for s in range(30)
-    ]
-    assert np.std(np.stack(draws), axis=0).mean() > 1e-3  # scores vary across draws
-    mean = ranker.bandit.mean_scores(
-        trained.model.run(Featurizer(trained.schema, with_labels=False)(cand)).phi[:, 0]
-    ).numpy()
-    assert np.abs(np.mean(draws, axis=0) - mean).max() < 0.1
+    draws = np.stack(
+        [
+            ranker.score(cand, explore=True, generator=torch.Generator().manual_seed(s))["score"]
+            for s in range(30)
+        ]
+    ).astype(np.float64)  # (30, 50)
+    with torch.no_grad():
+        phi = trained.model.run(Featurizer(trained.schema, with_labels=False)(cand)).phi[:, ranker.task_index]
+    # each explore score is the posterior draw of its generator applied to the rank task's phi: fails if
+    # the ranker ignores the draw, draws from another generator or scores another task's last layer
+    for s in (0, 17):
+        drawn = ranker.bandit.thompson_scores(phi, torch.Generator().manual_seed(s)).numpy()
+        assert np.allclose(draws[s], drawn, atol=1e-5)
+    assert np.std(draws, axis=0).min() > 0  # every candidate's score varies across draws
+    mean = ranker.bandit.mean_scores(phi).numpy()
+    x = np.c_[phi.numpy().astype(np.float64), np.ones(len(mean))]
+    sd = np.sqrt(np.einsum("ni,ij,nj->n", x, ranker.bandit.covariance.numpy(), x))  # predictive sd
+    # the draws centre on the posterior mean: 5 standard errors of a 30-draw mean
+    assert (np.abs(draws.mean(0) - mean) < 5 * sd / np.sqrt(30) + 1e-4).all()
     # the posterior mean ranks like the network
     assert np.corrcoef(mean, ranker.score(cand)["like"])[0, 1] > 0.8
-    assert np.array_equal(ranker.score(cand)["score"], ranker.score(cand)["score"])
+    # exploit is the rank task's calibrated probability, whatever the generator
+    exploit = [ranker.score(cand, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    for e in exploit:
+        assert not e["explored"]
+        assert np.array_equal(e["score"], exploit[0]["score"])
+        assert np.array_equal(e["score"], e[ranker.rank_task])
 
 
 def test_int8_embeddings_keep_the_metric(ml_examples):

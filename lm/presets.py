@@ -1,4 +1,5 @@
-"""Base models of the novelty LLM: presets, the SmolLM2 conversion, and checks on any folder.
+"""Base language models of both LLMs (novelty and alignment): presets, the SmolLM2 conversion, and checks
+on any folder.
 
 tiny           a small Llama-architecture model and a byte-level BPE tokenizer built here from the
                catalog's text; trained from scratch (full training).
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +26,6 @@ from catalog.io import replace_folder, staging_folder
 PRESETS = ("tiny", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def check_causal_lm_folder(path: str | os.PathLike) -> Path:
     ):
         raise ValueError(
             f"base={str(path)!r}: model_type={config.model_type!r}, architectures={archs} is not a causal LM. "
-            "The novelty LLM generates cluster names: use a *ForCausalLM model (Llama, Qwen, SmolLM2, ...)."
+            "Both LLMs are built on a causal LM: use a *ForCausalLM model (Llama, Qwen, SmolLM2, ...)."
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ValueError(f"base={str(path)!r}: no weights ({' or '.join(WEIGHT_FILES)}).")
@@ -185,14 +186,15 @@ def resolve_base(base: str) -> Path | None:
     return check_causal_lm_folder(base)
 
 
-def build_tiny(vocab, config: TinyLMConfig | None = None):
-    """(model, tokenizer) of the tiny preset: fresh weights, tokenizer learnt from the catalog's text."""
+def build_tiny(vocab, config: TinyLMConfig | None = None, texts: Sequence[str] = ()):
+    """(model, tokenizer) of the tiny preset: fresh weights, tokenizer learnt from the catalog's text and
+    the model's own fixed words `texts` (see lm.tokenizer.build_cluster_tokenizer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from explore.tokenizer import build_cluster_tokenizer
+    from lm.tokenizer import build_cluster_tokenizer
 
     config = config or TinyLMConfig()
-    tokenizer = build_cluster_tokenizer(vocab, config.vocab_size)
+    tokenizer = build_cluster_tokenizer(vocab, config.vocab_size, texts)
     fields = asdict(config)
     fields["vocab_size"] = len(tokenizer)
     lm_config = LlamaConfig(
@@ -216,18 +218,3 @@ def load_pretrained(folder: Path):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return model, tokenizer
-
-
-def apply_lora(model, base: str, *, r: int, alpha: int, dropout: float, task_type: str):
-    """`model` wrapped with LoRA adapters (peft) on whichever attention and MLP projections it has."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())]
-    if not targets:
-        raise ValueError(
-            f"base={base!r}: none of the LoRA target modules {LORA_TARGETS} exist in this model."
-        )
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type
-    )
-    return get_peft_model(model, config)

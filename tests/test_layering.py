@@ -1,0 +1,75 @@
+"""The layering of DESIGN.md, held by a test: which of our packages each package may import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = {"catalog", "lm", "explore", "alignment", "ranking", "serving", "sim", "jobs", "bench"}
+# DESIGN.md, "Layout (top level)": the packages each may import (jobs and bench may import everything)
+ALLOWED = {
+    "catalog": set(),
+    "lm": {"catalog"},
+    "explore": {"catalog", "lm"},
+    "alignment": {"catalog", "lm"},
+    "ranking": {"catalog"},
+    "serving": {"catalog", "ranking", "explore"},
+    "sim": {"catalog"},
+}
+
+
+def _imported_modules(package: str) -> dict[str, set[str]]:
+    """Module names imported (at any depth of the file) by each file of `package`."""
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(ROOT))] = names
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_package_imports_only_what_design_allows(package):
+    bad = {
+        f"{path}: {name}"
+        for path, names in _imported_modules(package).items()
+        for name in names
+        if name.split(".")[0] in OURS - {package} and name.split(".")[0] not in ALLOWED[package]
+    }
+    assert not bad, sorted(bad)
+
+
+def test_serving_uses_only_the_cache_reader_of_explore():
+    uses = {
+        f"{path}: {name}"
+        for path, names in _imported_modules("serving").items()
+        for name in names
+        if name.split(".")[0] == "explore" and name != "explore.cache"
+    }
+    assert not uses, sorted(uses)
+
+
+def test_ranking_has_no_ray():
+    uses = {
+        f"{path}: {name}"
+        for path, names in _imported_modules("ranking").items()
+        for name in names
+        if name.split(".")[0] == "ray"
+    }
+    assert not uses, sorted(uses)
+
+
+@pytest.mark.parametrize("package", ["ranking", "catalog", "lm"])
+def test_import_loads_no_llm_engine(package):
+    code = f"import sys, {package}; print(sorted(m for m in ('vllm', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout

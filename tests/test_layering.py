@@ -48,24 +48,21 @@ def test_each_package_imports_only_what_design_allows(package):
     assert not bad, sorted(bad)
 
 
-def test_serving_uses_only_the_cache_reader_of_explore():
-    uses = {
+def _uses(package: str, wanted) -> list[str]:
+    return sorted(
         f"{path}: {name}"
-        for path, names in _imported_modules("serving").items()
+        for path, names in _imported_modules(package).items()
         for name in names
-        if name.split(".")[0] == "explore" and name != "explore.cache"
-    }
-    assert not uses, sorted(uses)
+        if wanted(name)
+    )
+
+
+def test_serving_uses_only_the_cache_reader_of_explore():
+    assert not _uses("serving", lambda name: name.split(".")[0] == "explore" and name != "explore.cache")
 
 
 def test_ranking_has_no_ray():
-    uses = {
-        f"{path}: {name}"
-        for path, names in _imported_modules("ranking").items()
-        for name in names
-        if name.split(".")[0] == "ray"
-    }
-    assert not uses, sorted(uses)
+    assert not _uses("ranking", lambda name: name.split(".")[0] == "ray")
 
 
 @pytest.mark.parametrize("package", ["ranking", "catalog", "lm"])

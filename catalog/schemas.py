@@ -85,6 +85,24 @@ FEEDBACK_LOG = pa.schema(
     ]
 )
 
+# The history keys a bulk run samples for (explore.keys): K cluster ids, and the member whose own key it is
+# (null for a key shared by every member who has it).
+KEYS = pa.schema(
+    [
+        _f("history_key", pa.list_(pa.int32()), "the K history clusters, oldest first"),
+        _f("member_id", pa.int64(), "the member of a per-member key; null for a shared key", True),
+    ]
+)
+
+# Rows of a user's key file that are not keys (wrong length, unknown cluster, null), kept with why.
+KEY_QUARANTINE = pa.schema(
+    [
+        _f("history_key", pa.list_(pa.int64()), "the row's key as given (ids widened to int64)", True),
+        _f("member_id", pa.int64(), "the row's member, if any", True),
+        _f("reason", pa.string(), "why the row is not a key"),
+    ]
+)
+
 # One row per item the ranking endpoint served (serving/), before any engagement: the FEEDBACK_LOG columns the
 # server knows at request time, plus what produced the answer. Joined with engagement events by
 # (request_id, item_id) it becomes FEEDBACK_LOG rows.
@@ -192,4 +210,6 @@ TABLES: dict[str, pa.Schema] = {
     "feedback_pairs": FEEDBACK_PAIRS,
     "feedback_preferences": FEEDBACK_PREFERENCES,
     "feedback_quarantine": FEEDBACK_QUARANTINE,
+    "keys": KEYS,
+    "key_quarantine": KEY_QUARANTINE,
 }

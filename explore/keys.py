@@ -12,16 +12,9 @@ import itertools
 import pyarrow as pa
 
 from catalog.histories import history_keys
+from catalog.schemas import KEY_QUARANTINE, KEYS
 
 KEY_SETS = ("observed", "all", "members")
-KEYS = pa.schema([pa.field("history_key", pa.list_(pa.int32())), pa.field("member_id", pa.int64())])
-QUARANTINE = pa.schema(
-    [
-        pa.field("history_key", pa.list_(pa.int64())),
-        pa.field("member_id", pa.int64()),
-        pa.field("reason", pa.string()),
-    ]
-)
 
 
 def key_table(keys: list[tuple[int, ...]], members: list[int | None] | None = None) -> pa.Table:
@@ -81,5 +74,7 @@ def check_key_rows(table: pa.Table, k: int, n_clusters: int, *, source: str) -> 
         bad[0].append(key)
         bad[1].append(member)
         bad[2].append(reason)
-    quarantined = pa.table({"history_key": bad[0], "member_id": bad[1], "reason": bad[2]}, schema=QUARANTINE)
+    quarantined = pa.table(
+        {"history_key": bad[0], "member_id": bad[1], "reason": bad[2]}, schema=KEY_QUARANTINE
+    )
     return key_table(good[0], good[1]), quarantined

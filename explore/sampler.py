@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from catalog.schemas import NOVELTY_CANDIDATES
 from catalog.vocabulary import ClusterVocabulary
+from explore.model_info import read_model_info
 from explore.prompts import PromptFormat
-from explore.sft import encode_prompt, read_model_info
-from explore.tokenizer import check_expressible
+from explore.tokenizer import check_expressible, encode_prompt
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,12 @@ from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
 from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
+from explore.model_info import INFO_FILE
 from explore.prompts import PromptFormat, tokenizer_texts
-from explore.tokenizer import answer_token_ids, check_expressible
+from explore.tokenizer import answer_token_ids, check_expressible, encode_prompt
 from lm.lora import apply_lora
 from lm.presets import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
 from lm.schedule import warmup_cosine
-
-INFO_FILE = "novelty.json"
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,6 @@ def prompt_format_for(tokenizer, base: str, k: int) -> PromptFormat:
     """Chat style where the tokenizer has a chat template (instruction-tuned bases), plain otherwise."""
     chat = base != "tiny" and bool(getattr(tokenizer, "chat_template", None))
     return PromptFormat("chat" if chat else "plain", k)
-
-
-def encode_prompt(tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary, key) -> list[int]:
-    """Prompt token ids; the same function feeds training and vLLM, so both see identical tokens."""
-    return tokenizer(fmt.prompt(vocab, key, tokenizer), add_special_tokens=False)["input_ids"]
 
 
 class _Encoder:
@@ -286,20 +280,3 @@ def train_novelty(
     }
     _write_folder(Path(out), model, tokenizer, info)
     return report
-
-
-def read_model_info(folder: str | os.PathLike) -> dict:
-    """novelty.json of a model folder trained here, or a ValueError that says how to get one."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"model={str(folder)!r}: no {INFO_FILE}; not a novelty model folder. "
-            "Train one with `python -m jobs.train_novelty --catalog DIR --out DIR`."
-        )
-    try:
-        info = json.loads(path.read_text())
-        PromptFormat(**info["prompt_format"])
-        ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: corrupt ({exc!r}); retrain the model.") from exc
-    return info

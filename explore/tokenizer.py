@@ -39,3 +39,8 @@ def check_expressible(tokenizer, vocab: ClusterVocabulary, fmt: PromptFormat) ->
             "Use a tokenizer with byte fallback (byte-level BPE) or rename the clusters."
         )
     return longest
+
+
+def encode_prompt(tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary, key) -> list[int]:
+    """Prompt token ids; the same function feeds training and vLLM, so both see identical tokens."""
+    return tokenizer(fmt.prompt(vocab, key, tokenizer), add_special_tokens=False)["input_ids"]

@@ -124,13 +124,13 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from catalog.build import Catalog
     from catalog.io import read_table, replace_folder, staging_folder, write_table
     from catalog.outputs import check_output_folder
-    from catalog.schemas import BEST_OF_N
+    from catalog.schemas import BEST_OF_N, KEY_QUARANTINE
     from catalog.vocabulary import ClusterVocabulary
     from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
-    from explore.keys import QUARANTINE, key_table
+    from explore.keys import key_table
+    from explore.model_info import INFO_FILE as NOVELTY_INFO
+    from explore.model_info import read_model_info
     from explore.select import SelectionConfig, backoff_entries, select_batch
-    from explore.sft import INFO_FILE as NOVELTY_INFO
-    from explore.sft import read_model_info
     from explore.stage import CacheWriteStage, NoveltyStage
     from jobs.sample_novelty import ENGINE_ENV, load_keys
 
@@ -246,7 +246,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         # after the swap: a run that failed before leaves no file that would make a rerun refuse --out
-        write_table(quarantined, out / "quarantine.parquet", QUARANTINE)
+        write_table(quarantined, out / "quarantine.parquet", KEY_QUARANTINE)
         pipeline_s = time.perf_counter() - t0
 
         table = read_table(selected_dir, BEST_OF_N)

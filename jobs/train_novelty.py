@@ -58,7 +58,8 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     from catalog.outputs import check_output_folder
     from catalog.vocabulary import ClusterVocabulary
     from explore.examples import ExampleConfig, build_examples
-    from explore.sft import INFO_FILE, SFTConfig, train_novelty
+    from explore.model_info import INFO_FILE
+    from explore.sft import SFTConfig, train_novelty
 
     check_output_folder(out, (INFO_FILE,), job="jobs.train_novelty", what="novelty model")
     catalog = Catalog.load(cfg.catalog)

@@ -10,8 +10,9 @@ import pytest
 from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, build_examples, novelty_transitions
 from explore.keys import build_key_set, check_key_rows
+from explore.model_info import read_model_info
 from explore.prompts import PromptFormat, tokenizer_texts
-from explore.sft import collate, read_model_info
+from explore.sft import collate
 from explore.tokenizer import check_expressible
 from lm.presets import check_causal_lm_folder
 from lm.tokenizer import build_cluster_tokenizer

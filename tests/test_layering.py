@@ -70,3 +70,8 @@ def test_import_loads_no_llm_engine(package):
     code = f"import sys, {package}; print(sorted(m for m in ('vllm', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_sampler_does_not_import_the_trainer():
+    sampler = _imported_modules("explore")["explore/sampler.py"]
+    assert "explore.sft" not in sampler and "explore.model_info" in sampler, sorted(sampler)

@@ -333,7 +333,7 @@ def cache_error_in(exc: BaseException):
         if isinstance(getattr(e, "args", None), tuple):
             stack += [a for a in e.args if isinstance(a, BaseException)]
     # Ray Data re-raises a UDF's error without its chain; the remote traceback text keeps its message
-    found = re.findall(r"^explore\.cache\.CacheError: (.+)$", str(exc), flags=re.MULTILINE)
+    found = re.findall(r"^explore\.cache(?:\.\w+)?\.CacheError: (.+)$", str(exc), flags=re.MULTILINE)
     return CacheError(found[-1]) if found else None
 
 

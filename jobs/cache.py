@@ -7,7 +7,7 @@
     REDIS_URL=... python -m jobs.cache lookup 3,17 [--exclude 5,9] [--top 4]  # what the endpoint will read
     REDIS_URL=... python -m jobs.cache rollback                            # make the previous version live
 
-The key layout is documented in explore/cache.py and README.md.
+The key layout is documented in explore/cache/__init__.py and README.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ class ServingSettings(BaseModel):
     catalog: str  # catalog folder: items, clusters, members, ratings, histories
     log_dir: str  # the impression log goes to <log_dir> as parquet parts (IMPRESSION_LOG)
     feedback_logs: list[str] = []  # feedback-log folders whose clicks and likes the store adds
-    namespace: str = "explore"  # the Redis cache namespace (explore/cache.py)
+    namespace: str = "explore"  # the Redis cache namespace (explore/cache/)
     # Redis URL of the cache; None: $REDIS_URL in the replica's environment (keeps the password out of
     # the app config)
     redis_url: str | None = None

@@ -140,9 +140,9 @@ def _sequential(tmp: Path, vocab, keys, redis_url: str, n: int, slots: int) -> f
     import redis
 
     from alignment.score import AlignmentScorer
+    from explore.best_of_n import SelectionConfig, best_of_n
     from explore.cache import CacheWriter, encode_entry, key_field
     from explore.sampler import NoveltySampler, SamplingConfig
-    from explore.select import SelectionConfig, best_of_n
 
     t0 = time.perf_counter()
     sampler = NoveltySampler(tmp / "novelty", vocab=vocab)

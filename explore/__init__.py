@@ -17,13 +17,13 @@ Public API:
 """
 
 from catalog.vocabulary import ClusterVocabulary
+from explore.best_of_n import SelectionConfig, backoff_entries, best_of_n
 from explore.cache import CacheReader, CacheWriter, rollback
 from explore.evaluate import evaluate_novelty
 from explore.examples import ExampleConfig, build_examples
 from explore.keys import build_key_set, check_key_rows
 from explore.prompts import PromptFormat
 from explore.sampler import EngineConfig, KeyCandidates, NoveltySampler, SamplingConfig
-from explore.select import SelectionConfig, backoff_entries, best_of_n
 from explore.sft import SFTConfig, train_novelty
 from explore.stage import NoveltyStage
 

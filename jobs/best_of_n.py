@@ -126,11 +126,11 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     from catalog.outputs import check_output_folder
     from catalog.schemas import BEST_OF_N, KEY_QUARANTINE
     from catalog.vocabulary import ClusterVocabulary
+    from explore.best_of_n import SelectionConfig, backoff_entries, select_batch
     from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
     from explore.keys import key_table
     from explore.model_info import INFO_FILE as NOVELTY_INFO
     from explore.model_info import read_model_info
-    from explore.select import SelectionConfig, backoff_entries, select_batch
     from explore.stage import CacheWriteStage, NoveltyStage
     from jobs.sample_novelty import ENGINE_ENV, load_keys
 

@@ -13,7 +13,7 @@ from alignment.aggregate import AggregationConfig, aggregate_logs
 from catalog.logs import FeedbackLogWriter
 from catalog.schemas import FEEDBACK_LOG, FEEDBACK_PAIRS
 from catalog.vocabulary import ClusterVocabulary
-from explore.select import SelectionConfig, backoff_entries, best_of_n, select_batch
+from explore.best_of_n import SelectionConfig, backoff_entries, best_of_n, select_batch
 from lm.presets import TinyLMConfig
 
 M, K = 6, 2

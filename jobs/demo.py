@@ -11,6 +11,9 @@ it with vLLM (novelty/), sample every observed history key with it in a Ray Data
 train the LiRank ranker on MovieLens CTR and on the round-0 feedback logs
 (multi-task; checkpoints under ranker/), print a summary, write everything under one run folder, shut
 down what it started.
+
+Quiet by default: the stage lines, summaries and the ranker's progress bar on the terminal; what vLLM, Ray,
+transformers and torch print goes to <run>/logs/library.log (--verbose: everything on the terminal).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from jobs.best_of_n import summary_lines as best_of_n_summary_lines
 from jobs.build_catalog import FLAGS as CATALOG_FLAGS
 from jobs.build_catalog import CatalogFields, add_catalog_flags
 from jobs.common import merge_config, new_run_dir, run_main
+from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
 from jobs.sample_novelty import sample as sample_novelty
 from jobs.sample_novelty import summary_lines as sample_summary_lines
@@ -261,6 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--alignment-steps", dest="alignment_steps", type=int, help="alignment training steps (300)"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="library output (vLLM, Ray, transformers) on the terminal, not in <run>/logs/library.log",
+    )
     add_catalog_flags(p)
     args = p.parse_args(argv)
 
@@ -285,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         stages = Stages()
         summary: dict = {"run_dir": str(run_dir), "config": cfg.model_dump()}
         with ExitStack() as stack:
+            # first in, last out: the library log covers Redis and Ray from start to shutdown
+            library_log = stack.enter_context(
+                library_output(run_dir / "logs" / "library.log", verbose=args.verbose)
+            )
             # Redis keeps its data in the run folder (redis/dump.rdb, saved after the cache is published), so
             # `python -m jobs.serve --run` serves the same cache later
             redis_h = stages.run(
@@ -293,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
             if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
                 os.environ["REDIS_URL"] = redis_h.url  # a local Ray passes it on to the endpoint's replicas
             ray_s = stages.run("ray", lambda: stack.enter_context(ray_session(num_cpus=cfg.num_cpus)))
+            if ray_s.initialized_here:
+                route_ray_worker_output()  # workers' stdout (vLLM in Ray Data actors) to the library log
             summary["services"] = {
                 "ray": {
                     "address": ray_s.address,
@@ -485,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
                 ),
             }
             for name, job in jobs.items():
-                m = stages.run(f"ranker-{name}", train_ranker, job)
+                with terminal_stderr():  # its progress bar
+                    m = stages.run(f"ranker-{name}", train_ranker, job)
                 summary["ranker"][name] = {
                     "path": job.out,
                     "auc": {t: round(v["auc"], 4) for t, v in m["tasks"].items()},
@@ -518,6 +534,8 @@ def main(argv: list[str] | None = None) -> None:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _point_latest(run_dir)
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")
+        if library_log is not None:
+            print(f"library output (vLLM, Ray, transformers) in {library_log}; --verbose shows it here")
         return 0
 
     run_main(body)

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.common import merge_config, run_main
+from jobs.quiet import VLLM_STREAM_ENV
 
 
 class SampleNoveltyFields(BaseModel):
@@ -54,7 +55,8 @@ class SampleNoveltyConfig(SampleNoveltyFields):
 
 
 OWN_FILES = ("candidates",)  # what marks an --out as this job's: the sampled candidates folder
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+# vLLM logs to stderr in the engines' actors, so a quiet job files it with the rest (jobs.quiet)
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", **VLLM_STREAM_ENV}
 FLAGS = [
     "out", "catalog", "model", "keys", "slots", "n", "temperature", "seed", "batch_size", "actors",
     "num_cpus", "num_gpus", "kv_cache_mib", "threads", "limit",
@@ -66,12 +68,13 @@ def load_keys(cfg: SampleNoveltyFields, catalog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from explore.keys import KEY_SETS, QUARANTINE, build_key_set, check_key_rows
+    from catalog.schemas import KEY_QUARANTINE
+    from explore.keys import KEY_SETS, build_key_set, check_key_rows
 
     k, m = catalog.history_k, catalog.n_clusters
     if cfg.keys in KEY_SETS:
         keys = build_key_set(catalog.histories, k, m, cfg.keys)
-        quarantined = QUARANTINE.empty_table()
+        quarantined = KEY_QUARANTINE.empty_table()
     else:
         path = Path(cfg.keys)
         if not path.is_file():
@@ -93,10 +96,9 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     from catalog.build import Catalog
     from catalog.io import read_table, replace_folder, staging_folder, write_table
     from catalog.outputs import check_output_folder
-    from catalog.schemas import NOVELTY_CANDIDATES
-    from explore.keys import QUARANTINE
-    from explore.prompts import ClusterVocabulary
-    from explore.sft import read_model_info
+    from catalog.schemas import KEY_QUARANTINE, NOVELTY_CANDIDATES
+    from catalog.vocabulary import ClusterVocabulary
+    from explore.model_info import read_model_info
     from explore.stage import NoveltyStage
 
     out = check_output_folder(out, OWN_FILES, job="jobs.sample_novelty", what="novelty candidates")
@@ -146,7 +148,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     wall_s = time.perf_counter() - t0
-    write_table(quarantined, out / "quarantine.parquet", QUARANTINE)  # empty when none: no stale rows
+    write_table(quarantined, out / "quarantine.parquet", KEY_QUARANTINE)  # empty when none: no stale rows
 
     table = read_table(cand_dir, NOVELTY_CANDIDATES)
     n_samples = sum(table["n_samples"].to_pylist())

@@ -255,3 +255,73 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert served["rates"]["explore"]["impressions"] > 1000 and served["latency_ms"]["p99"] > 0
     assert (run / "redis" / "dump.rdb").is_file() and (run / "logs" / "round1" / "endpoint").is_dir()
+    # quiet by default: vLLM's and Ray's output in the run's library log, not on the terminal
+    library = run / "logs" / "library.log"
+    assert f"library output (vLLM, Ray, transformers) in {library}" in res.stdout
+    text = library.read_text()
+    assert "Resolved architecture" in text and "(MapWorker(MapBatches(NoveltyStage))" in text
+    chatter = [
+        line
+        for line in (res.stdout + res.stderr).splitlines()
+        if any(s in line for s in (" INFO ", " WARNING ", "(MapWorker", "(raylet)", "FutureWarning"))
+    ]
+    assert not chatter, chatter[:5]
+
+
+QUIET_SCRIPT = """
+import logging, os, sys, warnings
+from jobs.quiet import library_output, terminal_stderr
+lib = logging.getLogger("somelib")  # a library's handler, made at import time, on stderr
+lib.addHandler(logging.StreamHandler())
+lib.setLevel(logging.INFO)
+with library_output(sys.argv[1], verbose=sys.argv[2] == "1") as log:
+    print("[stage] ...", flush=True)
+    lib.info("library INFO line")
+    warnings.warn("library FutureWarning", FutureWarning)
+    os.write(2, b"C-level fd-2 line\\n")
+    with terminal_stderr():
+        print("our progress bar", file=sys.stderr)
+    print("vllm stream", os.environ.get("VLLM_LOGGING_STREAM"), flush=True)
+    if sys.argv[3] == "1":
+        raise RuntimeError("stage failed")
+print("log", log, "stream after", os.environ.get("VLLM_LOGGING_STREAM"))
+"""
+
+
+def _quiet(log, verbose: bool, fail: bool):
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_STREAM"}
+    return subprocess.run(
+        [sys.executable, "-c", QUIET_SCRIPT, str(log), str(int(verbose)), str(int(fail))],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_output_goes_to_the_log_unless_verbose(tmp_path, verbose):
+    log = tmp_path / "logs" / "library.log"
+    res = _quiet(log, verbose, fail=False)
+    assert res.returncode == 0, res.stderr
+    assert "[stage] ..." in res.stdout and "our progress bar" in res.stderr  # ours stay on the terminal
+    chatter = ("library INFO line", "library FutureWarning", "C-level fd-2 line")
+    if verbose:
+        assert all(c in res.stderr for c in chatter) and not log.exists()
+        assert "log None stream after None" in res.stdout
+    else:
+        text = log.read_text()
+        assert all(c in text for c in chatter) and not any(c in res.stderr for c in chatter), res.stderr
+        assert "our progress bar" not in text and "[stage]" not in text
+        assert "vllm stream ext://sys.stderr" in res.stdout  # vLLM's log off stdout inside the block
+        assert f"log {log} stream after None" in res.stdout  # the environment restored after it
+
+
+def test_library_output_shows_the_error_on_the_terminal(tmp_path):
+    log = tmp_path / "library.log"
+    res = _quiet(log, verbose=False, fail=True)
+    assert res.returncode == 1
+    assert "RuntimeError: stage failed" in res.stderr and "Traceback" in res.stderr
+    assert f"library output (vLLM, Ray, transformers) of this run: {log}" in res.stderr
+    assert "C-level fd-2 line" in log.read_text() and "C-level fd-2 line" not in res.stderr

@@ -21,15 +21,22 @@ from explore.cache.layout import (
     version_meta,
 )
 
+# The server's clock in unix ms, for the scripts below (one definition; TIME is allowed in scripts).
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
 # KEYS: data, meta.  ARGV[1]: TTL seconds, ARGV[2..]: field, value, field, value, ...
 # Writes only into a version whose status is "writing", so a late writer (a retried Ray task) can never
 # put a TTL on a committed version. Returns the status it found.
-_WRITE_CHUNK = """
+_WRITE_CHUNK = _NOW_MS + """
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'writing' then return status end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[2], 'updated_ms', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', KEYS[2], 'updated_ms', now_ms())
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return status
@@ -40,7 +47,7 @@ return status
 # The old version's keys are built from prefix: they carry the same {ns} hash tag, hence the same slot.
 # Returns {'ok', old live or '', entries, now ms}, {'already', previous or '', entries, live ms} when this
 # version is live already (a retried commit), or {reason, live or '', detail}; on a reason, nothing changed.
-_COMMIT = """
+_COMMIT = _NOW_MS + """
 local live = redis.call('GET', KEYS[1]) or ''
 local status = redis.call('HGET', KEYS[5], 'status')
 if not status then return {'missing', live, ''} end
@@ -57,8 +64,7 @@ if live ~= '' and ARGV[6] ~= '1' then
   local live_n = tonumber(redis.call('HGET', ARGV[4] .. live .. ':meta', 'entries') or '0') or 0
   if n < live_n * tonumber(ARGV[5]) then return {'shrink', live, n .. '/' .. live_n} end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local last = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if last[2] and now <= tonumber(last[2]) then now = tonumber(last[2]) + 1 end  -- switches stay ordered
 redis.call('HSET', KEYS[5], 'status', 'live', 'entries', n, 'live_ms', now)
@@ -85,13 +91,12 @@ return redis.call('UNLINK', KEYS[3], KEYS[4])
 # KEYS: live, previous, data, meta.  ARGV: version, idle ms.  Removes a version still being written whose
 # last chunk is older than idle ms (or a data hash whose meta is gone), never the live or previous one.
 # Returns 1 when removed, 0 when kept.
-_GC = """
+_GC = _NOW_MS + """
 if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
 local status = redis.call('HGET', KEYS[4], 'status')
 if status and status ~= 'writing' then return 0 end
 if status then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   local last = tonumber(redis.call('HGET', KEYS[4], 'updated_ms') or redis.call('HGET', KEYS[4], 'created_ms') or '0')
   if now - last < tonumber(ARGV[2]) then return 0 end
 end
@@ -101,7 +106,7 @@ return 1
 
 # KEYS: live, previous, versions.  ARGV: prefix, keep_current_s.  Keys built from prefix as in _COMMIT.
 # Returns {'ok', restored, demoted or ''} or {reason, live or '', previous or ''}; on a reason, nothing changed.
-_ROLLBACK = """
+_ROLLBACK = _NOW_MS + """
 local live = redis.call('GET', KEYS[1]) or ''
 local prev = redis.call('GET', KEYS[2]) or ''
 if prev == '' then return {'none', live, ''} end
@@ -118,8 +123,7 @@ if live ~= '' then
 else
   redis.call('DEL', KEYS[2])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local last = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if last[2] and now <= tonumber(last[2]) then now = tonumber(last[2]) + 1 end
 redis.call('ZADD', KEYS[3], now, prev)

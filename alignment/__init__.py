@@ -5,15 +5,19 @@ novel clusters suit a history key, and scores the novelty LLM's samples for best
 Public API:
     AggregationConfig, aggregate_logs      feedback logs -> per-(key, cluster) pairs, preferences, quarantine
     AlignmentConfig, train_alignment       pointwise (or Bradley-Terry) training and held-out evaluation
+    AlignmentTrainer                       its steps: split, build, fit, evaluate, save
+    AlignmentModelInfo, read_alignment_info   a model folder's alignment.json, typed
     AlignmentScorer                        batch scoring of (key, candidate) pairs, CPU or CUDA
     AlignmentStage                         the scorer as a Ray Data stage
 """
 
 from alignment.aggregate import AggregationConfig, aggregate_logs
-from alignment.train import AlignmentConfig, train_alignment
+from alignment.info import AlignmentModelInfo, read_alignment_info
+from alignment.train import AlignmentConfig, AlignmentTrainer, train_alignment
 
 __all__ = [
-    "AggregationConfig", "AlignmentConfig", "AlignmentScorer", "AlignmentStage", "aggregate_logs", "train_alignment",
+    "AggregationConfig", "AlignmentConfig", "AlignmentModelInfo", "AlignmentScorer", "AlignmentStage",
+    "AlignmentTrainer", "aggregate_logs", "read_alignment_info", "train_alignment",
 ]  # fmt: skip
 
 

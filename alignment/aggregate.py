@@ -3,9 +3,12 @@
 For every (history key {C1..CK}, candidate cluster Cn), over all impressions of an item of Cn to a
 member whose last K clusters were the key:
 
-    impressions, clicks, likes, shares, skips, long dwells (clicks with dwell >= long_dwell_s)
-    engagement = (w_click clicks + w_like likes + w_share shares + w_skip skips + w_dwell long_dwells)
+    impressions, clicks, likes, shares, skips, dwell clicks
+    engagement = (w_click clicks + w_like likes + w_share shares + w_skip skips + w_dwell dwell_clicks)
                  / impressions
+
+dwell clicks are the clicks whose dwell reached dwell_click_s seconds (a fixed threshold; the ranker's
+long_dwell label is a per-context percentile, ranking/labels.py).
 
 Aggregating over members cancels most of one member's noise (the papers' "collective feedback").
 Then, as the papers prescribe and all configurable: pairs with fewer than `min_impressions` feedback
@@ -47,7 +50,7 @@ from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARA
 
 ENGINES = ("auto", "pyarrow", "ray")
 NORMALISATIONS = ("minmax", "rank", "none")
-COUNTS = ("impressions", "clicks", "likes", "shares", "skips", "long_dwells")
+COUNTS = ("impressions", "clicks", "likes", "shares", "skips", "dwell_clicks")
 SUMS = pa.schema(
     [pa.field("key", pa.string()), pa.field("cluster_id", pa.int32())]
     + [pa.field(c, pa.int64()) for c in COUNTS]
@@ -61,8 +64,10 @@ class AggregationConfig:
     like_weight: float = 2.0
     share_weight: float = 3.0
     skip_weight: float = -1.0  # an explicit skip is negative feedback
-    long_dwell_weight: float = 1.0
-    long_dwell_s: float = 60.0  # a click with at least this dwell counts as a long dwell
+    dwell_click_weight: float = 1.0  # weight of a dwell click (on top of its click_weight as a click)
+    # a click whose dwell reached this many seconds is a dwell click (a fixed threshold; the ranker's
+    # long_dwell label is a per-context percentile, ranking/labels.py)
+    dwell_click_s: float = 60.0
     min_impressions: int = 5  # pairs with fewer feedback events are too noisy to learn from
     normalise: str = "minmax"  # minmax: (e - min) / (max - min); rank: percentile; none: clip to [0, 1]
     interval: float = 0.1  # labels rounded to multiples of this (0: not rounded)
@@ -88,14 +93,19 @@ class AggregationConfig:
             )
         if not 0 < self.min_gap <= 1:
             raise ValueError(f"AggregationConfig.min_gap={self.min_gap}: must be in (0, 1].")
-        if self.long_dwell_s < 0:
-            raise ValueError(f"AggregationConfig.long_dwell_s={self.long_dwell_s}: must be >= 0 seconds.")
+        if self.dwell_click_s < 0:
+            raise ValueError(f"AggregationConfig.dwell_click_s={self.dwell_click_s}: must be >= 0 seconds.")
 
     def weights(self) -> np.ndarray:
-        """Weights of clicks, likes, shares, skips, long dwells, in COUNTS[1:] order."""
-        return np.array(
-            [self.click_weight, self.like_weight, self.share_weight, self.skip_weight, self.long_dwell_weight]
+        """Weights of clicks, likes, shares, skips, dwell clicks, in COUNTS[1:] order."""
+        w = (
+            self.click_weight,
+            self.like_weight,
+            self.share_weight,
+            self.skip_weight,
+            self.dwell_click_weight,
         )
+        return np.array(w)
 
 
 @dataclass
@@ -127,7 +137,7 @@ def partial_sums(events: pa.Table, config: AggregationConfig) -> pa.Table:
     if events.num_rows == 0:
         return SUMS.empty_table()
     click = events["click"]
-    long_dwell = pc.and_(click, pc.greater_equal(events["dwell_s"], config.long_dwell_s))
+    dwell_click = pc.and_(click, pc.greater_equal(events["dwell_s"], config.dwell_click_s))
     t = pa.table(
         {
             "key": key_text(events["history_key"]),
@@ -137,7 +147,7 @@ def partial_sums(events: pa.Table, config: AggregationConfig) -> pa.Table:
             "likes": pc.cast(events["like"], pa.int64()),
             "shares": pc.cast(events["share"], pa.int64()),
             "skips": pc.cast(events["skip"], pa.int64()),
-            "long_dwells": pc.cast(long_dwell, pa.int64()),
+            "dwell_clicks": pc.cast(dwell_click, pa.int64()),
         }
     )
     return _sum_by_pair(t)

@@ -13,7 +13,8 @@ local Hugging Face causal-LM folder (a trained novelty model folder included: it
 which clusters follow which). Pretrained backbones get LoRA adapters; `tiny` trains every weight.
 
 Saved folder:
-    alignment.json      format, base, method, clusters, training config and report
+    alignment.json      alignment.info.AlignmentModelInfo: format, base, method, clusters, training and
+                        LoRA config, report
     backbone/           full training: the backbone's config.json + model.safetensors
     adapter/            LoRA: the peft adapter (the base is resolved again at load time)
     head.safetensors    the projection: weight (1, D), bias (1,)
@@ -22,7 +23,6 @@ Saved folder:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from alignment.info import INFO_FILE, AlignmentModelInfo, read_alignment_info
 from catalog.vocabulary import ClusterVocabulary, history_text
 
-INFO_FILE = "alignment.json"
+__all__ = [
+    "HEAD_FILE", "INFO_FILE", "AlignmentModel", "PairEncoder", "build_backbone", "load_alignment",
+    "read_alignment_info", "save_alignment",
+]  # fmt: skip
+
 HEAD_FILE = "head.safetensors"
 
 
@@ -152,39 +157,24 @@ def build_backbone(base: str, vocab: ClusterVocabulary, tiny=None):
     return backbone, tokenizer, backbone.config.hidden_size
 
 
-def save_alignment(folder: Path, model: AlignmentModel, tokenizer, info: dict, method: str) -> None:
-    """Write an alignment model folder's contents into `folder` (a staging folder swapped in by the caller)."""
+def save_alignment(folder: Path, model: AlignmentModel, tokenizer, info: AlignmentModelInfo) -> None:
+    """Write an alignment model folder's contents into `folder` (a staging folder swapped in by the caller):
+    the adapter (info.method == "lora") or the whole backbone, the head, the tokenizer, alignment.json."""
     from safetensors.torch import save_file
 
-    if method == "lora":
+    if info.method == "lora":
         model.backbone.save_pretrained(folder / "adapter")
     else:
         model.backbone.save_pretrained(folder / "backbone", safe_serialization=True)
     head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(head, str(folder / HEAD_FILE))
     tokenizer.save_pretrained(folder)
-    (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
-
-
-def read_alignment_info(folder: str | os.PathLike) -> dict:
-    """alignment.json of a model folder, or a ValueError that says how to get one."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"alignment model {str(folder)!r}: no {INFO_FILE}; not an alignment model folder. "
-            "Train one with `python -m jobs.train_alignment --catalog DIR --logs DIR --out DIR`."
-        )
-    try:
-        info = json.loads(path.read_text())
-        ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
-        info["method"], info["base"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: corrupt ({exc!r}); retrain the alignment model.") from exc
-    return info
+    info.write(folder)
 
 
 def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, PairEncoder, info) from a saved folder; LoRA adapters are merged."""
+    """(model in eval mode on `device`, PairEncoder, AlignmentModelInfo) from a saved folder; LoRA adapters
+    are merged."""
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
@@ -192,7 +182,6 @@ def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"
 
     folder = Path(folder)
     info = read_alignment_info(folder)
-    vocab = ClusterVocabulary(tuple(info["clusters"]["names"]), tuple(info["clusters"]["descriptions"]))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -201,12 +190,12 @@ def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"
         head = load_file(str(folder / HEAD_FILE))
     except Exception as exc:  # safetensors raises its own error type on a short or corrupt file
         raise ValueError(f"{folder / HEAD_FILE}: not a readable safetensors file ({exc}); {fix}.") from exc
-    if info["method"] == "lora":
+    if info.method == "lora":
         from peft import PeftModel
 
         from lm.presets import resolve_base
 
-        base = AutoModel.from_pretrained(resolve_base(info["base"]), dtype=torch.float32)
+        base = AutoModel.from_pretrained(resolve_base(info.base), dtype=torch.float32)
         adapter = folder / "adapter" / "adapter_model.safetensors"
         if adapter.is_file():
             check_safetensors_file(adapter, fix)
@@ -220,4 +209,4 @@ def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"
     except RuntimeError as exc:  # a head of another width
         raise ValueError(f"{folder / HEAD_FILE} does not fit the backbone ({exc}); {fix}.") from exc
     model.to(device).eval()
-    return model, PairEncoder(tokenizer, vocab), info
+    return model, PairEncoder(tokenizer, info.vocab), info

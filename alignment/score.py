@@ -93,7 +93,7 @@ class AlignmentScorer:
         if batch_size < 1:
             raise ValueError(f"AlignmentScorer batch_size={batch_size}: must be >= 1.")
         self.device = pick_device(device)
-        self.model, self.encoder, self.info = load_alignment(folder, self.device)
+        self.model, self.encoder, self.info = load_alignment(folder, self.device)  # info: AlignmentModelInfo
         self.vocab = self.encoder.vocab
         self.batch_size = batch_size
 

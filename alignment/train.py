@@ -1,23 +1,18 @@
-"""Training the alignment LLM on aggregated feedback, and its evaluation against baselines.
+"""Training the alignment LLM on aggregated feedback.
 
 pointwise (the papers' choice): cross-entropy of sigmoid(s(h, c)) against the aggregated label y in [0, 1]
     L = -[y log sigmoid(s) + (1 - y) log(1 - sigmoid(s))]
 pairwise (Bradley-Terry, for comparison): for two candidates of one key with y_a - y_b >= min_gap
     L = -log sigmoid(s(h, a) - s(h, b))
 
-Pairs are split into training and held-out pairs by a hash of (key, candidate). On the held-out pairs
-the report gives the AUC of the score against the label binarised at its median, and the logloss
-against the soft label, for the model and two baselines: the candidate's global positive rate (its
-impression-weighted mean label over the training pairs), and the novelty model's own sample frequency
-for the key (the share of the key's samples that named the candidate, Platt-scaled on the training
-pairs). A pairwise model's scores are Platt-scaled too before its logloss, since Bradley-Terry fixes
-differences of scores, not their level.
+`AlignmentTrainer` has the steps of ranking.train.Trainer's shape: split (alignment.pairs: training and
+held-out pairs by a hash of (key, candidate)) -> build (backbone, LoRA, head) -> fit (the loop, lm.loop)
+-> evaluate (alignment.evaluate: AUC and logloss on the held-out pairs against the global-positive-rate
+and novelty-sample-frequency baselines) -> save; `train_alignment` runs them in that order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import shutil
 import time
@@ -27,13 +22,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from alignment.evaluate import heldout_evaluation, logloss, platt, sigmoid
+from alignment.info import INFO_FILE, AlignmentModelInfo
+from alignment.pairs import PairSet, PairSplit, heldout_mask, split_pairs
 from catalog.io import replace_folder, staging_folder
-from catalog.metrics import auc, logloss
 from catalog.outputs import check_output_folder
 from catalog.vocabulary import ClusterVocabulary
-from lm.lora import apply_lora
+from lm.info import config_kwargs
+from lm.loop import FitResult, adamw_warmup_cosine, fit_steps, total_steps
+from lm.lora import LoraSettings, apply_lora
 from lm.presets import PRESETS, TinyLMConfig
-from lm.schedule import warmup_cosine
+
+__all__ = [
+    "AlignmentConfig", "AlignmentTrainer", "check_base", "check_out", "heldout_mask", "train_alignment",
+]  # fmt: skip
+
 
 OBJECTIVES = ("pointwise", "pairwise")
 METHODS = ("auto", "full", "lora")
@@ -53,17 +56,21 @@ class AlignmentConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora: LoraSettings = field(default_factory=LoraSettings)  # adapters for pretrained bases
     eval_fraction: float = 0.2  # share of pairs held out, by a hash of (key, candidate)
     device: str = "auto"  # auto: CUDA when present
     tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.tiny, dict):
+        if isinstance(self.tiny, dict):  # from_dict of a saved config
             object.__setattr__(self, "tiny", TinyLMConfig(**self.tiny))
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
+        if not isinstance(self.lora, LoraSettings):
+            raise ValueError(
+                f"AlignmentConfig.lora={self.lora!r}: give an lm.lora.LoraSettings (or its dict)."
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"AlignmentConfig.objective={self.objective!r}: use one of {OBJECTIVES}.")
         if self.method not in METHODS:
@@ -85,6 +92,11 @@ class AlignmentConfig:
         if self.lr < 0:
             raise ValueError(f"AlignmentConfig.lr={self.lr}: must be >= 0 (0 picks the default).")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> AlignmentConfig:
+        """A config saved with asdict (alignment.json's config); an unknown key is a ValueError."""
+        return cls(**config_kwargs(cls, d))
+
     @property
     def resolved_method(self) -> str:
         if self.method != "auto":
@@ -98,118 +110,6 @@ class AlignmentConfig:
         if self.resolved_method == "lora":
             return 2e-4
         return 3e-3 if self.base == "tiny" else 1e-3  # from scratch vs a warm start from trained weights
-
-
-# ------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class PairSet:
-    """Pairs as parallel arrays: history keys, candidates, labels, impressions."""
-
-    keys: list[tuple[int, ...]]
-    candidates: np.ndarray
-    labels: np.ndarray
-    impressions: np.ndarray
-
-    @classmethod
-    def from_table(cls, pairs: pa.Table) -> PairSet:
-        return cls(
-            [tuple(k) for k in pairs["history_key"].to_pylist()],
-            pairs["cluster_id"].to_numpy().astype(np.int64),
-            pairs["label"].to_numpy().astype(np.float64),
-            pairs["impressions"].to_numpy().astype(np.float64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def take(self, idx: np.ndarray) -> PairSet:
-        return PairSet(
-            [self.keys[i] for i in idx], self.candidates[idx], self.labels[idx], self.impressions[idx]
-        )
-
-
-def heldout_mask(
-    keys: list[tuple[int, ...]], candidates: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
-    """True for held-out pairs: a stable hash of (seed, key, candidate) below `fraction`."""
-    out = np.empty(len(keys), bool)
-    for i, (k, c) in enumerate(zip(keys, candidates, strict=True)):
-        h = hashlib.sha256(f"{seed}|{','.join(map(str, k))}|{c}".encode()).digest()
-        out[i] = int.from_bytes(h[:8], "little") / 2**64 < fraction
-    return out
-
-
-def preference_arrays(
-    prefs: pa.Table, train_pairs: set
-) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
-    """(keys, preferred, other) of the preferences whose two pairs are both training pairs."""
-    keys, a, b = [], [], []
-    for k, p, o in zip(*(prefs[c].to_pylist() for c in ("history_key", "preferred", "other")), strict=True):
-        k = tuple(k)
-        if (k, p) in train_pairs and (k, o) in train_pairs:
-            keys.append(k)
-            a.append(p)
-            b.append(o)
-    return keys, np.array(a, np.int64), np.array(b, np.int64)
-
-
-# ------------------------------------------------------------------------------------------
-# baselines and metrics
-
-
-def global_rate(train: PairSet, n_clusters: int) -> np.ndarray:
-    """(M,) each candidate's impression-weighted mean label over the training pairs (overall mean if unseen)."""
-    w = np.bincount(train.candidates, train.impressions, n_clusters)
-    s = np.bincount(train.candidates, train.impressions * train.labels, n_clusters)
-    overall = float((train.impressions * train.labels).sum() / max(train.impressions.sum(), 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(w > 0, s / w, overall)
-
-
-def sample_share(candidates: pa.Table | None, keys, cands) -> np.ndarray | None:
-    """Share of each key's novelty samples that named the candidate (0 when it was never sampled)."""
-    if candidates is None:
-        return None
-    share: dict[tuple, float] = {}
-    for k, cs, ns, n in zip(
-        *(candidates[c].to_pylist() for c in ("history_key", "candidates", "counts", "n_samples")),
-        strict=True,
-    ):
-        for c, cnt in zip(cs, ns, strict=True):
-            share[(tuple(k), c)] = cnt / max(n, 1)
-    return np.array([share.get((k, int(c)), 0.0) for k, c in zip(keys, cands, strict=True)])
-
-
-def platt(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
-    """(a, b) of sigmoid(a x + b) fitted to soft labels y by Newton's method (a small ridge keeps it finite)."""
-    a, b = 0.0, 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(a * x + b)))
-        g = np.array([((p - y) * x).sum() + 1e-3 * a, (p - y).sum()])
-        w = p * (1 - p)
-        h = np.array([[(w * x * x).sum() + 1e-3, (w * x).sum()], [(w * x).sum(), w.sum() + 1e-9]])
-        step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
-            break
-    return float(a), float(b)
-
-
-def sigmoid(x: np.ndarray, a: float = 1.0, b: float = 0.0) -> np.ndarray:
-    return 1 / (1 + np.exp(-(a * np.asarray(x, np.float64) + b)))
-
-
-def pair_metrics(labels: np.ndarray, probs: np.ndarray, median: float) -> dict:
-    """AUC against label > median of the training labels, and logloss against the soft label."""
-    a = auc(labels > median, probs)
-    return {"auc": None if math.isnan(a) else round(a, 4), "logloss": round(logloss(labels, probs), 4)}
-
-
-# ------------------------------------------------------------------------------------------
-# training
 
 
 def _key_grouped_order(keys: list[tuple[int, ...]], per_key: int, g) -> np.ndarray:
@@ -249,11 +149,147 @@ def check_base(base: str) -> None:
 
 def check_out(out: str | os.PathLike) -> Path:
     """`out` if an alignment model may be swapped in there: new, empty, or an earlier alignment model."""
-    from alignment.model import INFO_FILE
-
     return check_output_folder(
         out, (INFO_FILE,), job="alignment.train_alignment", what="alignment model", flag="out"
     )
+
+
+class AlignmentTrainer:
+    """Trains one alignment model: split -> build -> fit -> evaluate -> save (train_alignment runs them).
+
+    Args:
+        vocab: the catalog's clusters (the pair text names and describes them).
+        config: AlignmentConfig.  progress: show a progress bar while fitting.
+    """
+
+    def __init__(self, vocab: ClusterVocabulary, config: AlignmentConfig, *, progress: bool = True):
+        self.vocab, self.config, self.progress = vocab, config, progress
+        self.method = config.resolved_method
+        self.model = self.encoder = self.tokenizer = self.device = None
+
+    def split(self, pairs: pa.Table, preferences: pa.Table) -> PairSplit:
+        """Training and held-out pairs (a stable hash of (key, candidate)), preferences among the former."""
+        config = self.config
+        return split_pairs(
+            pairs,
+            preferences,
+            eval_fraction=config.eval_fraction,
+            seed=config.seed,
+            objective=config.objective,
+        )
+
+    def build(self) -> None:
+        """The backbone (LoRA adapters on a pretrained one), the linear head, the pair encoder, the device."""
+        import torch
+
+        from alignment.model import AlignmentModel, PairEncoder, build_backbone
+        from lm.device import pick_device
+
+        config = self.config
+        torch.manual_seed(config.seed)
+        backbone, self.tokenizer, hidden = build_backbone(config.base, self.vocab, config.tiny)
+        if self.method == "lora":
+            backbone = apply_lora(backbone, config.base, config.lora, task_type="FEATURE_EXTRACTION")
+        self.device = pick_device(config.device)
+        self.model = AlignmentModel(backbone, hidden).to(self.device)
+        self.encoder = PairEncoder(self.tokenizer, self.vocab)
+
+    @property
+    def trainable(self) -> list:
+        """Backbone parameters that train (all, or LoRA's), then the head's."""
+        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        return body + list(self.model.head.parameters())
+
+    def _batch_loss(self, split: PairSplit, idx) -> tuple:
+        import torch
+        import torch.nn.functional as F
+
+        if self.config.objective == "pointwise":
+            train = split.train
+            logits = _shared_logits(
+                self.model, self.encoder, [train.keys[i] for i in idx], train.candidates[idx], self.device
+            )
+            target = torch.tensor(train.labels[idx], dtype=torch.float32, device=self.device)
+            return F.binary_cross_entropy_with_logits(logits, target), 0
+        both = np.concatenate([split.pref_a[idx], split.pref_b[idx]])
+        keys = [split.pref_keys[i] for i in idx] * 2
+        s_ab = _shared_logits(self.model, self.encoder, keys, both, self.device)  # (2B,)
+        return -F.logsigmoid(s_ab[: len(idx)] - s_ab[len(idx) :]).mean(), 0
+
+    def fit(self, split: PairSplit) -> FitResult:
+        """AdamW (the head at >= 1e-3) with warm-up and cosine decay, over epochs of the training pairs
+        (pointwise) or preferences (pairwise) in runs of one key's items (items_per_key)."""
+        import torch
+
+        config, model = self.config, self.model
+        pointwise = config.objective == "pointwise"
+        item_keys = split.train.keys if pointwise else split.pref_keys
+        per_key = config.items_per_key or (4 if pointwise else 1)
+        total = total_steps(len(item_keys), config.batch_size, config.epochs, config.max_steps)
+        body = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups = [
+            {"params": body, "lr": config.learning_rate},
+            {"params": list(model.head.parameters()), "lr": max(config.learning_rate, 1e-3)},
+        ]
+        opt, sched = adamw_warmup_cosine(
+            groups, weight_decay=config.weight_decay, total=total, warmup_fraction=config.warmup_fraction
+        )
+        g = torch.Generator().manual_seed(config.seed)
+        model.train()
+        return fit_steps(
+            self.trainable, opt, sched, total=total, batch_size=config.batch_size,
+            epoch_order=lambda: _key_grouped_order(item_keys, per_key, g),
+            batch_loss=lambda idx: self._batch_loss(split, idx), grad_clip=config.grad_clip,
+            desc=f"alignment {config.base} ({self.method}, {config.objective})", progress=self.progress,
+        )  # fmt: skip
+
+    def logits(self, pairs: PairSet, limit: int | None = None) -> np.ndarray:
+        """The model's logits of the first `limit` (default all) pairs, in eval mode."""
+        from alignment.score import score_logits
+
+        n = len(pairs) if limit is None else min(len(pairs), limit)
+        self.model.eval()
+        return score_logits(
+            self.model, self.encoder, pairs.keys[:n], pairs.candidates[:n], batch_size=256, device=self.device
+        )
+
+    def heldout_loss(self, evals: PairSet) -> float:
+        """Logloss of sigmoid(s) against the held-out soft labels (the pointwise objective)."""
+        loss = logloss(evals.labels, sigmoid(self.logits(evals)))
+        self.model.train()
+        return loss
+
+    def evaluate(self, split: PairSplit, candidates: pa.Table | None) -> tuple[float, dict]:
+        """(held-out logloss, the report's "evaluation": model and baselines, alignment.evaluate)."""
+        eval_logits = self.logits(split.evals)
+        if self.config.objective == "pairwise":  # Bradley-Terry fixes score differences only: calibrate
+            train_logits = self.logits(split.train, limit=2000)
+            a, b = platt(train_logits.astype(np.float64), split.train.labels[: len(train_logits)])
+            probs = sigmoid(eval_logits, a, b)
+        else:
+            probs = sigmoid(eval_logits)
+        loss = logloss(split.evals.labels, sigmoid(eval_logits))
+        return loss, heldout_evaluation(split.train, split.evals, probs, self.vocab.size, candidates)
+
+    def info(self, report: dict) -> AlignmentModelInfo:
+        config = self.config
+        return AlignmentModelInfo(
+            base=config.base if config.base in PRESETS else str(Path(config.base).resolve()),
+            method=self.method, vocab=self.vocab, config=asdict(config),
+            lora=config.lora if self.method == "lora" else None, report=report,
+        )  # fmt: skip
+
+    def save(self, out: str | os.PathLike, report: dict) -> None:
+        """Write the folder beside `out` and swap it in (a crash never leaves half a model)."""
+        from alignment.model import save_alignment
+
+        out = check_out(out)  # again: the folder may have been filled while the model trained
+        tmp = staging_folder(out)
+        try:
+            save_alignment(tmp, self.model, self.tokenizer, self.info(report))
+            replace_folder(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_alignment(
@@ -273,168 +309,35 @@ def train_alignment(
     that holds files but no alignment model is refused before training (ValueError): the swap would
     delete them.
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
-    from alignment.model import AlignmentModel, PairEncoder, build_backbone, save_alignment
-    from alignment.score import score_logits
-    from lm.device import pick_device
-
     check_out(out)
     config = config or AlignmentConfig()
     check_base(config.base)
     t_start = time.perf_counter()
-    data = PairSet.from_table(pairs)
-    held = heldout_mask(data.keys, data.candidates, config.eval_fraction, config.seed)
-    train, evals = data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))
-    if len(train) < 2 or len(evals) < 2:
-        raise ValueError(
-            f"{len(data)} aggregated pairs give {len(train)} training and {len(evals)} held-out pairs; need at "
-            "least 2 of each. Collect more feedback or lower --min-impressions."
-        )
-    pref_keys, pref_a, pref_b = preference_arrays(
-        preferences, set(zip(train.keys, train.candidates.tolist(), strict=True))
-    )
-    if config.objective == "pairwise" and not len(pref_keys):
-        raise ValueError("objective='pairwise': no preference pairs among the training pairs; lower min_gap.")
-
-    torch.manual_seed(config.seed)
-    backbone, tokenizer, hidden = build_backbone(config.base, vocab, config.tiny)
-    method = config.resolved_method
-    if method == "lora":
-        backbone = apply_lora(
-            backbone, config.base, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-            task_type="FEATURE_EXTRACTION",
-        )  # fmt: skip
-    device = pick_device(config.device)
-    model = AlignmentModel(backbone, hidden).to(device)
-    encoder = PairEncoder(tokenizer, vocab)
-    median = float(np.median(train.labels))
-
-    def heldout_loss() -> float:
-        model.eval()
-        logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256, device=device)
-        model.train()
-        return logloss(evals.labels, sigmoid(logits))
-
-    loss_before = heldout_loss()
-    n_items = len(train) if config.objective == "pointwise" else len(pref_keys)
-    item_keys = train.keys if config.objective == "pointwise" else pref_keys
-    per_key = config.items_per_key or (4 if config.objective == "pointwise" else 1)
-    total = config.max_steps or max(1, round(config.epochs * math.ceil(n_items / config.batch_size)))
-    warmup = max(1, int(config.warmup_fraction * total))
-    head_params = list(model.head.parameters())
-    body_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [
-            {"params": body_params, "lr": config.learning_rate},
-            {"params": head_params, "lr": max(config.learning_rate, 1e-3)},
-        ],
-        weight_decay=config.weight_decay,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
-    g = torch.Generator().manual_seed(config.seed)
-    model.train()
-    t0, step, seen, last = time.perf_counter(), 0, 0, float("nan")
-    bar = tqdm(
-        total=total, desc=f"alignment {config.base} ({method}, {config.objective})", disable=not progress
-    )
-    while step < total:
-        for s in range(0, n_items, config.batch_size):
-            if step >= total:
-                break
-            if s == 0:  # a new epoch
-                order = _key_grouped_order(item_keys, per_key, g)
-            idx = order[s : s + config.batch_size]
-            if config.objective == "pointwise":
-                logits = _shared_logits(
-                    model, encoder, [train.keys[i] for i in idx], train.candidates[idx], device
-                )
-                target = torch.tensor(train.labels[idx], dtype=torch.float32, device=device)
-                loss = F.binary_cross_entropy_with_logits(logits, target)
-            else:
-                both = np.concatenate([pref_a[idx], pref_b[idx]])
-                s_ab = _shared_logits(model, encoder, [pref_keys[i] for i in idx] * 2, both, device)  # (2B,)
-                loss = -F.logsigmoid(s_ab[: len(idx)] - s_ab[len(idx) :]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(body_params + head_params, config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += len(idx)
-            last = loss.item()
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{last:.3f}")
-    bar.close()
-    train_s = time.perf_counter() - t0
-
-    model.eval()
-    eval_logits = score_logits(model, encoder, evals.keys, evals.candidates, batch_size=256, device=device)
-    if config.objective == "pairwise":  # Bradley-Terry fixes score differences only: calibrate the level
-        sub = np.arange(len(train))[: min(len(train), 2000)]
-        tr_logits = score_logits(
-            model, encoder, [train.keys[i] for i in sub], train.candidates[sub], device=device
-        )
-        a, b = platt(tr_logits.astype(np.float64), train.labels[sub])
-        eval_probs = sigmoid(eval_logits, a, b)
-    else:
-        eval_probs = sigmoid(eval_logits)
-    evaluation = {
-        "heldout_pairs": len(evals),
-        "label_median": median,
-        "positive_share": round(float((evals.labels > median).mean()), 4),
-        "model": pair_metrics(evals.labels, eval_probs, median),
-        "global_positive_rate": pair_metrics(
-            evals.labels, global_rate(train, vocab.size)[evals.candidates], median
-        ),
-    }
-    share_train = sample_share(candidates, train.keys, train.candidates)
-    if share_train is not None:
-        a, b = platt(share_train, train.labels)
-        share_eval = sample_share(candidates, evals.keys, evals.candidates)
-        evaluation["novelty_sample_frequency"] = pair_metrics(evals.labels, sigmoid(share_eval, a, b), median)
-
+    trainer = AlignmentTrainer(vocab, config, progress=progress)
+    split = trainer.split(pairs, preferences)
+    trainer.build()
+    loss_before = trainer.heldout_loss(split.evals)
+    fit = trainer.fit(split)
+    loss_after, evaluation = trainer.evaluate(split, candidates)
     report = {
         "base": config.base,
-        "method": method,
+        "method": trainer.method,
         "objective": config.objective,
-        "pairs": len(data),
-        "train_pairs": len(train),
-        "preferences": len(pref_keys),
+        "pairs": len(split.data),
+        "train_pairs": len(split.train),
+        "preferences": len(split.pref_keys),
         "heldout_loss_before": round(loss_before, 4),
-        "heldout_loss_after": round(logloss(evals.labels, sigmoid(eval_logits)), 4),
+        "heldout_loss_after": round(loss_after, 4),
         "evaluation": evaluation,
-        "final_train_loss": round(last, 4),
-        "steps": step,
-        "examples_seen": seen,
-        "train_s": round(train_s, 2),
-        "examples_per_s": round(seen / train_s, 1) if train_s else None,
-        "trainable_params": sum(p.numel() for p in body_params + head_params),
-        "device": str(device),
+        "final_train_loss": round(fit.final_loss, 4),
+        "steps": fit.steps,
+        "examples_seen": fit.examples_seen,
+        "train_s": round(fit.train_s, 2),
+        "examples_per_s": fit.examples_per_s,
+        "trainable_params": sum(p.numel() for p in trainer.trainable),
+        "device": str(trainer.device),
         "total_s": round(time.perf_counter() - t_start, 2),
         "out": str(out),
     }
-    info = {
-        "format_version": 1,
-        "base": config.base if config.base in PRESETS else str(Path(config.base).resolve()),
-        "method": method,
-        "text": "history: <name> (<description>) | ...\\ncandidate: <name> (<description>)<eos>",
-        "clusters": {
-            "names": list(vocab.names),
-            "descriptions": list(vocab.descriptions),
-            "signature": vocab.signature(),
-        },
-        "config": asdict(config),
-        "report": report,
-    }
-    out = check_out(out)  # again: the folder may have been filled while the model trained
-    tmp = staging_folder(out)
-    try:
-        save_alignment(tmp, model, tokenizer, info, method)
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save(out, report)
     return report

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     rows = [
         {"history_key": k, "cluster_id": int(c), "impressions": 5, "clicks": 1, "likes": 0, "shares": 0, "skips": 0,
-         "long_dwells": 0, "engagement": 0.2, "label": float(rng.integers(0, 11) / 10)}
+         "dwell_clicks": 0, "engagement": 0.2, "label": float(rng.integers(0, 11) / 10)}
         for k in keys for c in rng.choice(vocab.size, 8, replace=False)
     ]  # fmt: skip
     pairs = pa.Table.from_pylist(rows, schema=FEEDBACK_PAIRS)

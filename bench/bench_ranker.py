@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from catalog.build import build_movielens_catalog
 from ranking import Featurizer, RankerConfig, TrainConfig, Trainer, build_model, movielens_ctr
 from ranking.ablation import baseline_config
-from ranking.embeddings import QREmbedding
-from ranking.quantization import QuantizedEmbedding, embedding_bytes, quantize_embeddings
+from ranking.layers.embeddings import QREmbedding
+from ranking.layers.quantization import QuantizedEmbedding, embedding_bytes, quantize_embeddings
 from ranking.train import task_loss
 
 

@@ -169,7 +169,7 @@ FEEDBACK_PAIRS = pa.schema(
         _f("likes", pa.int64(), "impressions that were liked"),
         _f("shares", pa.int64(), "impressions that were shared"),
         _f("skips", pa.int64(), "impressions that were skipped"),
-        _f("long_dwells", pa.int64(), "clicks whose dwell reached the long-dwell threshold"),
+        _f("dwell_clicks", pa.int64(), "clicks whose dwell reached dwell_click_s seconds (fixed)"),
         _f("engagement", pa.float64(), "weighted actions per impression, before normalisation"),
         _f("label", pa.float32(), "engagement normalised to [0, 1] and rounded to the label interval"),
     ]

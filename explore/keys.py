@@ -8,6 +8,7 @@ cluster id is quarantined (kept in a separate table with the reason) and counted
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -78,3 +79,42 @@ def check_key_rows(table: pa.Table, k: int, n_clusters: int, *, source: str) -> 
         {"history_key": bad[0], "member_id": bad[1], "reason": bad[2]}, schema=KEY_QUARANTINE
     )
     return key_table(good[0], good[1]), quarantined
+
+
+def load_keys(
+    which: str,
+    histories: pa.Table,
+    k: int,
+    n_clusters: int,
+    *,
+    limit: int | None = None,
+    per_member: bool = True,
+) -> tuple[pa.Table, pa.Table]:
+    """(keys, quarantined) for a bulk run: a key set by name (KEY_SETS) or a parquet file of keys.
+
+    A file's rows are checked (check_key_rows): bad ones land in `quarantined`, with the reason. With
+    `per_member` false (a cache is per key, not per member) the set `members` is refused and repeated
+    keys are sampled once. `limit` keeps the first N keys (smoke runs). The flag named in errors is --keys.
+    """
+    import pyarrow.parquet as pq
+
+    if which == "members" and not per_member:
+        raise ValueError("--keys members: the cache is per history key; use observed, all, or a key file.")
+    if which in KEY_SETS:
+        keys, quarantined = build_key_set(histories, k, n_clusters, which), KEY_QUARANTINE.empty_table()
+    else:
+        path = Path(which)
+        if not path.is_file():
+            raise FileNotFoundError(f"--keys {which}: not one of {'/'.join(KEY_SETS)} and not a file.")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"--keys {which}: not a readable parquet file ({exc}).") from exc
+        keys, quarantined = check_key_rows(table, k, n_clusters, source=str(path))
+    if limit:
+        keys = keys.slice(0, limit)
+    if not per_member:
+        keys = key_table(sorted({tuple(x) for x in keys["history_key"].to_pylist()}))
+    if keys.num_rows == 0:
+        raise ValueError(f"--keys {which}: no valid history keys ({quarantined.num_rows} quarantined).")
+    return keys, quarantined

@@ -25,7 +25,6 @@ import pyarrow as pa
 from catalog.schemas import NOVELTY_CANDIDATES
 from catalog.vocabulary import ClusterVocabulary
 from explore.model_info import read_model_info
-from explore.prompts import PromptFormat
 from explore.tokenizer import check_expressible, encode_prompt
 
 
@@ -178,8 +177,8 @@ class NoveltySampler:
     ):
         self.model_dir = Path(model)
         info = read_model_info(self.model_dir)
-        names = info["clusters"]["names"]
-        self.vocab = ClusterVocabulary(tuple(names), tuple(info["clusters"]["descriptions"]))
+        names = info.vocab.names
+        self.vocab = info.vocab
         if vocab is not None and vocab.signature() != self.vocab.signature():
             diff = next(
                 (i for i, (a, b) in enumerate(zip(vocab.names, names, strict=False)) if a != b),
@@ -189,8 +188,8 @@ class NoveltySampler:
                 f"model={str(self.model_dir)!r} was trained on {len(names)} clusters that differ from the catalog's "
                 f"{vocab.size} (first difference at cluster {diff}). Retrain the novelty model on this catalog."
             )
-        self.format = PromptFormat(**info["prompt_format"])
-        self.info = info
+        self.format = info.prompt_format
+        self.info = info  # NoveltyModelInfo
         self.engine = engine or EngineConfig()
 
         from transformers import AutoConfig, AutoTokenizer

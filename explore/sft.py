@@ -5,15 +5,18 @@ of the answer tokens only. The `tiny` preset trains every weight from scratch; p
 LoRA adapters (peft) on their attention and MLP projections, merged back into plain weights at the end,
 so the saved folder is an ordinary Hugging Face model that vLLM loads directly.
 
-The saved folder holds the weights (safetensors), config.json, the tokenizer, and novelty.json: the
-prompt format, the cluster names it was trained on (vLLM's output is matched against them), the
-training config, the example counts and the held-out losses.
+The saved folder holds the weights (safetensors), config.json, the tokenizer, and novelty.json
+(explore.model_info.NoveltyModelInfo): the prompt format, the cluster names it was trained on (vLLM's
+output is matched against them), the training and LoRA config, the example counts and the held-out losses.
+
+`NoveltyTrainer` has the steps of ranking.train.Trainer's shape: split (examples) -> build (model,
+tokenizer, prompt format) -> fit (the loop, lm.loop) -> evaluate (held-out answer loss) -> save;
+`train_novelty` runs them in that order. The vLLM evaluation (explore.evaluate) needs the saved folder
+and runs after, in the job.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import time
@@ -24,12 +27,13 @@ from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
 from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, NoveltyExamples, build_examples
-from explore.model_info import INFO_FILE
+from explore.model_info import INFO_FILE, NoveltyModelInfo
 from explore.prompts import PromptFormat, tokenizer_texts
 from explore.tokenizer import answer_token_ids, check_expressible, encode_prompt
-from lm.lora import apply_lora
+from lm.info import config_kwargs
+from lm.loop import FitResult, adamw_warmup_cosine, fit_steps, total_steps
+from lm.lora import LoraSettings, apply_lora
 from lm.presets import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
-from lm.schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,18 @@ class SFTConfig:
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    lora_r: int = 16  # LoRA rank for pretrained bases
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora: LoraSettings = field(default_factory=LoraSettings)  # adapters for pretrained bases
     max_eval_examples: int = 2000  # held-out examples used for the loss
     tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.tiny, dict):  # from_dict of a saved config
+            object.__setattr__(self, "tiny", TinyLMConfig(**self.tiny))
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
+        if not isinstance(self.lora, LoraSettings):
+            raise ValueError(f"SFTConfig.lora={self.lora!r}: give an lm.lora.LoraSettings (or its dict).")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError(
                 f"SFTConfig: epochs={self.epochs}, max_steps={self.max_steps}; set one of them > 0."
@@ -60,8 +68,11 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.lr={self.lr}: must be >= 0 (0 picks the default).")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"SFTConfig.warmup_fraction={self.warmup_fraction}: must be in [0, 1).")
-        if self.lora_r < 1:
-            raise ValueError(f"SFTConfig.lora_r={self.lora_r}: must be >= 1.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SFTConfig:
+        """A config saved with asdict (novelty.json's sft_config); an unknown key is a ValueError."""
+        return cls(**config_kwargs(cls, d))
 
     @property
     def method(self) -> str:
@@ -121,24 +132,6 @@ def answer_loss(model, ids, mask, labels):
     return loss, n
 
 
-def heldout_loss(model, encoder: _Encoder, examples: NoveltyExamples, batch_size: int, pad_id: int) -> float:
-    """Token-weighted mean answer cross-entropy on held-out examples."""
-    import torch
-
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, len(examples), batch_size):
-            pairs = [
-                encoder(examples.keys[i], examples.targets[i])
-                for i in range(s, min(s + batch_size, len(examples)))
-            ]
-            loss, n = answer_loss(model, *collate(pairs, pad_id))
-            total += float(loss) * n
-            count += n
-    return total / max(count, 1)
-
-
 def check_out(out: str | os.PathLike) -> Path:
     """`out` if a novelty model may be swapped in there: new, empty, or an earlier novelty model folder."""
     return check_output_folder(
@@ -146,17 +139,129 @@ def check_out(out: str | os.PathLike) -> Path:
     )
 
 
-def _write_folder(out: Path, model, tokenizer, info: dict) -> None:
-    """Write the model folder beside `out` and swap it in, so a crash never leaves half a model."""
-    check_out(out)  # again: the folder may have been filled while the model trained
-    tmp = staging_folder(out)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+@dataclass
+class NoveltySplit:
+    """The training examples, the held-out ones (capped at max_eval_examples) and their counts."""
+
+    train: NoveltyExamples
+    evals: NoveltyExamples
+    stats: dict
+
+
+class NoveltyTrainer:
+    """Fine-tunes one novelty model: split -> build -> fit -> evaluate -> save (train_novelty runs them).
+
+    Args:
+        vocab: the catalog's clusters (names and descriptions, the model's answers).
+        config: SFTConfig.  examples: how the transitions become examples (K, caps, held-out members).
+        progress: show a progress bar while fitting.
+    """
+
+    def __init__(
+        self, vocab: ClusterVocabulary, config: SFTConfig, examples: ExampleConfig, *, progress: bool = True
+    ):
+        self.vocab, self.config, self.examples, self.progress = vocab, config, examples, progress
+        self.model = self.tokenizer = self.format = self.encoder = None
+        self.max_answer_tokens = 0
+
+    def split(self, histories) -> NoveltySplit:
+        """Training and held-out examples of the histories' novelty transitions (held out by member)."""
+        train, evals, stats = build_examples(histories, self.examples, self.vocab.size)
+        if not len(train) or not len(evals):
+            raise ValueError(
+                f"no {'training' if not len(train) else 'held-out'} examples: {stats}. Histories need at least "
+                f"K+1={self.examples.k + 1} distinct runs; use more members or a smaller eval_fraction."
+            )
+        return NoveltySplit(train, evals.subset(range(min(len(evals), self.config.max_eval_examples))), stats)
+
+    def build(self) -> None:
+        """The model (tiny from scratch, or a pretrained base with LoRA), its tokenizer and prompt format."""
+        import torch
+
+        config = self.config
+        torch.manual_seed(config.seed)
+        if config.method == "full":
+            model, self.tokenizer = build_tiny(self.vocab, config.tiny, tokenizer_texts(self.vocab))
+        else:
+            model, self.tokenizer = load_pretrained(resolve_base(config.base))
+        self.format = prompt_format_for(self.tokenizer, config.base, self.examples.k)
+        self.max_answer_tokens = check_expressible(self.tokenizer, self.vocab, self.format)
+        self.encoder = _Encoder(self.tokenizer, self.format, self.vocab)
+        if config.method == "lora":
+            model = apply_lora(model, config.base, config.lora, task_type="CAUSAL_LM")
+        self.model = model
+
+    @property
+    def trainable(self) -> list:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _batch_loss(self, train: NoveltyExamples, idx) -> tuple:
+        pairs = [self.encoder(train.keys[i], train.targets[i]) for i in idx]
+        ids, mask, labels = collate(pairs, self.tokenizer.pad_token_id)
+        loss, _ = answer_loss(self.model, ids, mask, labels)
+        return loss, int(mask.sum())
+
+    def fit(self, train: NoveltyExamples) -> FitResult:
+        """AdamW with warm-up and cosine decay over shuffled epochs of the training examples."""
+        import torch
+
+        config, params = self.config, self.trainable
+        total = total_steps(len(train), config.batch_size, config.epochs, config.max_steps)
+        opt, sched = adamw_warmup_cosine(
+            [{"params": params, "lr": config.learning_rate}],
+            weight_decay=config.weight_decay, total=total, warmup_fraction=config.warmup_fraction,
+        )  # fmt: skip
+        g = torch.Generator().manual_seed(config.seed)
+        self.model.train()
+        return fit_steps(
+            params, opt, sched, total=total, batch_size=config.batch_size,
+            epoch_order=lambda: torch.randperm(len(train), generator=g).tolist(),
+            batch_loss=lambda idx: self._batch_loss(train, idx),
+            grad_clip=config.grad_clip, desc=f"sft {config.base} ({config.method})", progress=self.progress,
+        )  # fmt: skip
+
+    def evaluate(self, evals: NoveltyExamples) -> float:
+        """The held-out answer loss: token-weighted mean cross-entropy of the answers (the training
+        objective). Recall@n and format validity need vLLM and the saved folder: explore.evaluate."""
+        import torch
+
+        self.model.eval()
+        total, count, pad_id = 0.0, 0, self.tokenizer.pad_token_id
+        with torch.no_grad():
+            for s in range(0, len(evals), self.config.batch_size):
+                stop = min(s + self.config.batch_size, len(evals))
+                pairs = [self.encoder(evals.keys[i], evals.targets[i]) for i in range(s, stop)]
+                loss, n = answer_loss(self.model, *collate(pairs, pad_id))
+                total += float(loss) * n
+                count += n
+        return total / max(count, 1)
+
+    def info(self, report: dict) -> NoveltyModelInfo:
+        config = self.config
+        return NoveltyModelInfo(
+            base=config.base, method=config.method, vocab=self.vocab, config=asdict(config),
+            lora=config.lora if config.method == "lora" else None, report=report,
+            prompt_format=self.format, example_config=asdict(self.examples),
+        )  # fmt: skip
+
+    def save(self, out: str | os.PathLike, report: dict) -> None:
+        """Merge LoRA adapters into plain weights, write the folder beside `out` and swap it in (a crash
+        never leaves half a model)."""
+        model, tokenizer = self.model, self.tokenizer
+        if self.config.method == "lora":
+            model = model.merge_and_unload()
+        model.config.architectures = [type(model).__name__]
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        out = check_out(out)  # again: the folder may have been filled while the model trained
+        tmp = staging_folder(out)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            self.info(report).write(tmp)
+            replace_folder(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def train_novelty(
@@ -174,109 +279,35 @@ def train_novelty(
     after, steps, examples/s, and where the model went. An `out` that holds files but no novelty model
     is refused before training (ValueError): the swap would delete them.
     """
-    import torch
-    from tqdm import tqdm
-
     check_out(out)
     config = config or SFTConfig()
-    examples = examples or ExampleConfig()
     if config.base not in PRESETS:
         resolve_base(config.base)  # fail fast on a bad folder before building examples
     t_start = time.perf_counter()
-    train, evals, example_stats = build_examples(histories, examples, vocab.size)
-    if not len(train) or not len(evals):
-        raise ValueError(
-            f"no {'training' if not len(train) else 'held-out'} examples: {example_stats}. Histories need at "
-            f"least K+1={examples.k + 1} distinct runs; use more members or a smaller eval_fraction."
-        )
-    torch.manual_seed(config.seed)
-    if config.method == "full":
-        model, tokenizer = build_tiny(vocab, config.tiny, tokenizer_texts(vocab))
-    else:
-        model, tokenizer = load_pretrained(resolve_base(config.base))
-    fmt = prompt_format_for(tokenizer, config.base, examples.k)
-    max_answer_tokens = check_expressible(tokenizer, vocab, fmt)
-    encoder = _Encoder(tokenizer, fmt, vocab)
-    pad_id = tokenizer.pad_token_id
-    evals = evals.subset(range(min(len(evals), config.max_eval_examples)))
-    if config.method == "lora":
-        model = apply_lora(
-            model, config.base, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-            task_type="CAUSAL_LM",
-        )  # fmt: skip
-
-    loss_before = heldout_loss(model, encoder, evals, config.batch_size, pad_id)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
-    warmup = max(1, int(config.warmup_fraction * total))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
-    g = torch.Generator().manual_seed(config.seed)
-    model.train()
-    t0 = time.perf_counter()
-    seen, tokens, last = 0, 0, float("nan")
-    bar = tqdm(total=total, desc=f"sft {config.base} ({config.method})", disable=not progress, unit="step")
-    step = 0
-    while step < total:
-        order = torch.randperm(len(train), generator=g).tolist()
-        for s in range(0, len(order), config.batch_size):
-            if step >= total:
-                break
-            idx = order[s : s + config.batch_size]
-            ids, mask, labels = collate([encoder(train.keys[i], train.targets[i]) for i in idx], pad_id)
-            loss, _ = answer_loss(model, ids, mask, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += len(idx)
-            tokens += int(mask.sum())
-            last = loss.item()
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{last:.3f}")
-    bar.close()
-    train_s = time.perf_counter() - t0
-    loss_after = heldout_loss(model, encoder, evals, config.batch_size, pad_id)
-    if config.method == "lora":
-        model = model.merge_and_unload()
-    model.config.architectures = [type(model).__name__]
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = pad_id
-
+    trainer = NoveltyTrainer(vocab, config, examples or ExampleConfig(), progress=progress)
+    split = trainer.split(histories)
+    trainer.build()
+    loss_before = trainer.evaluate(split.evals)
+    fit = trainer.fit(split.train)
+    loss_after = trainer.evaluate(split.evals)
     report = {
         "base": config.base,
         "method": config.method,
-        "prompt_format": fmt.to_dict(),
-        "examples": example_stats,
+        "prompt_format": trainer.format.to_dict(),
+        "examples": split.stats,
         "heldout_loss_before": round(loss_before, 4),
         "heldout_loss_after": round(loss_after, 4),
-        "heldout_examples_for_loss": len(evals),
-        "final_train_loss": round(last, 4),
-        "steps": step,
-        "examples_seen": seen,
-        "train_s": round(train_s, 2),
-        "examples_per_s": round(seen / train_s, 1) if train_s else None,
-        "tokens_per_s": round(tokens / train_s, 1) if train_s else None,
-        "trainable_params": sum(p.numel() for p in params),
-        "max_answer_tokens": max_answer_tokens,
+        "heldout_examples_for_loss": len(split.evals),
+        "final_train_loss": round(fit.final_loss, 4),
+        "steps": fit.steps,
+        "examples_seen": fit.examples_seen,
+        "train_s": round(fit.train_s, 2),
+        "examples_per_s": fit.examples_per_s,
+        "tokens_per_s": fit.tokens_per_s,
+        "trainable_params": sum(p.numel() for p in trainer.trainable),
+        "max_answer_tokens": trainer.max_answer_tokens,
         "total_s": round(time.perf_counter() - t_start, 2),
         "out": str(out),
     }
-    info = {
-        "format_version": 1,
-        "prompt_format": fmt.to_dict(),
-        "clusters": {
-            "names": list(vocab.names),
-            "descriptions": list(vocab.descriptions),
-            "signature": vocab.signature(),
-        },
-        "sft_config": asdict(config),
-        "example_config": asdict(examples),
-        "report": report,
-    }
-    _write_folder(Path(out), model, tokenizer, info)
+    trainer.save(out, report)
     return report

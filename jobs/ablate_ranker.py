@@ -10,31 +10,32 @@ that holds files but neither of them is refused before training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import Field
+
 from catalog.outputs import check_output_folder
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
-from jobs.train_ranker import DATA_FLAGS, RankerJobFields, add_data_flags, job_configs, load_examples
+from jobs.train_ranker import RankerJobFields, job_configs, load_examples
 
 OWN_FILES = ("ablation.json", "ablation.md")
 
 
 class AblationJobConfig(RankerJobFields):
-    out: str = "runs/ablation"
-    task_groups: list[list[str]] = [["click", "like", "share"], ["skip"], ["long_dwell"]]
+    out: str = Field("runs/ablation", description="output folder")
+    task_groups: list[list[str]] = Field(
+        [["click", "like", "share"], ["skip"], ["long_dwell"]],
+        description="task groups of the multi-task rows",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="output folder (default runs/ablation)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of AblationJobConfig")
-    add_data_flags(p)
-    args = p.parse_args(argv)
-    run_main(lambda: ablate(merge_config(AblationJobConfig, args, ["out", *DATA_FLAGS])))
+    args = job_parser(AblationJobConfig, __doc__).parse_args(argv)
+    run_main(lambda: ablate(merge_config(AblationJobConfig, args)))
 
 
 def ablate(cfg: AblationJobConfig) -> int:

@@ -8,7 +8,6 @@ holds files but no catalog file is refused before anything is built.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalog.build import MANIFEST, TABLE_SCHEMAS, CatalogConfig, build_movielens_catalog, summary_lines
 from catalog.outputs import check_output_folder
 from catalog.taxonomy import TaxonomyConfig
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
 
@@ -24,13 +24,18 @@ class CatalogFields(BaseModel):
     """The catalog settings every job that builds a catalog accepts (flags or `--config`)."""
 
     model_config = ConfigDict(extra="forbid")
-    n_clusters: int = Field(48, ge=2)
-    n_groups: int = Field(8, ge=1)
-    n_factors: int = Field(24, ge=1)
-    history_k: int = Field(2, ge=1)
-    min_rating: float = Field(4.0, ge=1, le=5)
-    holdout_fraction: float = Field(0.2, ge=0, lt=1)
-    seed: int = 0
+    n_clusters: int = Field(48, ge=2, description="M, interest clusters")
+    n_groups: int = Field(8, ge=1, description="level-1 groups")
+    n_factors: int = Field(24, ge=1, description="rating-matrix SVD rank")
+    history_k: int = Field(2, ge=1, description="K, history key length")
+    min_rating: float = Field(4.0, ge=1, le=5, description="positive engagement threshold")
+    holdout_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="each member's last share of ratings kept from the system for the simulator",
+    )
+    seed: int = Field(0, description="taxonomy seed")
 
     def catalog_config(self) -> CatalogConfig:
         tax = TaxonomyConfig(
@@ -47,40 +52,18 @@ class CatalogFields(BaseModel):
 class CatalogJobConfig(CatalogFields):
     """What `--config` may hold (TOML or JSON); flags override it."""
 
-    out: str = "runs/catalog"
+    out: str = Field("runs/catalog", description="output folder")
 
 
 # what marks a folder as a catalog (an interrupted save leaves tables without the manifest)
 CATALOG_FILES = (MANIFEST, *(f"{name}.parquet" for name in TABLE_SCHEMAS))
-FLAGS = ["out", "n_clusters", "n_groups", "n_factors", "history_k", "min_rating", "holdout_fraction", "seed"]
-
-
-def add_catalog_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-clusters", dest="n_clusters", type=int, help="M, interest clusters (default 48)")
-    p.add_argument("--n-groups", dest="n_groups", type=int, help="level-1 groups (default 8)")
-    p.add_argument("--n-factors", dest="n_factors", type=int, help="rating-matrix SVD rank (default 24)")
-    p.add_argument("--history-k", dest="history_k", type=int, help="K, history key length (default 2)")
-    p.add_argument(
-        "--min-rating", dest="min_rating", type=float, help="positive engagement threshold (default 4)"
-    )
-    p.add_argument(
-        "--holdout-fraction",
-        dest="holdout_fraction",
-        type=float,
-        help="each member's last share of ratings kept from the system for the simulator (default 0.2)",
-    )
-    p.add_argument("--seed", type=int, help="taxonomy seed (default 0)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="output folder (default runs/catalog)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of CatalogJobConfig")
-    add_catalog_flags(p)
-    args = p.parse_args(argv)
+    args = job_parser(CatalogJobConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        cfg = merge_config(CatalogJobConfig, args, FLAGS)
+        cfg = merge_config(CatalogJobConfig, args)
         check_output_folder(cfg.out, CATALOG_FILES, job="jobs.build_catalog", what="catalog")
         t0 = time.perf_counter()
         catalog = build_movielens_catalog(cfg.catalog_config())

@@ -55,10 +55,11 @@ def load_config(path: str | None) -> dict:
     return values
 
 
-def merge_config(model: type[pydantic.BaseModel], args: argparse.Namespace, fields: list[str]):
-    """Config file values, overridden by the flags given on the command line (those not None)."""
+def merge_config(model: type[pydantic.BaseModel], args: argparse.Namespace):
+    """The job's config: the --config file's values, overridden by the flags given on the command line (the
+    model's fields whose flag is not None; jobs.cli generates the flags from the same fields)."""
     values = load_config(getattr(args, "config", None))
-    values.update({f: getattr(args, f) for f in fields if getattr(args, f, None) is not None})
+    values.update({f: getattr(args, f) for f in model.model_fields if getattr(args, f, None) is not None})
     return model(**values)
 
 

@@ -18,7 +18,6 @@ transformers and torch print goes to <run>/logs/library.log (--verbose: everythi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -31,8 +30,8 @@ from catalog.build import build_movielens_catalog, summary_lines
 from jobs.best_of_n import BestOfNFields
 from jobs.best_of_n import run as run_best_of_n
 from jobs.best_of_n import summary_lines as best_of_n_summary_lines
-from jobs.build_catalog import FLAGS as CATALOG_FLAGS
-from jobs.build_catalog import CatalogFields, add_catalog_flags
+from jobs.build_catalog import CatalogFields
+from jobs.cli import job_parser
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
@@ -52,16 +51,22 @@ from sim import MemberSimulator, SimConfig
 
 
 class DemoConfig(CatalogFields):
-    runs: str = "runs"  # parent folder of run folders
-    num_cpus: int | None = Field(None, ge=1)  # CPUs for a local Ray (default: all)
-    novelty_steps: int = Field(300, ge=1)  # SFT steps of the tiny novelty LLM
-    novelty_eval_examples: int = Field(500, ge=1)  # held-out transitions in its evaluation
-    slots: int = Field(4, ge=1)  # novel clusters per key to fill; the sampler draws 5x as many
-    traffic_rounds: int = Field(24, ge=1)  # rounds of uniform exploration traffic logged for alignment
-    traffic_explore_slots: int = Field(8, ge=1)  # explore slots per slate in that traffic
-    alignment_steps: int = Field(300, ge=1)  # training steps of the alignment model
-    round1_explore_slots: int = Field(4, ge=1)  # explore slots per slate when the policies are compared
-    key_limit: int | None = Field(None, ge=1)  # bulk jobs sample only the first N keys (smoke runs)
+    runs: str = Field("runs", description="parent folder of run folders")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+    novelty_steps: int = Field(300, ge=1, description="SFT steps of the tiny novelty LLM")
+    novelty_eval_examples: int = Field(500, ge=1, description="held-out transitions in its evaluation")
+    slots: int = Field(4, ge=1, description="novel clusters per key to fill; the sampler draws 5x as many")
+    traffic_rounds: int = Field(
+        24, ge=1, description="rounds of uniform exploration traffic logged for alignment"
+    )
+    traffic_explore_slots: int = Field(8, ge=1, description="explore slots per slate in that traffic")
+    alignment_steps: int = Field(300, ge=1, description="training steps of the alignment model")
+    round1_explore_slots: int = Field(
+        4, ge=1, description="explore slots per slate when the policies are compared"
+    )
+    key_limit: int | None = Field(
+        None, ge=1, description="bulk jobs sample only the first N keys (smoke runs)"
+    )
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -243,53 +248,18 @@ class Stages:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", help="parent folder of run folders (default runs)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of DemoConfig")
-    p.add_argument("--num-cpus", dest="num_cpus", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument(
-        "--novelty-steps", dest="novelty_steps", type=int, help="SFT steps of the novelty LLM (300)"
-    )
-    p.add_argument(
-        "--novelty-eval-examples",
-        dest="novelty_eval_examples",
-        type=int,
-        help="held-out transitions evaluated (500)",
-    )
-    p.add_argument(
-        "--key-limit", dest="key_limit", type=int, help="bulk jobs: only the first N keys (smoke runs)"
-    )
-    p.add_argument(
-        "--traffic-rounds", dest="traffic_rounds", type=int, help="exploration traffic rounds (24)"
-    )
-    p.add_argument(
-        "--alignment-steps", dest="alignment_steps", type=int, help="alignment training steps (300)"
-    )
+    p = job_parser(DemoConfig, __doc__)
     p.add_argument(
         "--verbose",
         action="store_true",
         help="library output (vLLM, Ray, transformers) on the terminal, not in <run>/logs/library.log",
     )
-    add_catalog_flags(p)
     args = p.parse_args(argv)
 
     def body() -> int:
         import ray
 
-        cfg = merge_config(
-            DemoConfig,
-            args,
-            [
-                "runs",
-                "num_cpus",
-                "novelty_steps",
-                "novelty_eval_examples",
-                "traffic_rounds",
-                "alignment_steps",
-                "key_limit",
-                *CATALOG_FLAGS[1:],
-            ],
-        )
+        cfg = merge_config(DemoConfig, args)
         run_dir = new_run_dir(cfg.runs, "demo")
         stages = Stages()
         summary: dict = {"run_dir": str(run_dir), "config": cfg.model_dump()}

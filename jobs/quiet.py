@@ -7,7 +7,7 @@ How: file descriptor 2 (and with it `sys.stderr`, Python warnings, every logging
 stderr, tqdm bars of libraries, subprocesses such as the raylet and Redis, C++ glog lines) points at the
 log file while the block runs; stdout (the job's stage lines and summaries) is left alone. vLLM logs to
 stdout by default: VLLM_LOGGING_STREAM sends it to stderr, in this process and in the local Ray's workers
-(they inherit the environment; jobs.sample_novelty.ENGINE_ENV sets it for a remote cluster's). The lines
+(they inherit the environment; the bulk jobs pass it to their actors in explore.pipeline.Resources.env, for a remote cluster). The lines
 Ray prints on stdout (workers' stdout, the raylet's error messages) go to stderr too
 (`route_ray_worker_output`, after ray.init).
 

@@ -30,32 +30,44 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.cli import add_config_flag, add_model_flags
 from jobs.common import merge_config, run_main
 
 
 class ServeJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    run: str = "runs/latest"  # a finished `make demo` run folder
-    serve_config: str | None = None  # Serve config file (default: the repo's serve_config.yaml)
-    ranker: str | None = None  # ranker checkpoint (default: <run>/ranker/feedback)
-    host: str | None = None  # HTTP bind address (config default 127.0.0.1)
-    port: int | None = Field(None, ge=1, le=65535)
-    num_cpus: int | None = Field(None, ge=1)  # CPUs of a local Ray
-    ingress_replicas: int | None = Field(None, ge=1)
-    ranker_replicas: int | None = Field(None, ge=1)
-    ingress_cpus: float | None = Field(None, ge=0)
-    ranker_cpus: float | None = Field(None, ge=0)
-    ranker_gpus: float | None = Field(None, ge=0)  # 1: the ranker replicas score on CUDA
-    min_ranker_replicas: int | None = Field(None, ge=0)  # with max: autoscale the ranker
-    max_ranker_replicas: int | None = Field(None, ge=1)
-    max_batch_rows: int | None = Field(None, ge=1)
-    batch_wait_ms: float | None = Field(None, ge=0)
-    batching: bool | None = None
-    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    verbose: bool = False
+    run: str = Field("runs/latest", description="a finished `make demo` run folder")
+    serve_config: str | None = Field(
+        None, description="Serve config file (default: this repo's serve_config.yaml)"
+    )
+    ranker: str | None = Field(
+        None, description="ranker checkpoint (serve: default <run>/ranker/feedback; reload: required)"
+    )
+    host: str | None = Field(None, description="HTTP bind address (default 127.0.0.1)")
+    port: int | None = Field(None, ge=1, le=65535, description="HTTP port (default 8000)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
+    ingress_replicas: int | None = Field(None, ge=1, description="ingress replicas (default 1)")
+    ranker_replicas: int | None = Field(None, ge=1, description="ranker replicas (default 1)")
+    ingress_cpus: float | None = Field(None, ge=0, description="CPUs per ingress replica (default 0.5)")
+    ranker_cpus: float | None = Field(None, ge=0, description="CPUs per ranker replica (default 0.5)")
+    ranker_gpus: float | None = Field(
+        None, ge=0, description="GPUs per ranker replica (default 0; 1: the replicas score on CUDA)"
+    )
+    min_ranker_replicas: int | None = Field(
+        None, ge=0, description="autoscaling floor (with --max-ranker-replicas)"
+    )
+    max_ranker_replicas: int | None = Field(None, ge=1, description="autoscale the ranker up to N replicas")
+    max_batch_rows: int | None = Field(None, ge=1, description="candidate rows per batch (default 1024)")
+    batch_wait_ms: float | None = Field(None, ge=0, description="how long a batch waits to fill (default 2)")
+    batching: bool | None = Field(None, description="batch requests (--no-batching: score each alone)")
+    device: str | None = Field(
+        None, pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="ranker device: auto, cpu, cuda[:N]"
+    )
+    verbose: bool = Field(False, description="Ray Serve's own INFO logs and access lines")
 
 
-FLAGS = list(ServeJobConfig.model_fields)
+# the fields `reload` and `status` take; `serve` takes them all
+RUN_FIELDS = ("run", "serve_config", "ranker", "verbose")
 
 
 def run_paths(run: str | Path) -> dict[str, Path]:
@@ -347,62 +359,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", help="a finished `make demo` run folder (default runs/latest)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of ServeJobConfig")
-    p.add_argument(
-        "--serve-config",
-        dest="serve_config",
-        help="Serve config file (default: this repo's serve_config.yaml)",
+    add_config_flag(p, ServeJobConfig)
+    serve_only = (
+        () if command == "serve" else tuple(f for f in ServeJobConfig.model_fields if f not in RUN_FIELDS)
     )
-    p.add_argument(
-        "--ranker", help="ranker checkpoint (serve: default <run>/ranker/feedback; reload: required)"
-    )
-    p.add_argument(
-        "--verbose", action="store_true", default=None, help="Ray Serve's own INFO logs and access lines"
-    )
+    add_model_flags(p, ServeJobConfig, exclude=serve_only)
     if command == "serve":
-        p.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
-        p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-        p.add_argument("--num-cpus", dest="num_cpus", type=int, help="CPUs of a local Ray (default: all)")
-        p.add_argument("--ingress-replicas", dest="ingress_replicas", type=int)
-        p.add_argument("--ranker-replicas", dest="ranker_replicas", type=int)
-        p.add_argument(
-            "--ingress-cpus", dest="ingress_cpus", type=float, help="CPUs per ingress replica (0.5)"
-        )
-        p.add_argument("--ranker-cpus", dest="ranker_cpus", type=float, help="CPUs per ranker replica (0.5)")
-        p.add_argument(
-            "--ranker-gpus",
-            dest="ranker_gpus",
-            type=float,
-            help="GPUs per ranker replica (0; 1 on a GPU node)",
-        )
-        p.add_argument(
-            "--min-ranker-replicas", dest="min_ranker_replicas", type=int, help="autoscaling floor"
-        )
-        p.add_argument(
-            "--max-ranker-replicas", dest="max_ranker_replicas", type=int, help="autoscale the ranker up to N"
-        )
-        p.add_argument(
-            "--max-batch-rows", dest="max_batch_rows", type=int, help="candidate rows per batch (1024)"
-        )
-        p.add_argument(
-            "--batch-wait-ms", dest="batch_wait_ms", type=float, help="how long a batch waits to fill (2)"
-        )
-        p.add_argument(
-            "--no-batching",
-            dest="batching",
-            action="store_false",
-            default=None,
-            help="score each request alone",
-        )
-        p.add_argument("--device", help="ranker device: auto, cpu, cuda")
         p.add_argument(
             "--write-config", dest="write_config", help="write the filled Serve config to FILE and exit"
         )
     args = p.parse_args(argv)
 
     def body() -> int:
-        cfg = merge_config(ServeJobConfig, args, [f for f in FLAGS if hasattr(args, f)])
+        cfg = merge_config(ServeJobConfig, args)
         if command == "reload":
             return reload(cfg)
         if command == "status":

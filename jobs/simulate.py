@@ -10,8 +10,8 @@ files is refused.
 
 from __future__ import annotations
 
-import argparse
 import time
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -20,20 +20,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalog.build import Catalog
 from catalog.logs import FeedbackLogWriter
 from catalog.outputs import check_output_folder
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
-POLICIES = ("random", "most-frequent", "oracle")
+Policy = Literal["random", "most-frequent", "oracle"]
+POLICIES = get_args(Policy)
 
 
 class SimulateJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    catalog: str
-    out: str
-    policy: str = Field("most-frequent", pattern="^(random|most-frequent|oracle)$")
-    slate_size: int = Field(10, ge=1, le=200)
-    explore_slots: int = Field(2, ge=0)
-    content_type: str = "movie"
-    seed: int = 0
+    catalog: str = Field(description="catalog folder (from jobs.build_catalog or the demo)")
+    out: str = Field(description="feedback log folder; parts are appended")
+    policy: Policy = Field("most-frequent", description="how the explore slots are filled")
+    slate_size: int = Field(10, ge=1, le=200, description="items per slate")
+    explore_slots: int = Field(2, ge=0, description="slate positions given to explored clusters")
+    content_type: str = Field("movie", description="content type logged with each impression")
+    seed: int = Field(0, description="simulator and policy seed")
 
 
 def make_policy(name: str, catalog: Catalog, simulator):
@@ -99,25 +101,12 @@ def simulate_round(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--catalog", help="catalog folder (from jobs.build_catalog or the demo)")
-    p.add_argument("--out", help="feedback log folder; parts are appended")
-    p.add_argument("--config", help="TOML or JSON with the fields of SimulateJobConfig")
-    p.add_argument("--policy", choices=POLICIES)
-    p.add_argument("--slate-size", dest="slate_size", type=int)
-    p.add_argument("--explore-slots", dest="explore_slots", type=int)
-    p.add_argument("--content-type", dest="content_type")
-    p.add_argument("--seed", type=int)
-    args = p.parse_args(argv)
+    args = job_parser(SimulateJobConfig, __doc__).parse_args(argv)
 
     def body() -> int:
         from sim import MemberSimulator, SimConfig
 
-        cfg = merge_config(
-            SimulateJobConfig,
-            args,
-            ["catalog", "out", "policy", "slate_size", "explore_slots", "content_type", "seed"],
-        )
+        cfg = merge_config(SimulateJobConfig, args)
         check_output_folder(cfg.out, ("part-*.parquet",), job="jobs.simulate", what="feedback log")
         t0 = time.perf_counter()
         catalog = Catalog.load(cfg.catalog)

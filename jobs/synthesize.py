@@ -8,7 +8,6 @@ holds files but no catalog file is refused before anything is generated.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 from pathlib import Path
@@ -18,34 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalog.outputs import check_output_folder
 from catalog.synthetic import SyntheticConfig, generate_world
 from jobs.build_catalog import CATALOG_FILES
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
 
 class SynthJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    out: str = "runs/synthetic"
-    members: int = Field(100_000, ge=1)
-    clusters: int = Field(1_000, ge=2)
-    groups: int = Field(40, ge=1)
-    chunk_members: int = Field(50_000, ge=1)
-    seed: int = 0
+    out: str = Field("runs/synthetic", description="output folder")
+    members: int = Field(100_000, ge=1, description="members to generate")
+    clusters: int = Field(1_000, ge=2, description="M, clusters")
+    groups: int = Field(40, ge=1, description="level-1 groups")
+    chunk_members: int = Field(50_000, ge=1, description="members per chunk; bounds memory")
+    seed: int = Field(0, description="generator seed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="output folder (default runs/synthetic)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of SynthJobConfig")
-    p.add_argument("--members", type=int, help="members to generate (default 100000)")
-    p.add_argument("--clusters", type=int, help="M, clusters (default 1000)")
-    p.add_argument("--groups", type=int, help="level-1 groups (default 40)")
-    p.add_argument("--chunk-members", dest="chunk_members", type=int, help="members per chunk; bounds memory")
-    p.add_argument("--seed", type=int)
-    args = p.parse_args(argv)
+    args = job_parser(SynthJobConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        cfg = merge_config(
-            SynthJobConfig, args, ["out", "members", "clusters", "groups", "chunk_members", "seed"]
-        )
+        cfg = merge_config(SynthJobConfig, args)
         check_output_folder(cfg.out, CATALOG_FILES, job="jobs.synthesize", what="catalog")
         t0 = time.perf_counter()
         manifest = generate_world(

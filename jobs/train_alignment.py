@@ -15,55 +15,55 @@ with Ray Data, smaller ones in-process; both give the same tables.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
 
 class AlignmentTrainFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    catalog: str  # catalog folder: cluster names and descriptions, K
-    logs: list[str]  # feedback log folders (or part files)
-    candidates: str | None = (
-        None  # novelty candidates (jobs.sample_novelty) for the sample-frequency baseline
+    catalog: str = Field(description="catalog folder: cluster names and descriptions, K")
+    logs: list[str] = Field(description="feedback log folders (or part files)")
+    candidates: str | None = Field(
+        None, description="novelty candidates (jobs.sample_novelty), for the sample-frequency baseline"
     )
     # aggregation
-    sources: list[str] = ["explore"]  # impressions that count
-    min_impressions: int = Field(5, ge=1)  # pairs with fewer feedback events are dropped
-    normalise: str = Field("minmax", pattern="^(minmax|rank|none)$")
-    interval: float = Field(0.1, ge=0, le=0.5)  # label rounding (0: none)
-    min_gap: float = Field(0.2, gt=0, le=1)  # pairwise set: label gap of a preference
-    long_dwell_s: float = Field(60.0, ge=0)
-    engine: str = Field("auto", pattern="^(auto|pyarrow|ray)$")
-    ray_threshold_mib: int = Field(256, ge=0)
-    strict_logs: bool = False  # an unreadable log part stops the job (default: quarantined whole, rest used)
-    aggregate_only: bool = False
+    sources: list[str] = Field(["explore"], description="impression sources aggregated")
+    min_impressions: int = Field(5, ge=1, description="pairs with fewer feedback events are dropped")
+    normalise: Literal["minmax", "rank", "none"] = Field("minmax", description="label normalisation")
+    interval: float = Field(0.1, ge=0, le=0.5, description="label rounding interval (0: none)")
+    min_gap: float = Field(0.2, gt=0, le=1, description="label gap of a preference pair (pairwise set)")
+    dwell_click_s: float = Field(
+        60.0, ge=0, description="a click with at least this dwell, s, is a dwell click (a fixed threshold)"
+    )
+    engine: Literal["auto", "pyarrow", "ray"] = Field("auto", description="aggregation engine")
+    ray_threshold_mib: int = Field(256, ge=0, description="engine auto: Ray above this much log data, MiB")
+    strict_logs: bool = Field(
+        False, description="stop on an unreadable log part (default: quarantine the part whole, use the rest)"
+    )
+    aggregate_only: bool = Field(False, description="write the aggregated tables, train nothing")
     # model
-    base: str = "tiny"  # tiny, smollm2-135m, or a causal-LM folder (e.g. a trained novelty model)
-    method: str = Field("auto", pattern="^(auto|full|lora)$")
-    objective: str = Field("pointwise", pattern="^(pointwise|pairwise)$")
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.0, ge=0)
-    lora_r: int = Field(16, ge=1)
-    eval_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    base: str = Field(
+        "tiny", description="tiny, smollm2-135m, or a causal-LM folder (e.g. a trained novelty model)"
+    )
+    method: Literal["auto", "full", "lora"] = Field("auto", description="auto: full for tiny, LoRA otherwise")
+    objective: Literal["pointwise", "pairwise"] = Field("pointwise", description="training objective")
+    epochs: float = Field(3.0, gt=0, description="passes over the training pairs")
+    max_steps: int = Field(0, ge=0, description="stop after N optimizer steps (0: epochs decide)")
+    batch_size: int = Field(64, ge=1, description="pairs per step")
+    lr: float = Field(0.0, ge=0, description="learning rate (0: 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (alpha and dropout keep their defaults)")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of pairs held out")
+    seed: int = Field(0, description="seed of the split and the initialisation")
 
 
 class AlignmentTrainConfig(AlignmentTrainFields):
-    out: str = "runs/alignment"
-
-
-FLAGS = [
-    "out", "catalog", "logs", "candidates", "sources", "min_impressions", "normalise", "interval", "min_gap",
-    "long_dwell_s", "engine", "ray_threshold_mib", "strict_logs", "aggregate_only", "base", "method", "objective", "epochs",
-    "max_steps", "batch_size", "lr", "lora_r", "eval_fraction", "seed",
-]  # fmt: skip
+    out: str = Field("runs/alignment", description="output folder")
 
 
 def aggregation_config(cfg: AlignmentTrainFields):
@@ -75,7 +75,7 @@ def aggregation_config(cfg: AlignmentTrainFields):
         normalise=cfg.normalise,
         interval=cfg.interval,
         min_gap=cfg.min_gap,
-        long_dwell_s=cfg.long_dwell_s,
+        dwell_click_s=cfg.dwell_click_s,
         engine=cfg.engine,
         ray_threshold_mib=cfg.ray_threshold_mib,
         strict_logs=cfg.strict_logs,
@@ -94,6 +94,7 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
     from catalog.outputs import check_output_folder
     from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, NOVELTY_CANDIDATES
     from catalog.vocabulary import ClusterVocabulary
+    from lm.lora import LoraSettings
 
     out = check_output_folder(out, OWN_FILES, job="jobs.train_alignment", what="alignment job output")
     check_out(out / "model")
@@ -107,7 +108,7 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         max_steps=cfg.max_steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        lora_r=cfg.lora_r,
+        lora=LoraSettings(r=cfg.lora_r),
         eval_fraction=cfg.eval_fraction,
         seed=cfg.seed,
     )  # checked before the logs are read
@@ -172,49 +173,13 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--catalog", help="catalog folder")
-    p.add_argument("--logs", nargs="+", help="feedback log folders or part files")
-    p.add_argument("--candidates", help="novelty candidates folder, for the sample-frequency baseline")
-    p.add_argument("--out", help="output folder (default runs/alignment)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of AlignmentTrainConfig")
-    p.add_argument("--sources", nargs="+", help="impression sources aggregated (default: explore)")
-    p.add_argument("--min-impressions", dest="min_impressions", type=int, help="feedback events per pair (5)")
-    p.add_argument("--normalise", choices=["minmax", "rank", "none"], help="label normalisation (minmax)")
-    p.add_argument("--interval", type=float, help="label rounding interval (0.1; 0 = none)")
-    p.add_argument("--min-gap", dest="min_gap", type=float, help="label gap of a preference pair (0.2)")
-    p.add_argument("--long-dwell-s", dest="long_dwell_s", type=float, help="dwell of a long-dwell click (60)")
-    p.add_argument("--engine", choices=["auto", "pyarrow", "ray"], help="aggregation engine (auto)")
-    p.add_argument(
-        "--ray-threshold-mib", dest="ray_threshold_mib", type=int, help="auto: Ray above this (256)"
-    )
-    p.add_argument(
-        "--strict-logs",
-        dest="strict_logs",
-        action="store_const",
-        const=True,
-        help="stop on an unreadable log part (default: quarantine the part whole and use the rest)",
-    )
-    p.add_argument("--aggregate-only", dest="aggregate_only", action="store_const", const=True)
-    p.add_argument("--base", help="tiny (default), smollm2-135m, or a causal-LM folder")
-    p.add_argument("--method", choices=["auto", "full", "lora"], help="auto: full for tiny, LoRA otherwise")
-    p.add_argument("--objective", choices=["pointwise", "pairwise"], help="pointwise (default) or pairwise")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument(
-        "--lr", type=float, help="learning rate (default 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)"
-    )
-    p.add_argument("--lora-r", dest="lora_r", type=int)
-    p.add_argument("--eval-fraction", dest="eval_fraction", type=float, help="pairs held out (0.2)")
-    p.add_argument("--seed", type=int)
-    args = p.parse_args(argv)
+    args = job_parser(AlignmentTrainConfig, __doc__).parse_args(argv)
 
     def body() -> int:
         from alignment.aggregate import resolve_engine
         from jobs.services import ray_session
 
-        cfg = merge_config(AlignmentTrainConfig, args, FLAGS)
+        cfg = merge_config(AlignmentTrainConfig, args)
         if resolve_engine(cfg.logs, aggregation_config(cfg)) == "pyarrow":  # no Ray needed
             s = train(cfg, cfg.out)
         else:

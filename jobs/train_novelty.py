@@ -14,41 +14,38 @@ novelty model) is refused before training.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
 
 class NoveltyTrainFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    catalog: str  # catalog folder (python -m jobs.build_catalog)
-    base: str = "tiny"  # tiny, smollm2-135m, or a local Hugging Face causal-LM folder
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(0, ge=0)  # 0: epochs decide
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.0, ge=0)  # 0: 3e-3 full (tiny), 2e-4 LoRA
-    lora_r: int = Field(16, ge=1)
-    max_per_key: int = Field(48, ge=0)  # cap on examples per history key; 0 = none
-    eval_fraction: float = Field(0.1, gt=0, lt=1)  # members held out
-    evaluate: bool = True
-    eval_n: int = Field(20, ge=1)  # samples per key for recall@n
-    eval_temperature: float = Field(1.5, gt=0)
-    eval_examples: int = Field(1000, ge=1)
-    seed: int = 0
+    catalog: str = Field(description="catalog folder (python -m jobs.build_catalog --out DIR)")
+    base: str = Field("tiny", description="tiny, smollm2-135m, or a local Hugging Face causal-LM folder")
+    epochs: float = Field(3.0, gt=0, description="passes over the examples")
+    max_steps: int = Field(0, ge=0, description="stop after N optimizer steps (0: epochs decide)")
+    batch_size: int = Field(32, ge=1, description="examples per step")
+    lr: float = Field(0.0, ge=0, description="learning rate (0: 3e-3 full training of tiny, 2e-4 LoRA)")
+    lora_r: int = Field(
+        16, ge=1, description="LoRA rank for pretrained bases (alpha and dropout keep their defaults)"
+    )
+    max_per_key: int = Field(48, ge=0, description="cap on examples per history key (0: none)")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of members held out")
+    evaluate: bool = Field(
+        True, description="evaluate with vLLM on the held-out members (--no-evaluate: skip)"
+    )
+    eval_n: int = Field(20, ge=1, description="samples per key for recall@n")
+    eval_temperature: float = Field(1.5, gt=0, description="sampling temperature of the evaluation")
+    eval_examples: int = Field(1000, ge=1, description="held-out transitions evaluated")
+    seed: int = Field(0, description="seed of the split, the initialisation and the sampling")
 
 
 class NoveltyTrainConfig(NoveltyTrainFields):
-    out: str = "runs/novelty"
-
-
-FLAGS = [
-    "out", "catalog", "base", "epochs", "max_steps", "batch_size", "lr", "lora_r", "max_per_key",
-    "eval_fraction", "evaluate", "eval_n", "eval_temperature", "eval_examples", "seed",
-]  # fmt: skip
+    out: str = Field("runs/novelty", description="model folder to write")
 
 
 def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) -> dict:
@@ -58,8 +55,9 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     from catalog.outputs import check_output_folder
     from catalog.vocabulary import ClusterVocabulary
     from explore.examples import ExampleConfig, build_examples
-    from explore.model_info import INFO_FILE
+    from explore.model_info import INFO_FILE, read_model_info
     from explore.sft import SFTConfig, train_novelty
+    from lm.lora import LoraSettings
 
     check_output_folder(out, (INFO_FILE,), job="jobs.train_novelty", what="novelty model")
     catalog = Catalog.load(cfg.catalog)
@@ -73,7 +71,7 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
         max_steps=cfg.max_steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        lora_r=cfg.lora_r,
+        lora=LoraSettings(r=cfg.lora_r),
         seed=cfg.seed,
     )
     report = train_novelty(vocab, catalog.histories, out, sft, examples, progress=progress)
@@ -88,12 +86,7 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
             sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples
         )
         sampler.close()
-        info_path = Path(out) / INFO_FILE
-        info = json.loads(info_path.read_text())
-        info["report"] = report
-        tmp = info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(info_path)
+        read_model_info(out).with_report(report).write(out)  # the evaluation joins the saved report
     return report
 
 
@@ -124,33 +117,10 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--catalog", help="catalog folder (python -m jobs.build_catalog --out DIR)")
-    p.add_argument("--out", help="model folder to write (default runs/novelty)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of NoveltyTrainConfig")
-    p.add_argument("--base", help="tiny (default), smollm2-135m, or a local causal-LM folder")
-    p.add_argument("--epochs", type=float, help="passes over the examples (default 3)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps (0: epochs decide)")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default 3e-3 full, 2e-4 LoRA)")
-    p.add_argument("--lora-r", dest="lora_r", type=int, help="LoRA rank for pretrained bases (default 16)")
-    p.add_argument("--max-per-key", dest="max_per_key", type=int, help="examples kept per history key (48)")
-    p.add_argument("--eval-fraction", dest="eval_fraction", type=float, help="members held out (0.1)")
-    p.add_argument(
-        "--no-eval", dest="evaluate", action="store_const", const=False, help="skip the vLLM evaluation"
-    )
-    p.add_argument("--eval-n", dest="eval_n", type=int, help="samples per key for recall@n (20)")
-    p.add_argument(
-        "--eval-temperature", dest="eval_temperature", type=float, help="sampling temperature (1.5)"
-    )
-    p.add_argument(
-        "--eval-examples", dest="eval_examples", type=int, help="held-out transitions evaluated (1000)"
-    )
-    p.add_argument("--seed", type=int)
-    args = p.parse_args(argv)
+    args = job_parser(NoveltyTrainConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        cfg = merge_config(NoveltyTrainConfig, args, FLAGS)
+        cfg = merge_config(NoveltyTrainConfig, args)
         report = train(cfg, cfg.out)
         for line in summary_lines(report):
             print(line)

@@ -18,14 +18,15 @@ succeeds, so a failed run leaves the previous one intact and no file of an older
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
 
@@ -33,62 +34,43 @@ class RankerJobFields(BaseModel):
     """What every ranker job accepts: the data, the model preset and the training settings."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str = Field("movielens", pattern="^(movielens|feedback)$")
-    catalog: str | None = None  # catalog folder; default: build MovieLens-100K in memory
-    logs: list[str] = []  # feedback-log folders (dataset=feedback)
-    preset: str = Field("default", pattern="^(tiny|default|paper)$")
-    ranker: dict = {}  # RankerConfig fields overriding the preset
-    train: dict = {}  # TrainConfig fields
-    epochs: int | None = Field(None, ge=1)
-    history_length: int = Field(50, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    long_dwell_percentile: float = Field(75.0, gt=0, lt=100)
-    device: str = "auto"
-    seed: int | None = None  # overrides train.seed when given
-    strict_logs: bool = False  # an unreadable feedback-log part stops the job (default: quarantined whole)
-
-
-DATA_FLAGS = [
-    "dataset", "catalog", "logs", "preset", "epochs", "history_length", "device", "seed", "strict_logs",
-]  # fmt: skip
-
-
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="'movielens' (CTR on ratings, default) or 'feedback' (multi-task logs)")
-    p.add_argument("--catalog", help="catalog folder (default: build MovieLens-100K in memory)")
-    p.add_argument("--logs", nargs="+", help="feedback-log folders for --dataset feedback")
-    p.add_argument("--preset", help="model size: tiny, default or paper (4 x 3500 MLP)")
-    p.add_argument("--epochs", type=int, help="passes over the training part (default 2)")
-    p.add_argument(
-        "--history-length", dest="history_length", type=int, help="L, TransAct history (default 50)"
+    dataset: Literal["movielens", "feedback"] = Field(
+        "movielens", description="movielens (CTR on ratings) or feedback (multi-task logs)"
     )
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--strict-logs",
-        dest="strict_logs",
-        action="store_const",
-        const=True,
-        help="stop on an unreadable feedback-log part (default: quarantine the part whole and use the rest)",
+    catalog: str | None = Field(None, description="catalog folder (default: build MovieLens-100K in memory)")
+    logs: list[str] = Field([], description="feedback-log folders for --dataset feedback")
+    preset: Literal["tiny", "default", "paper"] = Field(
+        "default", description="model size (paper: 4 x 3500 MLP)"
+    )
+    ranker: dict = Field({}, description="RankerConfig fields overriding the preset")
+    train: dict = Field({}, description="TrainConfig fields")
+    epochs: int | None = Field(None, ge=1, description="passes over the training part (default 2)")
+    history_length: int = Field(50, ge=1, description="L, the TransAct history")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="latest share of examples held out")
+    long_dwell_percentile: float = Field(
+        75.0, gt=0, lt=100, description="long-dwell label: dwell above this percentile of its context"
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda")
+    seed: int | None = Field(None, description="overrides train.seed when given")
+    strict_logs: bool = Field(
+        False, description="stop on an unreadable feedback-log part (default: quarantine the part whole)"
     )
 
 
 class TrainJobConfig(RankerJobFields):
-    out: str = "runs/ranker"
-    batch_size: int | None = Field(None, ge=1)
-    warm_start: str | None = None  # previous period's checkpoint: incremental training
-    cold_start: str | None = None  # the cold-start model w0 (default: the warm start's own cold start)
-    forgetting_factor: float | None = Field(None, ge=0)
-    cold_weight: float | None = Field(None, ge=0, le=1)
-    bandit_prior_precision: float = Field(1.0, gt=0)
-    bandit_noise: float = Field(0.5, gt=0)
-    export: bool = True
-
-
-FLAGS = [
-    "out", *DATA_FLAGS, "batch_size", "test_fraction", "warm_start", "cold_start", "forgetting_factor",
-    "cold_weight",
-]  # fmt: skip
+    out: str = Field("runs/ranker", description="checkpoint folder")
+    batch_size: int | None = Field(None, ge=1, description="examples per step (default 512)")
+    warm_start: str | None = Field(
+        None, description="previous period's checkpoint: train incrementally from it"
+    )
+    cold_start: str | None = Field(
+        None, description="the cold-start model w0 of the prior (default: the warm start's own cold start)"
+    )
+    forgetting_factor: float | None = Field(None, ge=0, description="lambda_f (default 0)")
+    cold_weight: float | None = Field(None, ge=0, le=1, description="alpha (default 0.5)")
+    bandit_prior_precision: float = Field(1.0, gt=0, description="Thompson last layer: prior precision")
+    bandit_noise: float = Field(0.5, gt=0, description="Thompson last layer: observation noise")
+    export: bool = Field(True, description="write serving.pt2 (torch.export)")
 
 
 def job_configs(cfg: RankerJobFields, **flags):
@@ -173,21 +155,18 @@ def baseline_metrics(examples) -> dict:
     return out
 
 
-def cold_start_path(cfg, warm_meta: dict) -> str:
-    """--cold-start, else the cold start the warm start recorded, else the warm start itself."""
-    return cfg.cold_start or warm_meta.get("train", {}).get("cold_start") or cfg.warm_start
-
-
 def check_out(cfg) -> None:
     """The job replaces --out whole: refuse a folder of other files, and one that is (or holds) the
     warm-start or cold-start checkpoint the run starts from."""
     from catalog.outputs import check_output_folder
     from ranking.checkpoint import OWN_FILES, read_checkpoint_config
+    from ranking.incremental import cold_start_path
 
     out = Path(cfg.out).resolve()
     if cfg.warm_start:
-        meta, _, _ = read_checkpoint_config(cfg.warm_start)
-        for flag, path in (("--warm-start", cfg.warm_start), ("--cold-start", cold_start_path(cfg, meta))):
+        info, _, _ = read_checkpoint_config(cfg.warm_start)  # a bad config.json stops the job here
+        cold_start = cold_start_path(cfg.warm_start, cfg.cold_start, info=info)
+        for flag, path in (("--warm-start", cfg.warm_start), ("--cold-start", cold_start)):
             p = Path(path).resolve()
             if p == out or out in p.parents:
                 raise ValueError(
@@ -197,58 +176,9 @@ def check_out(cfg) -> None:
     check_output_folder(cfg.out, OWN_FILES, job="jobs.train_ranker", what="ranker checkpoint")
 
 
-def incremental_prior(cfg, tcfg, data_schema):
-    """Previous and cold-start checkpoints -> (IncrementalPrior, the previous schema and RankerConfig,
-    cold-start path). The new period keeps the previous model's architecture and vocabularies."""
-    from dataclasses import fields
-
-    from ranking.checkpoint import load_fisher, load_model
-    from ranking.train import IncrementalPrior
-
-    prev_model, prev_schema, prev_config, prev_meta = load_model(cfg.warm_start, data_schema=data_schema)
-    cold_path = cold_start_path(cfg, prev_meta)
-    cold_model, _, cold_config, _ = load_model(cold_path, data_schema=data_schema)
-    for f in fields(prev_config):
-        a, b = getattr(cold_config, f.name), getattr(prev_config, f.name)
-        if a != b:
-            raise ValueError(
-                f"the cold start {cold_path} has RankerConfig.{f.name}={a!r}, the warm start {cfg.warm_start} "
-                f"has {b!r}; both must share one architecture. Pass the --cold-start the warm start was "
-                "trained from."
-            )
-    h_prev, h0 = load_fisher(cfg.warm_start), load_fisher(cold_path)
-    if h_prev is None or h0 is None:
-        raise ValueError(
-            f"incremental training needs fisher.safetensors in {cfg.warm_start} and {cold_path}; "
-            "retrain those with this job (it writes the Fisher)."
-        )
-    try:
-        prior = IncrementalPrior(
-            {k: v.float() for k, v in cold_model.state_dict().items()},
-            h0,
-            {k: v.float() for k, v in prev_model.state_dict().items()},
-            h_prev,
-            tcfg.cold_weight,
-            tcfg.forgetting_factor,
-        )
-    except ValueError as exc:
-        raise ValueError(f"cold start {cold_path} vs warm start {cfg.warm_start}: {exc}") from exc
-    return prior, prev_schema, prev_config, str(Path(cold_path).resolve())
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="checkpoint folder (default runs/ranker)")
-    p.add_argument("--config", help="TOML or JSON file with the fields of TrainJobConfig")
-    add_data_flags(p)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per step (default 512)")
-    p.add_argument("--test-fraction", dest="test_fraction", type=float, help="latest share held out (0.2)")
-    p.add_argument("--warm-start", dest="warm_start", help="previous checkpoint: train incrementally from it")
-    p.add_argument("--cold-start", dest="cold_start", help="cold-start checkpoint w0 for the prior")
-    p.add_argument("--forgetting-factor", dest="forgetting_factor", type=float, help="lambda_f (default 0)")
-    p.add_argument("--cold-weight", dest="cold_weight", type=float, help="alpha (default 0.5)")
-    args = p.parse_args(argv)
-    run_main(lambda: train(merge_config(TrainJobConfig, args, FLAGS)) and 0)
+    args = job_parser(TrainJobConfig, __doc__).parse_args(argv)
+    run_main(lambda: train(merge_config(TrainJobConfig, args)) and 0)
 
 
 def train(cfg: TrainJobConfig) -> dict:
@@ -281,11 +211,12 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     from ranking.data import ExampleStream
     from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
     from ranking.features import Featurizer
+    from ranking.incremental import empirical_fisher, from_checkpoint
+    from ranking.layers.quantization import embedding_bytes, quantize_embeddings
     from ranking.metrics import reliability_diagram
     from ranking.model import count_flops
-    from ranking.quantization import embedding_bytes, quantize_embeddings
     from ranking.ranker import Ranker
-    from ranking.train import empirical_fisher, pick_device
+    from ranking.train import pick_device
 
     device = pick_device(cfg.device)
     config, tcfg = job_configs(
@@ -310,7 +241,14 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
 
     prior, schema, cold_start = None, None, None
     if cfg.warm_start:
-        prior, schema, config, cold_start = incremental_prior(cfg, tcfg, examples.schema)
+        warm = from_checkpoint(
+            cfg.warm_start,
+            cold_start=cfg.cold_start,
+            cold_weight=tcfg.cold_weight,
+            forgetting_factor=tcfg.forgetting_factor,
+            data_schema=examples.schema,
+        )
+        prior, schema, config, cold_start = warm.prior, warm.schema, warm.config, warm.cold_start
         print(
             f"incremental: warm start {cfg.warm_start}, cold start {cold_start}, lambda_f {tcfg.forgetting_factor}; "
             "architecture and vocabularies come from the warm start (--preset and ranker fields are ignored)"

@@ -1,7 +1,8 @@
 """Language-model plumbing shared by both LLMs (the novelty LLM in explore/, the alignment LLM in
-alignment/): base-model presets and checks, the tiny preset's tokenizer, LoRA, device choice and the LR
-schedule. Imports only catalog/. Importing the package loads no model library; its modules load torch,
-transformers and peft when used.
+alignment/): base-model presets and checks, the tiny preset's tokenizer, LoRA settings and adapters, the
+typed model-folder info JSON, the shared training loop, device choice and the LR schedule. Imports only
+catalog/. Importing the package loads no model library; its modules load torch, transformers and peft
+when used.
 """
 
-__all__ = ["device", "lora", "presets", "schedule", "tokenizer"]
+__all__ = ["device", "info", "loop", "lora", "presets", "schedule", "tokenizer"]

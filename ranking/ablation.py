@@ -10,7 +10,7 @@ import torch
 from ranking.config import RankerConfig
 from ranking.datasets import Examples
 from ranking.experiment import evaluate, train_and_evaluate
-from ranking.quantization import embedding_bytes, quantize_embeddings
+from ranking.layers.quantization import embedding_bytes, quantize_embeddings
 from ranking.train import TrainConfig
 
 # (row label, changes applied on top of the previous row)

@@ -2,10 +2,11 @@
 folder alone (no pickle), plus an export of the serving model with torch.export.
 
 <folder>/
-  config.json         format, RankerConfig, TrainConfig, bandit settings, the tasks
+  config.json         CheckpointConfig: format and format_version, RankerConfig, the TrainConfig fields
+                      and the cold start (incremental training), the tasks, the bandit's task
   schema.json         the fitted FeatureSchema (vocabularies, imputation values, long-dwell tables)
   model.safetensors   weights and buffers
-  fisher.safetensors  diagonal empirical Fisher (for the next incremental period), optional
+  fisher.safetensors  diagonal empirical Fisher (the next incremental period: ranking.incremental), optional
   bandit.safetensors  Bayesian last-layer posterior, optional
   metrics.json        evaluation figures, optional
   serving.pt2         torch.export program of the serving forward, optional
@@ -33,6 +34,7 @@ import os
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,11 +47,40 @@ from ranking.config import RankerConfig
 from ranking.model import LiRankModel, build_model
 from ranking.schema import FeatureSchema
 
-FORMAT = "lirank-ranker/1"
+FORMAT = "lirank-ranker"
+FORMAT_VERSION = 1  # config.json's layout: raise it when the layout changes, and keep reading the older ones
+LEGACY_FORMATS = {"lirank-ranker/1": 1}  # written before format_version: the version was in the format
 OPTIONAL_FILES = ("fisher.safetensors", "bandit.safetensors", "metrics.json", "serving.pt2")
 # what marks a folder as a ranker checkpoint (an HF model folder has a config.json too, never a schema.json)
 OWN_FILES = ("schema.json",)
-CONFIG_KEYS = ("format", "ranker", "train", "tasks", "bandit_task")  # config.json's top level
+# config.json's top level
+CONFIG_KEYS = ("format", "format_version", "ranker", "train", "tasks", "bandit_task")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """config.json, typed: what a checkpoint folder records besides its schema and tensors."""
+
+    ranker: RankerConfig  # the architecture
+    tasks: tuple[str, ...]  # the schema's tasks, in order
+    train: dict  # the TrainConfig fields it was trained with, and 'cold_start' (ranking.incremental)
+    bandit_task: str | None = None  # the task bandit.safetensors models; None without a bandit
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def cold_start(self) -> str | None:
+        """The cold-start checkpoint this one was trained from (itself when trained from scratch)."""
+        return self.train.get("cold_start")
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "ranker": self.ranker.to_dict(),
+            "train": self.train,
+            "tasks": list(self.tasks),
+            "bandit_task": self.bandit_task,
+        }
 
 
 def _write_json(path: Path, obj) -> None:
@@ -105,22 +136,16 @@ def write_checkpoint(
     if metrics is not None:
         _write_json(folder / "metrics.json", metrics)
     _write_json(folder / "schema.json", schema.to_dict())
-    _write_json(
-        folder / "config.json",
-        {
-            "format": FORMAT,
-            "ranker": config.to_dict(),
-            "train": train_config or {},
-            "tasks": list(schema.tasks),
-            "bandit_task": bandit_task,
-        },
-    )
+    info = CheckpointConfig(config, tuple(schema.tasks), train_config or {}, bandit_task)
+    _write_json(folder / "config.json", info.to_dict())
     return folder
 
 
-def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfig, FeatureSchema]:
-    """(config.json as a dict, its RankerConfig, the FeatureSchema), each checked: a field that is
-    missing, unknown or of the wrong kind is a ValueError naming the file, not a traceback later."""
+def read_checkpoint_config(folder: str | os.PathLike) -> tuple[CheckpointConfig, RankerConfig, FeatureSchema]:
+    """(config.json as a CheckpointConfig, its RankerConfig, the FeatureSchema), each checked: a field
+    that is missing, unknown or of the wrong kind, or a format_version newer than this code reads, is a
+    ValueError naming the file, not a traceback later. Files written before format_version (format
+    'lirank-ranker/1') read as version 1."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -135,9 +160,10 @@ def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfi
         raise ValueError(f"{folder / 'schema.json'}: {exc}; {fix}.") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{cfg_path}: holds a JSON {type(meta).__name__}, not an object; {fix}.")
-    if meta.get("format") != FORMAT:
+    legacy = meta.get("format") in LEGACY_FORMATS and "format_version" not in meta
+    if meta.get("format") != FORMAT and not legacy:
         raise ValueError(f"{cfg_path}: format {meta.get('format')!r}, this code reads {FORMAT!r}; {fix}.")
-    missing = [k for k in CONFIG_KEYS if k not in meta]
+    missing = [k for k in CONFIG_KEYS if k not in meta and not (legacy and k == "format_version")]
     unknown = sorted(set(meta) - set(CONFIG_KEYS))
     if missing or unknown:
         problems = [f"missing field(s) {missing}"] if missing else []
@@ -145,6 +171,15 @@ def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfi
         raise ValueError(
             f"{cfg_path}: {'; '.join(problems)}. A checkpoint's config.json holds exactly the fields "
             f"{list(CONFIG_KEYS)}; {fix}."
+        )
+    version = LEGACY_FORMATS[meta["format"]] if legacy else meta["format_version"]
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{cfg_path}: format_version is {version!r}, not a positive integer; {fix}.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path}: format_version {version} is newer than this code reads (up to {FORMAT_VERSION}): "
+            "the checkpoint was written by a later version of the project. Load it with that version, or "
+            "retrain the checkpoint with this code (python -m jobs.train_ranker)."
         )
     kinds = {"ranker": dict, "train": dict, "tasks": list}
     for key, kind in kinds.items():
@@ -168,19 +203,20 @@ def read_checkpoint_config(folder: str | os.PathLike) -> tuple[dict, RankerConfi
         config = RankerConfig.from_dict(meta["ranker"])
     except ValueError as exc:
         raise ValueError(f"{cfg_path}, field 'ranker': {exc} Fix the field or {fix}.") from exc
-    return meta, config, schema
+    info = CheckpointConfig(config, tuple(meta["tasks"]), meta["train"], meta["bandit_task"], version)
+    return info, config, schema
 
 
 def load_model(
     folder: str | os.PathLike, *, data_schema: FeatureSchema | None = None
-) -> tuple[LiRankModel, FeatureSchema, RankerConfig, dict]:
+) -> tuple[LiRankModel, FeatureSchema, RankerConfig, CheckpointConfig]:
     """Rebuild the model from the folder alone; refuse data whose schema has another structure."""
     folder = Path(folder)
-    meta, config, schema = read_checkpoint_config(folder)
+    info, config, schema = read_checkpoint_config(folder)
     if data_schema is not None:
         schema.check_compatible(data_schema, what=f"checkpoint {folder}")
     model = build_model(schema, config)
-    state = _load_tensors(folder / "model.safetensors")
+    state = load_tensors(folder / "model.safetensors")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape
@@ -192,10 +228,10 @@ def load_model(
             f"{folder}/model.safetensors does not match config.json: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}."
         )
-    return model.eval(), schema, config, meta
+    return model.eval(), schema, config, info
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: the checkpoint folder is incomplete; retrain or restore it."
@@ -227,14 +263,9 @@ def checkpoint_version(folder: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_fisher(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    path = Path(folder) / "fisher.safetensors"
-    return _load_tensors(path) if path.is_file() else None
-
-
 def load_bandit(folder: str | os.PathLike) -> BayesianLastLayer | None:
     path = Path(folder) / "bandit.safetensors"
-    return BayesianLastLayer.from_state_dict(_load_tensors(path)) if path.is_file() else None
+    return BayesianLastLayer.from_state_dict(load_tensors(path)) if path.is_file() else None
 
 
 class ServingModule(torch.nn.Module):

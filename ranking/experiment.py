@@ -12,10 +12,11 @@ from ranking.config import RankerConfig
 from ranking.data import ExampleStream
 from ranking.datasets import Examples
 from ranking.features import Featurizer
+from ranking.incremental import IncrementalPrior
 from ranking.metrics import task_metrics
 from ranking.model import LiRankModel, build_model
 from ranking.schema import FeatureSchema
-from ranking.train import IncrementalPrior, TrainConfig, Trainer, TrainResult, predict
+from ranking.train import TrainConfig, Trainer, TrainResult, predict
 
 
 @dataclass

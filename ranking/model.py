@@ -8,16 +8,21 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ranking.calibration import IsotonicCalibration
 from ranking.config import RankerConfig
-from ranking.crossnet import build_cross
-from ranking.dense import DenseArch
-from ranking.embeddings import QREmbedding, SparseArch, TableEmbedding
 from ranking.features import Batch
-from ranking.heads import MMoEHeads, TaskGroupHeads
-from ranking.mlp import GatedMLP
+from ranking.layers import (
+    DenseArch,
+    GatedMLP,
+    IsotonicCalibration,
+    MMoEHeads,
+    QREmbedding,
+    SparseArch,
+    TableEmbedding,
+    TaskGroupHeads,
+    TransAct,
+    build_cross,
+)
 from ranking.schema import FeatureSchema
-from ranking.transact import TransAct
 
 
 class RankerOutput(NamedTuple):

@@ -21,8 +21,8 @@ from ranking.checkpoint import (
 from ranking.config import RankerConfig
 from ranking.data import ExampleStream
 from ranking.features import Featurizer
+from ranking.layers.quantization import quantize_embeddings
 from ranking.model import LiRankModel
-from ranking.quantization import quantize_embeddings
 from ranking.schema import FeatureSchema
 from ranking.train import pick_device
 
@@ -168,13 +168,13 @@ class Ranker:
         hash (`checkpoint_version`), read before and after loading, so a folder swapped in meanwhile is
         refused rather than half-read."""
         version = checkpoint_version(folder)
-        model, schema, config, meta = load_model(folder, data_schema=data_schema)
+        model, schema, config, info = load_model(folder, data_schema=data_schema)
         ranker = cls(
             model,
             schema,
             config,
             bandit=load_bandit(folder),
-            rank_task=meta.get("bandit_task"),
+            rank_task=info.bandit_task,
             device=device,
         )
         if checkpoint_version(folder) != version:

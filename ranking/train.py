@@ -1,12 +1,13 @@
 """The LiRank training recipe: Adam on dense parameters, Adagrad on id embeddings, learning-rate
-warm-up over a fraction of the steps, gradient clipping, and incremental training with a
-Fisher-weighted prior toward the cold-start and the previous model."""
+warm-up over a fraction of the steps, gradient clipping, and, for incremental training, the
+Fisher-weighted prior of ranking.incremental added to the loss."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from ranking.config import check_dict, check_field_types
 from ranking.data import ExampleStream
 from ranking.features import Batch
 from ranking.model import LiRankModel
+
+if TYPE_CHECKING:  # ranking.incremental imports this module (task_loss)
+    from ranking.incremental import IncrementalPrior
 
 
 @dataclass(frozen=True)
@@ -76,83 +80,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-class IncrementalPrior:
-    """The incremental-training prior of LiRank section 3.9.
-
-    w_init = alpha w0 + (1 - alpha) w_prev
-    penalty(w) = lambda_f / 2 * sum_i [alpha H0_i (w_i - w0_i)^2 + (1 - alpha) Hprev_i (w_i - wprev_i)^2]
-
-    H0, Hprev: diagonal empirical Fisher of the cold-start and previous models (`empirical_fisher`).
-    Parameters absent from a state (e.g. a new table) get no prior.
-    """
-
-    def __init__(
-        self, w0: dict, h0: dict, w_prev: dict, h_prev: dict, alpha: float, forgetting_factor: float
-    ):
-        # every tensor must have the previous model's shape: refuse another architecture up front
-        for label, state, keys in (("w0", w0, w_prev), ("H0", h0, h_prev), ("Hprev", h_prev, h_prev)):
-            for k in keys:
-                want = tuple(w_prev[k].shape) if k in w_prev else None
-                got = tuple(state[k].shape) if k in state else None
-                if got != want or want is None:
-                    raise ValueError(
-                        f"IncrementalPrior: {label}[{k!r}] has shape {got or 'none (missing)'}, the previous "
-                        f"model's has {want or 'none (missing)'}; the cold-start and previous checkpoints must "
-                        "share one architecture (RankerConfig and vocabularies)."
-                    )
-        self.w0, self.h0, self.w_prev, self.h_prev = w0, h0, w_prev, h_prev
-        self.alpha, self.lam = alpha, forgetting_factor
-
-    def initial_state(self) -> dict[str, torch.Tensor]:
-        return {k: self.alpha * self.w0[k] + (1 - self.alpha) * self.w_prev[k] for k in self.w_prev}
-
-    def to(self, device: torch.device) -> IncrementalPrior:
-        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return IncrementalPrior(
-            move(self.w0), move(self.h0), move(self.w_prev), move(self.h_prev), self.alpha, self.lam
-        )
-
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        total = None
-        for name, w in model.named_parameters():
-            if name not in self.h_prev:
-                continue
-            term = (
-                self.alpha * (self.h0[name] * (w - self.w0[name]) ** 2).sum()
-                + (1 - self.alpha) * (self.h_prev[name] * (w - self.w_prev[name]) ** 2).sum()
-            )
-            total = term if total is None else total + term
-        if total is None:
-            return torch.zeros(())
-        return 0.5 * self.lam * total
-
-
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Mean binary cross-entropy per task, weighted and summed over tasks. logits, labels (B, T)."""
     per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)  # (T,)
     return (per_task * weights).sum() if weights is not None else per_task.sum()
-
-
-def empirical_fisher(model: LiRankModel, stream: ExampleStream, n_batches: int, device: torch.device) -> dict:
-    """Diagonal empirical Fisher, E[g_i^2] per parameter, estimated as B * mean over batches of the squared
-    mean-loss gradient (equal to E[g_i^2] when per-example gradients are uncorrelated around zero mean,
-    as near a trained optimum)."""
-    model.eval()  # batch norm uses its running statistics
-    acc = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    seen = 0
-    for batch in stream:
-        batch = batch.to(device)
-        model.zero_grad(set_to_none=True)
-        out = model.run(batch)
-        task_loss(out.logits, batch.labels, None).backward()
-        for n, p in model.named_parameters():
-            if p.grad is not None:
-                acc[n] += p.grad.detach() ** 2 * len(batch)
-        seen += 1
-        if seen >= n_batches:
-            break
-    model.zero_grad(set_to_none=True)
-    return {n: (v / max(seen, 1)).cpu() for n, v in acc.items()}
 
 
 @dataclass

@@ -40,7 +40,7 @@ def events(rows: list[tuple]) -> pa.Table:
 
 
 def known_log() -> list[tuple]:
-    """Pairs with known engagement (weights click 1, like 2, share 3, skip -1, long dwell 1; long dwell >= 60 s):
+    """Pairs with known engagement (weights click 1, like 2, share 3, skip -1, dwell click 1; dwell click >= 60 s):
     (0,1)->2: 10 impressions, 5 clicks (3 of them >= 60 s), 2 likes, 1 share, 1 skip: (5+4+3-1+3)/10 = 1.4
     (0,1)->3: 4 impressions: below min_impressions=5
     (1,2)->0: 5 impressions, 5 skips: -1.0
@@ -89,7 +89,7 @@ def test_aggregation_known_answers_minmax_filter_round(log_dir):
         ((1, 2), 3): (6, 0.5, 0.6),
     }
     row = [r for r in agg.pairs.to_pylist() if r["cluster_id"] == 2][0]
-    assert (row["clicks"], row["likes"], row["shares"], row["skips"], row["long_dwells"]) == (5, 2, 1, 1, 3)
+    assert (row["clicks"], row["likes"], row["shares"], row["skips"], row["dwell_clicks"]) == (5, 2, 1, 1, 3)
     assert (
         agg.stats["events"] == 32
         and agg.stats["pairs_seen"] == 4
@@ -206,7 +206,7 @@ def known_world(seed: int = 0):
                 label = float(np.clip(label + rng.normal(0, 0.05), 0, 1))
                 rows.append(
                     {"history_key": [a, b], "cluster_id": c, "impressions": 10, "clicks": 0, "likes": 0, "shares": 0,
-                     "skips": 0, "long_dwells": 0, "engagement": label, "label": round(label, 1)}
+                     "skips": 0, "dwell_clicks": 0, "engagement": label, "label": round(label, 1)}
                 )  # fmt: skip
     pairs = pa.Table.from_pylist(rows, schema=FEEDBACK_PAIRS)
     from alignment.aggregate import preferences
@@ -259,7 +259,7 @@ def test_training_lowers_heldout_loss_and_beats_the_frequency_baseline(pointwise
     import torch
     import torch.nn.functional as F
 
-    from alignment.train import heldout_mask
+    from alignment.pairs import heldout_mask
 
     _, r = pointwise
     _, pairs, _ = world
@@ -318,8 +318,9 @@ def test_training_lowers_heldout_loss_and_beats_the_frequency_baseline(pointwise
 
 
 def test_saved_model_scores_like_the_trained_one(pointwise, world):
+    from alignment.evaluate import pair_metrics
+    from alignment.pairs import heldout_mask
     from alignment.score import AlignmentScorer
-    from alignment.train import heldout_mask, pair_metrics
 
     out, r = pointwise
     vocab, pairs, _ = world
@@ -376,6 +377,41 @@ def test_lora_on_a_pretrained_folder(world, tmp_path):
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     probs = AlignmentScorer(tmp_path / "lora", device="cpu").score([(0, 1)], [5])
     assert 0 < probs[0] < 1
+
+
+def test_saved_info_is_typed_and_old_files_still_load(pointwise, world, tmp_path):
+    import json
+    import shutil
+
+    from alignment.info import AlignmentModelInfo, read_alignment_info
+    from alignment.train import AlignmentConfig
+    from lm.lora import LoraSettings
+
+    out, r = pointwise
+    vocab, _, _ = world
+    info = read_alignment_info(out)
+    assert isinstance(info, AlignmentModelInfo) and info.vocab.signature() == vocab.signature()
+    assert (info.base, info.method, info.lora, info.report) == ("tiny", "full", None, r)
+    assert AlignmentConfig.from_dict(info.config) == AlignmentConfig(
+        max_steps=500, batch_size=32, tiny=SMALL, eval_fraction=0.2
+    )
+    # alignment.json as written before the typed info: no lora key, the config's LoRA fields flat
+    old = json.loads((out / "alignment.json").read_text())
+    del old["lora"]
+    old["method"] = "lora"
+    lora = old["config"].pop("lora")
+    old["config"].update(lora_r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"])
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "alignment.json").write_text(json.dumps(old))
+    legacy = read_alignment_info(folder)
+    assert legacy.lora == LoraSettings() and legacy.text == info.text
+    assert AlignmentConfig.from_dict(legacy.config).lora == LoraSettings()
+    shutil.rmtree(folder)
+    with pytest.raises(
+        ValueError, match=r"no alignment.json; not an alignment model folder.*jobs.train_alignment"
+    ):
+        read_alignment_info(folder)
 
 
 def test_alignment_stage_adds_scores_in_candidate_order(pointwise):

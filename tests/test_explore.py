@@ -10,10 +10,11 @@ import pytest
 from catalog.vocabulary import ClusterVocabulary
 from explore.examples import ExampleConfig, build_examples, novelty_transitions
 from explore.keys import build_key_set, check_key_rows
-from explore.model_info import read_model_info
+from explore.model_info import NoveltyModelInfo, read_model_info
 from explore.prompts import PromptFormat, tokenizer_texts
-from explore.sft import collate
+from explore.sft import SFTConfig, collate
 from explore.tokenizer import check_expressible
+from lm.lora import LoraSettings
 from lm.presets import check_causal_lm_folder
 from lm.tokenizer import build_cluster_tokenizer
 
@@ -144,6 +145,67 @@ def test_model_folders_are_checked(tmp_path):
     (tmp_path / "novelty.json").write_text(json.dumps({"prompt_format": {"style": "plain", "k": 2}}))
     with pytest.raises(ValueError, match="corrupt"):
         read_model_info(tmp_path)
+
+
+def _legacy_novelty_json(vocab: ClusterVocabulary, version: int = 1) -> dict:
+    """novelty.json as the trainer wrote it before the typed info: no base, method or lora keys, the
+    config's LoRA fields flat."""
+    return {
+        "format_version": version,
+        "prompt_format": {"style": "chat", "k": 2},
+        "clusters": {"names": list(vocab.names), "descriptions": list(vocab.descriptions),
+                     "signature": vocab.signature()},
+        "sft_config": {"base": "smollm2-135m", "epochs": 3.0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "example_config": {"k": 2},
+        "report": {"method": "lora", "steps": 2},
+    }  # fmt: skip
+
+
+def test_novelty_info_reads_old_files_round_trips_and_refuses_newer_ones(tmp_path):
+    vocab = ClusterVocabulary(("a", "b", "c"), ("x", "y", "z"))
+    (tmp_path / "novelty.json").write_text(json.dumps(_legacy_novelty_json(vocab)))
+    info = read_model_info(tmp_path)
+    assert isinstance(info, NoveltyModelInfo) and info.vocab.signature() == vocab.signature()
+    assert (info.base, info.method, info.prompt_format) == ("smollm2-135m", "lora", PromptFormat("chat", 2))
+    assert info.lora == LoraSettings(r=4, alpha=8, dropout=0.0) and info.report["steps"] == 2
+    config = SFTConfig.from_dict(info.config)  # the flat lora_* fields land in the nested settings
+    assert config.lora == info.lora and config.base == "smollm2-135m"
+
+    info.with_report({"steps": 3}).write(tmp_path)
+    again = read_model_info(tmp_path)
+    assert again == info.with_report({"steps": 3})
+    saved = json.loads((tmp_path / "novelty.json").read_text())
+    assert saved["clusters"]["signature"] == vocab.signature() and saved["sft_config"] == info.config
+    assert saved["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0} and saved["format_version"] == 1
+
+    (tmp_path / "novelty.json").write_text(json.dumps(_legacy_novelty_json(vocab, version=2)))
+    with pytest.raises(ValueError, match=r"novelty.json: format_version=2 is newer .* jobs.train_novelty"):
+        read_model_info(tmp_path)
+    bad = _legacy_novelty_json(vocab)
+    bad["clusters"]["signature"] = "0" * 16
+    (tmp_path / "novelty.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"novelty.json: corrupt .*signature.*retrain the novelty model"):
+        read_model_info(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"r": 0}, "LoraSettings.r=0"),
+        ({"alpha": 0}, "LoraSettings.alpha=0"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+    ],
+)
+def test_lora_settings_are_checked_and_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LoraSettings(**kwargs)
+    with pytest.raises(ValueError, match=field):
+        SFTConfig(lora=kwargs)
+    assert LoraSettings.from_dict(LoraSettings(r=8).to_dict()) == LoraSettings(r=8, alpha=32, dropout=0.05)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['rank'\]"):
+        LoraSettings.from_dict({"rank": 8})
+    with pytest.raises(ValueError, match=r"SFTConfig: unknown field\(s\) \['lora_rank'\]"):
+        SFTConfig.from_dict({"lora_rank": 8})
 
 
 @pytest.mark.parametrize("package", ["explore", "alignment"])

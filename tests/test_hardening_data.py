@@ -147,7 +147,7 @@ def test_alignment_quarantines_infinite_dwell_and_non_binary_actions(tmp_path):
     # read as a long one
     (after,) = agg.pairs.to_pylist()
     assert after["impressions"] == before["impressions"] + 2
-    assert (after["clicks"], after["skips"], after["long_dwells"]) == (
+    assert (after["clicks"], after["skips"], after["dwell_clicks"]) == (
         before["clicks"] + 1,
         before["skips"],
         0,

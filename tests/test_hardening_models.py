@@ -400,7 +400,7 @@ def test_a_base_with_truncated_weights_is_exit_2_with_nothing_written(world, tmp
     runs.mkdir()
     argv = ["--catalog", str(world / "catalog"), "--base", str(base), "--out", str(runs / "out")]
     if job == "jobs.train_novelty":
-        argv += ["--no-eval", "--max-steps", "1"]
+        argv += ["--no-evaluate", "--max-steps", "1"]
     else:
         argv += ["--logs", str(world / "logs"), "--engine", "pyarrow", "--min-impressions", "1"]
     with pytest.raises(SystemExit) as exit_:
@@ -457,7 +457,7 @@ def _hf_like(tmp_path: Path) -> Path:
 
 
 JOBS = [
-    ("jobs.train_novelty", ["--catalog", "{world}/catalog", "--no-eval"], "novelty model"),
+    ("jobs.train_novelty", ["--catalog", "{world}/catalog", "--no-evaluate"], "novelty model"),
     (
         "jobs.train_alignment",
         ["--catalog", "{world}/catalog", "--logs", "{world}/logs", "--engine", "pyarrow"],
@@ -522,4 +522,4 @@ def test_library_swaps_refuse_a_folder_that_is_not_theirs(ranker_ckpt, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     # their own earlier output is fine: a checkpoint saved over a checkpoint
     save_checkpoint(ranker_ckpt, build_model(schema, tiny()), schema, tiny())
-    assert read_checkpoint_config(ranker_ckpt)[0]["tasks"] == ["y"]
+    assert read_checkpoint_config(ranker_ckpt)[0].tasks == ("y",)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ranking.bandit import BayesianLastLayer
-from ranking.embeddings import QREmbedding
 from ranking.features import Featurizer
 from ranking.hashing import field_seed, hash_ids
+from ranking.layers.embeddings import QREmbedding
 from ranking.schema import FeatureSchema, SparseField
 
 # --- the id hash: golden values ----------------------------------------------------------------

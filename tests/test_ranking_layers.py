@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from ranking.bandit import BayesianLastLayer
-from ranking.calibration import IsotonicCalibration
-from ranking.crossnet import AttentionLowRankCross, LowRankCross, build_cross
-from ranking.embeddings import QREmbedding
 from ranking.hashing import field_seed, hash_ids
-from ranking.heads import MMoEHeads, TaskGroupHeads
+from ranking.incremental import IncrementalPrior
 from ranking.labels import fit_long_dwell, long_dwell_labels, position_bucket
+from ranking.layers.calibration import IsotonicCalibration
+from ranking.layers.crossnet import AttentionLowRankCross, LowRankCross, build_cross
+from ranking.layers.embeddings import QREmbedding
+from ranking.layers.heads import MMoEHeads, TaskGroupHeads
+from ranking.layers.mlp import GatedLayer
+from ranking.layers.quantization import QuantizedEmbedding, middle_max_dequantize, middle_max_quantize
+from ranking.layers.transact import TransAct
 from ranking.metrics import auc, ece, logloss, observed_expected
-from ranking.mlp import GatedLayer
-from ranking.quantization import QuantizedEmbedding, middle_max_dequantize, middle_max_quantize
 from ranking.schema import LongDwellSpec
-from ranking.train import IncrementalPrior
-from ranking.transact import TransAct
 
 
 @pytest.fixture(autouse=True)

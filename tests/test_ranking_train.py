@@ -24,8 +24,8 @@ from ranking import (
 from ranking.checkpoint import export_serving, load_model, load_serving
 from ranking.config import tiny
 from ranking.experiment import train_and_evaluate
+from ranking.layers.quantization import embedding_bytes, quantize_embeddings
 from ranking.metrics import auc, reliability_diagram
-from ranking.quantization import embedding_bytes, quantize_embeddings
 
 CPU = torch.device("cpu")
 
@@ -449,6 +449,37 @@ def test_train_job_names_empty_logs_and_empty_parts(ml_examples, tmp_path):
     assert job_configs(TrainJobConfig(train={"seed": 7}, seed=3))[1].seed == 3
 
 
+def test_checkpoint_config_is_versioned_and_reads_the_older_layout(trained, tmp_path):
+    from ranking.checkpoint import FORMAT_VERSION, CheckpointConfig, read_checkpoint_config
+
+    folder = Ranker(trained.model, trained.schema, trained.config, device="cpu").save(tmp_path / "ckpt")
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["format"] == "lirank-ranker" and meta["format_version"] == FORMAT_VERSION == 1
+    info, config, _ = read_checkpoint_config(folder)
+    assert isinstance(info, CheckpointConfig) and info.ranker == config == trained.config
+    assert info.tasks == ("like",) and info.bandit_task == "like"
+    assert json.loads(json.dumps(info.to_dict())) == meta
+    # a folder written before format_version ("lirank-ranker/1") still loads, as version 1
+    legacy = {k: v for k, v in meta.items() if k != "format_version"} | {"format": "lirank-ranker/1"}
+    (folder / "config.json").write_text(json.dumps(legacy))
+    assert read_checkpoint_config(folder)[0] == info
+    Ranker.load(folder, device="cpu")
+    # a later layout is refused with the file, the value and the fix named
+    (folder / "config.json").write_text(json.dumps(meta | {"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(
+        ValueError, match=r"config.json: format_version 2 is newer than this code reads"
+    ) as err:
+        read_checkpoint_config(folder)
+    assert str(folder / "config.json") in str(err.value) and "retrain the checkpoint" in str(err.value)
+    for bad in ("1", 0, True):
+        (folder / "config.json").write_text(json.dumps(meta | {"format_version": bad}))
+        with pytest.raises(ValueError, match=rf"format_version is {bad!r}, not a positive integer"):
+            read_checkpoint_config(folder)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format_version"}))
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['format_version'\]"):
+        read_checkpoint_config(folder)
+
+
 def test_train_job_writes_one_complete_folder_and_checks_the_cold_start(ml_catalog, tmp_path):
     from catalog.logs import FeedbackLogWriter
     from jobs.train_ranker import TrainJobConfig, train
@@ -493,5 +524,5 @@ def test_train_job_writes_one_complete_folder_and_checks_the_cold_start(ml_catal
     assert not (tmp_path / "p2").exists() and not list(tmp_path.glob(".p2*"))  # nor its staging folder
     # the next period trains from the warm start with its recorded cold start (itself here)
     train(TrainJobConfig(out=str(tmp_path / "p3"), warm_start=str(out), forgetting_factor=1.0, **common))
-    meta, _, _ = read_checkpoint_config(tmp_path / "p3")
-    assert meta["train"]["cold_start"] == str(out.resolve()) and meta["train"]["forgetting_factor"] == 1.0
+    info, _, _ = read_checkpoint_config(tmp_path / "p3")
+    assert info.cold_start == str(out.resolve()) and info.train["forgetting_factor"] == 1.0

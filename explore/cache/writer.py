@@ -32,7 +32,9 @@ end
 # KEYS: data, meta.  ARGV[1]: TTL seconds, ARGV[2..]: field, value, field, value, ...
 # Writes only into a version whose status is "writing", so a late writer (a retried Ray task) can never
 # put a TTL on a committed version. Returns the status it found.
-_WRITE_CHUNK = _NOW_MS + """
+_WRITE_CHUNK = (
+    _NOW_MS
+    + """
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'writing' then return status end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -41,13 +43,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return status
 """
+)
 
 # KEYS: live, previous, versions, data, meta.  ARGV: version, expected entries, keep_previous_s, prefix,
 # min entries ratio against the live version (0: no check), force ('1': skip the ratio check).
 # The old version's keys are built from prefix: they carry the same {ns} hash tag, hence the same slot.
 # Returns {'ok', old live or '', entries, now ms}, {'already', previous or '', entries, live ms} when this
 # version is live already (a retried commit), or {reason, live or '', detail}; on a reason, nothing changed.
-_COMMIT = _NOW_MS + """
+_COMMIT = (
+    _NOW_MS
+    + """
 local live = redis.call('GET', KEYS[1]) or ''
 local status = redis.call('HGET', KEYS[5], 'status')
 if not status then return {'missing', live, ''} end
@@ -80,6 +85,7 @@ end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return {'ok', live, n, now}
 """
+)
 
 # KEYS: live, previous, data, meta.  ARGV: version.  Deletes the version unless it is live or previous.
 # UNLINK: a large hash is freed in the background, not while readers wait.
@@ -91,7 +97,9 @@ return redis.call('UNLINK', KEYS[3], KEYS[4])
 # KEYS: live, previous, data, meta.  ARGV: version, idle ms.  Removes a version still being written whose
 # last chunk is older than idle ms (or a data hash whose meta is gone), never the live or previous one.
 # Returns 1 when removed, 0 when kept.
-_GC = _NOW_MS + """
+_GC = (
+    _NOW_MS
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] or redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
 local status = redis.call('HGET', KEYS[4], 'status')
 if status and status ~= 'writing' then return 0 end
@@ -103,10 +111,13 @@ end
 redis.call('UNLINK', KEYS[3], KEYS[4])
 return 1
 """
+)
 
 # KEYS: live, previous, versions.  ARGV: prefix, keep_current_s.  Keys built from prefix as in _COMMIT.
 # Returns {'ok', restored, demoted or ''} or {reason, live or '', previous or ''}; on a reason, nothing changed.
-_ROLLBACK = _NOW_MS + """
+_ROLLBACK = (
+    _NOW_MS
+    + """
 local live = redis.call('GET', KEYS[1]) or ''
 local prev = redis.call('GET', KEYS[2]) or ''
 if prev == '' then return {'none', live, ''} end
@@ -129,6 +140,7 @@ if last[2] and now <= tonumber(last[2]) then now = tonumber(last[2]) + 1 end
 redis.call('ZADD', KEYS[3], now, prev)
 return {'ok', prev, live}
 """
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,205 @@
+"""The bulk pipeline, built once: history keys -> novelty samples -> scores -> best-of-n -> cache.
+
+    pipe = BulkPipeline(keys, Resources(batch_size=64))
+    pipe.sample(novelty_dir, SamplingConfig(n=20, temperature=1.5), signature, share_gpu=True)  # vLLM
+    pipe.score(AlignmentStage, {"model": alignment_dir, "catalog_signature": ...})       # torch actors
+    pipe.select(SelectionConfig(top_k=4))                                                # top-k per key
+    pipe.publish(SecretURL(url), writer.version, namespace="explore")                      # Redis fields
+    result = pipe.run()            # result.table: one row per key; result.busy_s: seconds per stage
+
+One Ray Data dataset, lazily built; `run` materializes it once. jobs.sample_novelty stops after
+`sample`, jobs.best_of_n runs all four steps. The scorer is passed in as a stage class (the alignment
+model lives in alignment/, which explore/ does not import): any callable class that adds a `scores`
+column (list<float32>, one per candidate) to NOVELTY_CANDIDATES rows fits.
+
+Keys are cut into blocks of `batch_size` on the driver (a repartition task would need a whole CPU that
+the actors' fractional shares leave free on a small machine). Each model stage runs in actors that load
+their model once; each output row carries its share of the batch's seconds in a `_<stage>_s` column
+(dropped from `table`), so a run can tell where its time went. GPUs: with CUDA each vLLM actor takes a
+whole GPU when it is the only model stage, half of one when the scorer shares it; the scorer takes half.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog.io import replace_folder, staging_folder
+from explore.best_of_n import SelectionConfig, select_batch
+from explore.sampler import SamplingConfig
+from explore.stage import CacheWriteStage, NoveltyStage
+
+# Ray starts a fractional-CPU actor with OMP_NUM_THREADS=1 and OpenMP reads it once, at process start; vLLM
+# runs in-process in the actor and logs to stderr, where a quiet job's log file collects it
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the pipeline's actors are sized. None GPUs: the defaults above (0 without CUDA)."""
+
+    batch_size: int = 64  # keys per vLLM call, per scoring call and per cache write
+    num_cpus: float = 0.5  # per model actor (fractional: a whole CPU each deadlocks 2-core machines)
+    threads: int = 0  # torch/OpenMP threads per CPU actor (0: the node's cores / that stage's actors)
+    kv_cache_mib: int = 256  # CPU KV cache per vLLM engine
+    novelty_actors: int = 1
+    novelty_gpus: float | None = None
+    scorer_actors: int = 1
+    scorer_gpus: float | None = None
+    env: dict = field(default_factory=dict)  # extra environment for every actor (e.g. log routing)
+
+    def __post_init__(self):
+        for name in ("batch_size", "novelty_actors", "scorer_actors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Resources.{name}={getattr(self, name)}: must be >= 1.")
+        if self.num_cpus <= 0:
+            raise ValueError(f"Resources.num_cpus={self.num_cpus}: must be > 0.")
+
+
+@dataclass
+class PipelineResult:
+    table: pa.Table  # one row per key: what the last stage emitted, timing columns dropped
+    busy_s: dict[str, float]  # stage -> actor seconds spent in it
+    dataset: object  # the materialized ray.data.Dataset (with the timing columns)
+    wall_s: float
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the rows as a parquet folder, built beside `folder` and swapped in whole (Ray appends to an
+        existing folder; a rerun must never mix runs)."""
+        folder = Path(folder)
+        staging = staging_folder(folder)
+        try:
+            self.dataset.drop_columns(list(self._timing_columns())).write_parquet(str(staging.resolve()))
+            return replace_folder(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _timing_columns(self) -> list[str]:
+        return [f"_{stage}_s" for stage in self.busy_s]
+
+
+class Timed:
+    """Wraps a Ray Data stage class; each output row carries its share of the batch's seconds in `column`."""
+
+    def __init__(self, stage: type, column: str, kwargs: dict):
+        self.stage, self.column = stage(**kwargs), column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        out = self.stage(batch)
+        per_row = (time.perf_counter() - t0) / max(out.num_rows, 1)
+        return out.append_column(self.column, pa.array([per_row] * out.num_rows, pa.float64()))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class BulkPipeline:
+    """keys (catalog.schemas.KEYS rows) -> the steps added, in order; nothing runs before `run`."""
+
+    def __init__(self, keys: pa.Table, resources: Resources | None = None):
+        import ray
+
+        if keys.num_rows == 0:
+            raise ValueError("BulkPipeline: no keys to run on.")
+        self.resources = r = resources or Resources()
+        self.keys = keys
+        self.stages: list[str] = []
+        self._cuda = _cuda()
+        blocks = [keys.slice(i, r.batch_size) for i in range(0, keys.num_rows, r.batch_size)]
+        self.ds = ray.data.from_arrow(blocks)
+
+    def _gpus(self, given: float | None, share: bool) -> float:
+        if given is not None:
+            return given
+        return (0.5 if share else 1.0) if self._cuda else 0.0
+
+    def _actors(self, stage_cls: type, name: str, kwargs: dict, actors: int, gpus: float) -> None:
+        import ray
+
+        r = self.resources
+        threads = r.threads or (0 if gpus else max(1, (os.cpu_count() or 1) // actors))
+        env = {**ENGINE_ENV, **r.env, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        self.ds = self.ds.map_batches(
+            Timed,
+            fn_constructor_kwargs={"stage": stage_cls, "column": f"_{name}_s", "kwargs": kwargs},
+            batch_size=r.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=r.num_cpus,
+            num_gpus=gpus,
+            runtime_env={"env_vars": env},
+        )
+        self.stages.append(name)
+
+    def sample(
+        self, model: str | Path, sampling: SamplingConfig, catalog_signature: str, *, share_gpu: bool = False
+    ) -> BulkPipeline:
+        """n constrained samples per key from the novelty model folder, in vLLM actors; `share_gpu`: a scorer
+        follows and shares the GPU (vLLM then takes half of one by default)."""
+        r = self.resources
+        self.novelty_gpus = self._gpus(r.novelty_gpus, share=share_gpu)
+        kwargs = {
+            "model": str(Path(model).resolve()),
+            "sampling": {"n": sampling.n, "temperature": sampling.temperature, "seed": sampling.seed},
+            "engine": {"kv_cache_memory_bytes": r.kv_cache_mib << 20},
+            "catalog_signature": catalog_signature,
+        }
+        self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
+        return self
+
+    def score(self, stage: type, kwargs: dict) -> BulkPipeline:
+        """Scores of each key's candidates by `stage(**kwargs)` (e.g. alignment.stage.AlignmentStage)."""
+        r = self.resources
+        self.scorer_gpus = self._gpus(r.scorer_gpus, share=True)
+        self._actors(stage, "score", kwargs, r.scorer_actors, self.scorer_gpus)
+        return self
+
+    def select(self, selection: SelectionConfig) -> BulkPipeline:
+        """The top `top_k` scored candidates per key, at or above min_score (explore.best_of_n)."""
+        self.ds = self.ds.map_batches(
+            select_batch,
+            fn_kwargs={"top_k": selection.top_k, "min_score": selection.min_score},
+            batch_format="pyarrow",
+            num_cpus=0.1,  # light: a whole CPU here would wait for the actors' share on small machines
+        )
+        self.stages.append("select")
+        return self
+
+    def publish(self, url, version: str, *, namespace: str = "explore", staging_ttl_s: int = 86_400):
+        """Write each key's selection into cache `version` (begun by the driver's CacheWriter, which also
+        commits it); `url` is a SecretURL, so Ray never shows the password in an actor's arguments."""
+        import ray
+
+        kwargs = {"url": url, "version": version, "namespace": namespace, "staging_ttl_s": staging_ttl_s}
+        self.ds = self.ds.map_batches(
+            Timed,
+            fn_constructor_kwargs={"stage": CacheWriteStage, "column": "_write_s", "kwargs": kwargs},
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_size=self.resources.batch_size,
+            batch_format="pyarrow",
+            num_cpus=0.1,
+        )
+        self.stages.append("write")
+        return self
+
+    def run(self) -> PipelineResult:
+        """Materialize the dataset; its rows come back to the driver once, as one table."""
+        import ray
+
+        t0 = time.perf_counter()
+        ds = self.ds.materialize()
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
+        timed = [s for s in self.stages if f"_{s}_s" in table.column_names]
+        busy = {s: float(pc.sum(table[f"_{s}_s"]).as_py() or 0.0) for s in timed}
+        table = table.drop_columns([f"_{s}_s" for s in timed])
+        return PipelineResult(table, busy, ds, time.perf_counter() - t0)

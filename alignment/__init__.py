@@ -3,19 +3,28 @@ novel clusters suit a history key, and scores the novelty LLM's samples for best
 `import alignment` loads pyarrow and numpy only; torch and transformers load when a model is built.
 
 Public API:
-    AggregationConfig, aggregate_logs      feedback logs -> per-(key, cluster) pairs, preferences, quarantine
+    AggregationConfig, aggregate_logs,     feedback logs -> per-(key, cluster) pairs, preferences, quarantine;
+    resolve_engine                         which engine (pyarrow or Ray Data) a log set is aggregated with
     AlignmentConfig, train_alignment       pointwise (or Bradley-Terry) training and held-out evaluation
     AlignmentTrainer                       its steps: split, build, fit, evaluate, save
+    check_alignment_base, check_alignment_out   a --base and an --out checked before any work
     AlignmentModelInfo, read_alignment_info   a model folder's alignment.json, typed
     AlignmentScorer                        batch scoring of (key, candidate) pairs, CPU or CUDA
     AlignmentStage                         the scorer as a Ray Data stage
 """
 
-from alignment.aggregate import AggregationConfig, aggregate_logs
+from alignment.aggregate import AggregationConfig, aggregate_logs, resolve_engine
 from alignment.info import AlignmentModelInfo, read_alignment_info
-from alignment.train import AlignmentConfig, AlignmentTrainer, train_alignment
+from alignment.train import (
+    AlignmentConfig,
+    AlignmentTrainer,
+    check_alignment_base,
+    check_alignment_out,
+    train_alignment,
+)
 
 __all__ = [
+    "check_alignment_base", "check_alignment_out", "resolve_engine",
     "AggregationConfig", "AlignmentConfig", "AlignmentModelInfo", "AlignmentScorer", "AlignmentStage",
     "AlignmentTrainer", "aggregate_logs", "read_alignment_info", "train_alignment",
 ]  # fmt: skip

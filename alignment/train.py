@@ -29,12 +29,12 @@ from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
 from catalog.vocabulary import ClusterVocabulary
 from lm.info import config_kwargs
-from lm.loop import FitResult, adamw_warmup_cosine, fit_steps, total_steps
+from lm.loop import FitResult, adamw_warmup_cosine, check_trainer_config, fit_steps, total_steps
 from lm.lora import LoraSettings, apply_lora
 from lm.presets import PRESETS, TinyLMConfig
 
 __all__ = [
-    "AlignmentConfig", "AlignmentTrainer", "check_base", "check_out", "heldout_mask", "train_alignment",
+    "AlignmentConfig", "AlignmentTrainer", "check_alignment_base", "check_alignment_out", "heldout_mask", "train_alignment",
 ]  # fmt: skip
 
 
@@ -63,14 +63,7 @@ class AlignmentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.tiny, dict):  # from_dict of a saved config
-            object.__setattr__(self, "tiny", TinyLMConfig(**self.tiny))
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
-        if not isinstance(self.lora, LoraSettings):
-            raise ValueError(
-                f"AlignmentConfig.lora={self.lora!r}: give an lm.lora.LoraSettings (or its dict)."
-            )
+        check_trainer_config(self)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"AlignmentConfig.objective={self.objective!r}: use one of {OBJECTIVES}.")
         if self.method not in METHODS:
@@ -79,18 +72,10 @@ class AlignmentConfig:
             raise ValueError(
                 "AlignmentConfig: method='lora' needs a pretrained base; tiny is trained in full."
             )
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError(
-                f"AlignmentConfig: epochs={self.epochs}, max_steps={self.max_steps}; set one > 0."
-            )
-        if self.batch_size < 1 or self.items_per_key < 0:
-            raise ValueError(
-                f"AlignmentConfig: batch_size={self.batch_size} must be >= 1, items_per_key={self.items_per_key} >= 0."
-            )
+        if self.items_per_key < 0:
+            raise ValueError(f"AlignmentConfig.items_per_key={self.items_per_key}: must be >= 0.")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"AlignmentConfig.eval_fraction={self.eval_fraction}: must be in (0, 1).")
-        if self.lr < 0:
-            raise ValueError(f"AlignmentConfig.lr={self.lr}: must be >= 0 (0 picks the default).")
 
     @classmethod
     def from_dict(cls, d: dict) -> AlignmentConfig:
@@ -138,7 +123,7 @@ def _shared_logits(model, encoder, keys: list[tuple[int, ...]], candidates: np.n
     return model.forward_shared(prefix_ids, prefix_mask, rows, *suffix)
 
 
-def check_base(base: str) -> None:
+def check_alignment_base(base: str) -> None:
     """Fail fast on a base folder that is not a whole causal LM (a ValueError naming the folder or the
     truncated weights file), before anything is read or written; presets need no check."""
     if base not in PRESETS:
@@ -147,7 +132,7 @@ def check_base(base: str) -> None:
         resolve_base(base)
 
 
-def check_out(out: str | os.PathLike) -> Path:
+def check_alignment_out(out: str | os.PathLike) -> Path:
     """`out` if an alignment model may be swapped in there: new, empty, or an earlier alignment model."""
     return check_output_folder(
         out, (INFO_FILE,), job="alignment.train_alignment", what="alignment model", flag="out"
@@ -283,7 +268,7 @@ class AlignmentTrainer:
         """Write the folder beside `out` and swap it in (a crash never leaves half a model)."""
         from alignment.model import save_alignment
 
-        out = check_out(out)  # again: the folder may have been filled while the model trained
+        out = check_alignment_out(out)  # again: the folder may have been filled while the model trained
         tmp = staging_folder(out)
         try:
             save_alignment(tmp, self.model, self.tokenizer, self.info(report))
@@ -309,9 +294,9 @@ def train_alignment(
     that holds files but no alignment model is refused before training (ValueError): the swap would
     delete them.
     """
-    check_out(out)
+    check_alignment_out(out)
     config = config or AlignmentConfig()
-    check_base(config.base)
+    check_alignment_base(config.base)
     t_start = time.perf_counter()
     trainer = AlignmentTrainer(vocab, config, progress=progress)
     split = trainer.split(pairs, preferences)

@@ -5,6 +5,7 @@ pyarrow only.
 
 Public API:
     Catalog, CatalogConfig, build_movielens_catalog   the MovieLens-100K catalog: build, save, load
+    CATALOG_FILES, catalog_summary_lines              a catalog folder's files; its summary, as jobs print it
     TaxonomyConfig                                    how items are grouped into clusters
     SyntheticConfig, generate_world                   a synthetic world of any size, written in chunks
     ClusterVocabulary, history_text                   cluster ids <-> names and descriptions, as LLMs see them
@@ -16,12 +17,19 @@ Public API:
     check_output_folder                               the --out guard: never replace someone else's files
     FeedbackLogWriter, ImpressionLogWriter,           feedback and impression logs (parquet parts)
     read_feedback_log, read_impression_log
-    FeedbackRules, read_feedback                      feedback validation: bad rows quarantined and counted
+    FeedbackRules, read_feedback,                     feedback validation: bad rows quarantined and counted
+    feedback_summary_line, log_parts
 """
 
 from catalog import schemas
-from catalog.build import Catalog, CatalogConfig, build_movielens_catalog
-from catalog.feedback import FeedbackRules, read_feedback
+from catalog.build import (
+    CATALOG_FILES,
+    Catalog,
+    CatalogConfig,
+    build_movielens_catalog,
+    catalog_summary_lines,
+)
+from catalog.feedback import FeedbackRules, feedback_summary_line, read_feedback
 from catalog.histories import history_keys
 from catalog.io import (
     SchemaMismatchError,
@@ -31,7 +39,13 @@ from catalog.io import (
     write_json,
     write_table,
 )
-from catalog.logs import FeedbackLogWriter, ImpressionLogWriter, read_feedback_log, read_impression_log
+from catalog.logs import (
+    FeedbackLogWriter,
+    ImpressionLogWriter,
+    log_parts,
+    read_feedback_log,
+    read_impression_log,
+)
 from catalog.movielens import DataNotFoundError
 from catalog.outputs import check_output_folder
 from catalog.synthetic import SyntheticConfig, generate_world
@@ -39,6 +53,7 @@ from catalog.taxonomy import TaxonomyConfig
 from catalog.vocabulary import ClusterVocabulary, history_text
 
 __all__ = [
+    "CATALOG_FILES", "catalog_summary_lines", "feedback_summary_line", "log_parts",
     "Catalog", "CatalogConfig", "ClusterVocabulary", "DataNotFoundError", "FeedbackLogWriter", "FeedbackRules",
     "ImpressionLogWriter", "SchemaMismatchError", "SyntheticConfig", "TaxonomyConfig", "build_movielens_catalog",
     "check_output_folder", "generate_world", "history_keys", "history_text", "read_feedback", "read_feedback_log",

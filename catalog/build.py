@@ -30,6 +30,8 @@ TABLE_SCHEMAS = {
     "interactions": INTERACTIONS,
     "histories": HISTORIES,
 }
+# what marks a folder as a catalog (an interrupted save leaves tables without the manifest)
+CATALOG_FILES = (MANIFEST, *(f"{name}.parquet" for name in TABLE_SCHEMAS))
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def build_movielens_catalog(config: CatalogConfig | None = None, data_dir: str |
     )
 
 
-def summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:
+def catalog_summary_lines(catalog: Catalog, n_clusters_shown: int = 5) -> list[str]:
     """A short human-readable summary: counts, some clusters with keywords, history-key coverage."""
     m = catalog.manifest
     c, cov = m["counts"], m["coverage"]

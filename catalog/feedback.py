@@ -311,7 +311,7 @@ def read_feedback(
     return CheckedFeedback(good, quarantine, stats)
 
 
-def summary_line(stats: dict) -> str:
+def feedback_summary_line(stats: dict) -> str:
     """'feedback: 1200 events in 3 parts; 4 quarantined {...}; 1 unreadable part quarantined'."""
     line = f"feedback: {stats['events']} events in {stats['parts']} parts; {stats['quarantined']} quarantined"
     if stats["quarantined"]:

@@ -31,7 +31,7 @@ from explore.model_info import INFO_FILE, NoveltyModelInfo
 from explore.prompts import PromptFormat, tokenizer_texts
 from explore.tokenizer import answer_token_ids, check_expressible, encode_prompt
 from lm.info import config_kwargs
-from lm.loop import FitResult, adamw_warmup_cosine, fit_steps, total_steps
+from lm.loop import FitResult, adamw_warmup_cosine, check_trainer_config, fit_steps, total_steps
 from lm.lora import LoraSettings, apply_lora
 from lm.presets import PRESETS, TinyLMConfig, build_tiny, load_pretrained, resolve_base
 
@@ -52,22 +52,7 @@ class SFTConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.tiny, dict):  # from_dict of a saved config
-            object.__setattr__(self, "tiny", TinyLMConfig(**self.tiny))
-        if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
-        if not isinstance(self.lora, LoraSettings):
-            raise ValueError(f"SFTConfig.lora={self.lora!r}: give an lm.lora.LoraSettings (or its dict).")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError(
-                f"SFTConfig: epochs={self.epochs}, max_steps={self.max_steps}; set one of them > 0."
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"SFTConfig.batch_size={self.batch_size}: must be >= 1.")
-        if self.lr < 0:
-            raise ValueError(f"SFTConfig.lr={self.lr}: must be >= 0 (0 picks the default).")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"SFTConfig.warmup_fraction={self.warmup_fraction}: must be in [0, 1).")
+        check_trainer_config(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SFTConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from catalog.outputs import check_output_folder
+from catalog import check_output_folder
 from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 from jobs.train_ranker import RankerJobFields, job_configs, load_examples
@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def ablate(cfg: AblationJobConfig) -> int:
-    from catalog.build import Catalog, build_movielens_catalog
-    from ranking.ablation import STEPS, markdown_table, multitask_steps, run_ablation
-    from ranking.train import pick_device
+    from catalog import Catalog, build_movielens_catalog
+    from ranking import ABLATION_STEPS, markdown_table, multitask_steps, pick_device, run_ablation
 
     check_output_folder(cfg.out, OWN_FILES, job="jobs.ablate_ranker", what="ablation")
     t0 = time.perf_counter()
@@ -49,7 +48,7 @@ def ablate(cfg: AblationJobConfig) -> int:
     full, tcfg = job_configs(cfg)
     catalog = Catalog.load(cfg.catalog) if cfg.catalog else build_movielens_catalog()
     examples = load_examples(cfg, catalog)
-    steps = list(STEPS)
+    steps = list(ABLATION_STEPS)
     if len(examples.schema.tasks) > 1:
         steps += multitask_steps(tuple(tuple(g) for g in cfg.task_groups))
     task = examples.schema.tasks[0]

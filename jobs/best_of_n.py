@@ -75,30 +75,31 @@ def model_version(folder: str | Path, info_file: str) -> str:
 
 def alignment_folder(path: str) -> Path:
     """The model folder itself, or the model/ inside a jobs.train_alignment output folder."""
-    from alignment.model import INFO_FILE
+    from alignment import AlignmentModelInfo
 
     p = Path(path)
-    return p / "model" if not (p / INFO_FILE).is_file() and (p / "model" / INFO_FILE).is_file() else p
+    return (
+        p / "model"
+        if not (p / AlignmentModelInfo.FILE).is_file() and (p / "model" / AlignmentModelInfo.FILE).is_file()
+        else p
+    )
 
 
 def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     """Run the pipeline on the connected Ray and publish into Redis at redis_url; returns the summary."""
     import redis
 
-    from alignment.model import INFO_FILE as ALIGNMENT_INFO
-    from alignment.model import read_alignment_info
-    from alignment.stage import AlignmentStage
-    from catalog.build import Catalog
-    from catalog.io import write_table
-    from catalog.outputs import check_output_folder
-    from catalog.schemas import KEY_QUARANTINE
-    from catalog.vocabulary import ClusterVocabulary
-    from explore.best_of_n import SelectionConfig, backoff_entries
+    from alignment import AlignmentModelInfo, AlignmentStage, read_alignment_info
+    from catalog import Catalog, ClusterVocabulary, check_output_folder, schemas, write_table
+    from explore import (
+        BulkPipeline,
+        NoveltyModelInfo,
+        SelectionConfig,
+        backoff_entries,
+        load_keys,
+        read_model_info,
+    )
     from explore.cache import CacheError, CacheWriter, SecretURL, encode_entry
-    from explore.keys import load_keys
-    from explore.model_info import INFO_FILE as NOVELTY_INFO
-    from explore.model_info import read_model_info
-    from explore.pipeline import BulkPipeline
 
     out = check_output_folder(out, OWN_FILES, job="jobs.best_of_n", what="best-of-n output")
     catalog = Catalog.load(cfg.catalog)
@@ -124,9 +125,9 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "min_score": cfg.min_score,
         "seed": cfg.seed,
         "keys": keys.num_rows,
-        "novelty_model": model_version(novelty_dir, NOVELTY_INFO),
+        "novelty_model": model_version(novelty_dir, NoveltyModelInfo.FILE),
         "novelty_path": novelty_dir,
-        "alignment_model": model_version(align_dir, ALIGNMENT_INFO),
+        "alignment_model": model_version(align_dir, AlignmentModelInfo.FILE),
         "alignment_path": str(align_dir),
         "catalog_signature": vocab.signature(),
     }
@@ -147,7 +148,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         result = pipe.run()
         selected_dir = result.save(out / "selected")
         # after the swap: a run that failed before leaves no file that would make a rerun refuse --out
-        write_table(quarantined, out / "quarantine.parquet", KEY_QUARANTINE)
+        write_table(quarantined, out / "quarantine.parquet", schemas.KEY_QUARANTINE)
         pipeline_s = time.perf_counter() - t0
 
         table = result.table  # the pipeline's rows, as the driver got them: no parquet round trip
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     args = job_parser(BestOfNConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        from catalog.outputs import check_output_folder
+        from catalog import check_output_folder
         from jobs.services import ray_session, redis_service
 
         cfg = merge_config(BestOfNConfig, args)

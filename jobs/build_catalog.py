@@ -13,9 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.build import MANIFEST, TABLE_SCHEMAS, CatalogConfig, build_movielens_catalog, summary_lines
-from catalog.outputs import check_output_folder
-from catalog.taxonomy import TaxonomyConfig
+from catalog import (
+    CATALOG_FILES,
+    CatalogConfig,
+    TaxonomyConfig,
+    build_movielens_catalog,
+    catalog_summary_lines,
+    check_output_folder,
+)
 from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 
@@ -55,10 +60,6 @@ class CatalogJobConfig(CatalogFields):
     out: str = Field("runs/catalog", description="output folder")
 
 
-# what marks a folder as a catalog (an interrupted save leaves tables without the manifest)
-CATALOG_FILES = (MANIFEST, *(f"{name}.parquet" for name in TABLE_SCHEMAS))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = job_parser(CatalogJobConfig, __doc__).parse_args(argv)
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         catalog = build_movielens_catalog(cfg.catalog_config())
         out = catalog.save(Path(cfg.out))
-        for line in summary_lines(catalog):
+        for line in catalog_summary_lines(catalog):
             print(line)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
         return 0

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pydantic
 
-from catalog.io import SchemaMismatchError
-from catalog.movielens import DataNotFoundError
+from catalog import DataNotFoundError, SchemaMismatchError
 from explore.cache import CacheError
 from jobs.services import ServiceError
 

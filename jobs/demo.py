@@ -26,17 +26,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from catalog.build import build_movielens_catalog, summary_lines
+from catalog import build_movielens_catalog, catalog_summary_lines
 from jobs.best_of_n import BestOfNFields
-from jobs.best_of_n import run as run_best_of_n
 from jobs.best_of_n import summary_lines as best_of_n_summary_lines
+from jobs.best_of_n import run as run_best_of_n
 from jobs.build_catalog import CatalogFields
 from jobs.cli import job_parser
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
-from jobs.sample_novelty import sample as sample_novelty
 from jobs.sample_novelty import summary_lines as sample_summary_lines
+from jobs.sample_novelty import sample as sample_novelty
 from jobs.services import ray_session, redact, redis_service
 from jobs.simulate import simulate_round, summary_line
 from jobs.train_alignment import AlignmentTrainFields
@@ -71,11 +71,9 @@ class DemoConfig(CatalogFields):
 
 def _worker_check(histories_path: str, k: int) -> dict:
     """Runs in a Ray worker: reads the histories table the driver wrote and counts history keys."""
-    from catalog.histories import history_keys
-    from catalog.io import read_table
-    from catalog.schemas import HISTORIES
+    from catalog import history_keys, read_table, schemas
 
-    keys = history_keys(read_table(histories_path, HISTORIES), k)
+    keys = history_keys(read_table(histories_path, schemas.HISTORIES), k)
     return {"rows": keys.num_rows, "distinct": len({tuple(x) for x in keys["history_key"].to_pylist()})}
 
 
@@ -84,8 +82,7 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
 
     best-of-n reads each member's clusters from the Redis cache (the live version just published);
     novelty-only takes the novelty LLM's most-sampled candidates for the member's key, no alignment."""
-    from catalog.io import read_table
-    from catalog.schemas import NOVELTY_CANDIDATES
+    from catalog import read_table, schemas
     from explore.cache import CacheReader
     from sim import RankedListPolicy
 
@@ -94,7 +91,7 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
     histories = catalog.histories["clusters"].to_pylist()
     keyed = [(m, h) for m, h in zip(members, histories, strict=True) if len(h) >= k]
     hits = CacheReader(client, k=k).lookup_many([h[-k:] for _, h in keyed], excludes=[h for _, h in keyed])
-    cands = read_table(run_dir / "candidates" / "candidates", NOVELTY_CANDIDATES)
+    cands = read_table(run_dir / "candidates" / "candidates", schemas.NOVELTY_CANDIDATES)
     by_key = dict(
         zip(map(tuple, cands["history_key"].to_pylist()), cands["candidates"].to_pylist(), strict=True)
     )
@@ -136,13 +133,11 @@ def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: 
     import pyarrow as pa
     from ray import serve
 
-    from catalog.logs import FeedbackLogWriter, read_impression_log
-    from catalog.schemas import FEEDBACK_LOG
+    from catalog import FeedbackLogWriter, read_impression_log, schemas
     from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
     from jobs.services import free_port
     from jobs.simulate import rates
-    from serving.client import rank_many
-    from serving.deploy import deploy, logger_flush
+    from serving import deploy, logger_flush, rank_many
     from sim import IMPRESSION_COLUMNS
 
     quiet_logs(verbose=False)
@@ -187,7 +182,7 @@ def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: 
         for it in a["items"]
     ]
     impressions = pa.Table.from_pylist(
-        rows, schema=pa.schema([FEEDBACK_LOG.field(c) for c in IMPRESSION_COLUMNS])
+        rows, schema=pa.schema([schemas.FEEDBACK_LOG.field(c) for c in IMPRESSION_COLUMNS])
     )
     log = simulator.respond(impressions)
     FeedbackLogWriter(run_dir / "logs" / "round1" / "endpoint").append(log)
@@ -298,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             catalog_dir = run_dir / "catalog"
             catalog = stages.run("catalog", build_movielens_catalog, cfg.catalog_config())
             catalog.save(catalog_dir)
-            for line in summary_lines(catalog):
+            for line in catalog_summary_lines(catalog):
                 print("  " + line)
             summary["catalog"] = {
                 "path": str(catalog_dir),

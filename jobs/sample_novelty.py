@@ -61,12 +61,12 @@ class SamplingOptions(BaseModel):
         return self.n or 5 * self.slots
 
     def sampling(self):
-        from explore.sampler import SamplingConfig
+        from explore import SamplingConfig
 
         return SamplingConfig(n=self.samples_per_key, temperature=self.temperature, seed=self.seed)
 
     def resources(self, **more):
-        from explore.pipeline import Resources
+        from explore import Resources
 
         return Resources(
             batch_size=self.batch_size, num_cpus=self.num_cpus, threads=self.threads,
@@ -97,14 +97,8 @@ def checked_model_info(flag: str, info, vocab, catalog: str, retrain: str):
 
 def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     """Run the job on the connected Ray; returns the summary (also written to out/summary.json)."""
-    from catalog.build import Catalog
-    from catalog.io import write_table
-    from catalog.outputs import check_output_folder
-    from catalog.schemas import KEY_QUARANTINE
-    from catalog.vocabulary import ClusterVocabulary
-    from explore.keys import load_keys
-    from explore.model_info import read_model_info
-    from explore.pipeline import BulkPipeline
+    from catalog import Catalog, ClusterVocabulary, check_output_folder, schemas, write_table
+    from explore import BulkPipeline, load_keys, read_model_info
 
     out = check_output_folder(out, OWN_FILES, job="jobs.sample_novelty", what="novelty candidates")
     catalog = Catalog.load(cfg.catalog)
@@ -122,7 +116,8 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     result = pipe.run()
     cand_dir = result.save(out / "candidates")
     wall_s = time.perf_counter() - t0
-    write_table(quarantined, out / "quarantine.parquet", KEY_QUARANTINE)  # empty when none: no stale rows
+    # written when empty too: no stale rows of an earlier run
+    write_table(quarantined, out / "quarantine.parquet", schemas.KEY_QUARANTINE)
 
     table = result.table
     n_samples = sum(table["n_samples"].to_pylist())
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     args = job_parser(SampleNoveltyConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        from catalog.outputs import check_output_folder
+        from catalog import check_output_folder
         from jobs.services import ray_session
 
         cfg = merge_config(SampleNoveltyConfig, args)

@@ -111,7 +111,7 @@ def check_run(cfg: ServeJobConfig) -> dict[str, Path]:
 def check_ranker(catalog: Path, ranker: Path) -> str:
     """Load the checkpoint here first, so a bad one is a clear error before anything starts."""
     from ranking import Ranker
-    from serving.store import OnlineFeatureStore
+    from serving import OnlineFeatureStore
 
     r = Ranker.load(ranker, device="cpu")
     OnlineFeatureStore.from_catalog(catalog).check_ranker_schema(r.schema)
@@ -121,7 +121,7 @@ def check_ranker(catalog: Path, ranker: Path) -> str:
 def build_config(cfg: ServeJobConfig, paths: dict[str, Path]) -> dict:
     """serve_config.yaml (or --serve-config) with the run's paths and the flags applied. It holds no
     secret: the replicas read the cache's Redis URL from REDIS_URL in their environment."""
-    from serving.deploy import DEFAULT_CONFIG, app_entry, deployment_entry, load_config, with_ranker
+    from serving import DEFAULT_CONFIG, app_entry, deployment_entry, load_config, with_ranker
 
     config = load_config(cfg.serve_config or DEFAULT_CONFIG)
     http = config.setdefault("http_options", {})
@@ -178,9 +178,9 @@ def quiet_logs(verbose: bool) -> None:
 
 
 def serve_forever(cfg: ServeJobConfig) -> int:
+    from explore.cache import redact_url
     from jobs.services import RedisServer, connect_redis, ray_session
-    from serving.cache_client import redact_url
-    from serving.deploy import app_entry, deploy, logger_flush, remove_app
+    from serving import app_entry, deploy, logger_flush, remove_app
 
     quiet_logs(cfg.verbose)
     paths = check_run(cfg)
@@ -300,7 +300,7 @@ def _attach(run: str):
 
 
 def reload(cfg: ServeJobConfig) -> int:
-    from serving.deploy import reload_ranker, with_ranker
+    from serving import reload_ranker, with_ranker
 
     quiet_logs(cfg.verbose)
     if not cfg.ranker:
@@ -332,7 +332,7 @@ def reload(cfg: ServeJobConfig) -> int:
 
 
 def status(cfg: ServeJobConfig) -> int:
-    from serving.deploy import ranker_info
+    from serving import ranker_info
 
     quiet_logs(cfg.verbose)
     session, state = _attach(cfg.run)

@@ -17,9 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.build import Catalog
-from catalog.logs import FeedbackLogWriter
-from catalog.outputs import check_output_folder
+from catalog import Catalog, FeedbackLogWriter, check_output_folder
 from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 

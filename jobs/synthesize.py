@@ -14,9 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog.outputs import check_output_folder
-from catalog.synthetic import SyntheticConfig, generate_world
-from jobs.build_catalog import CATALOG_FILES
+from catalog import CATALOG_FILES, SyntheticConfig, check_output_folder, generate_world
 from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
 

@@ -67,7 +67,7 @@ class AlignmentTrainConfig(AlignmentTrainFields):
 
 
 def aggregation_config(cfg: AlignmentTrainFields):
-    from alignment.aggregate import AggregationConfig
+    from alignment import AggregationConfig
 
     return AggregationConfig(
         sources=tuple(cfg.sources),
@@ -87,17 +87,18 @@ OWN_FILES = ("pairs.parquet",)  # written first by every run: marks an --out as 
 
 def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) -> dict:
     """Aggregate, then train and evaluate; returns the summary (also out/summary.json)."""
-    from alignment.aggregate import aggregate_logs
-    from alignment.train import AlignmentConfig, check_base, check_out, train_alignment
-    from catalog.build import Catalog
-    from catalog.io import read_table, write_table
-    from catalog.outputs import check_output_folder
-    from catalog.schemas import FEEDBACK_PAIRS, FEEDBACK_PREFERENCES, FEEDBACK_QUARANTINE, NOVELTY_CANDIDATES
-    from catalog.vocabulary import ClusterVocabulary
-    from lm.lora import LoraSettings
+    from alignment import (
+        AlignmentConfig,
+        aggregate_logs,
+        check_alignment_base,
+        check_alignment_out,
+        train_alignment,
+    )
+    from catalog import Catalog, ClusterVocabulary, check_output_folder, read_table, schemas, write_table
+    from lm import LoraSettings
 
     out = check_output_folder(out, OWN_FILES, job="jobs.train_alignment", what="alignment job output")
-    check_out(out / "model")
+    check_alignment_out(out / "model")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     model_cfg = AlignmentConfig(
@@ -113,15 +114,15 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         seed=cfg.seed,
     )  # checked before the logs are read
     if not cfg.aggregate_only:
-        check_base(model_cfg.base)  # a bad --base folder fails before --out is created
-    candidates = read_table(cfg.candidates, NOVELTY_CANDIDATES) if cfg.candidates else None
+        check_alignment_base(model_cfg.base)  # a bad --base folder fails before --out is created
+    candidates = read_table(cfg.candidates, schemas.NOVELTY_CANDIDATES) if cfg.candidates else None
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate_logs(
         cfg.logs, catalog.history_k, catalog.n_clusters, aggregation_config(cfg), workdir=out
     )
-    write_table(agg.pairs, out / "pairs.parquet", FEEDBACK_PAIRS)
-    write_table(agg.preferences, out / "preferences.parquet", FEEDBACK_PREFERENCES)
-    write_table(agg.quarantine, out / "quarantine.parquet", FEEDBACK_QUARANTINE)
+    write_table(agg.pairs, out / "pairs.parquet", schemas.FEEDBACK_PAIRS)
+    write_table(agg.preferences, out / "preferences.parquet", schemas.FEEDBACK_PREFERENCES)
+    write_table(agg.quarantine, out / "quarantine.parquet", schemas.FEEDBACK_QUARANTINE)
     summary: dict = {"aggregation": agg.stats, "out": str(out)}
     if not cfg.aggregate_only:
         summary["model"] = train_alignment(
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     args = job_parser(AlignmentTrainConfig, __doc__).parse_args(argv)
 
     def body() -> int:
-        from alignment.aggregate import resolve_engine
+        from alignment import resolve_engine
         from jobs.services import ray_session
 
         cfg = merge_config(AlignmentTrainConfig, args)

@@ -51,15 +51,18 @@ class NoveltyTrainConfig(NoveltyTrainFields):
 def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) -> dict:
     """Train (and evaluate) one novelty model; returns the report saved in novelty.json. An `out` that
     holds files but no novelty model (novelty.json) is refused before any work: the job replaces it."""
-    from catalog.build import Catalog
-    from catalog.outputs import check_output_folder
-    from catalog.vocabulary import ClusterVocabulary
-    from explore.examples import ExampleConfig, build_examples
-    from explore.model_info import INFO_FILE, read_model_info
-    from explore.sft import SFTConfig, train_novelty
-    from lm.lora import LoraSettings
+    from catalog import Catalog, ClusterVocabulary, check_output_folder
+    from explore import (
+        ExampleConfig,
+        NoveltyModelInfo,
+        SFTConfig,
+        build_examples,
+        read_model_info,
+        train_novelty,
+    )
+    from lm import LoraSettings
 
-    check_output_folder(out, (INFO_FILE,), job="jobs.train_novelty", what="novelty model")
+    check_output_folder(out, (NoveltyModelInfo.FILE,), job="jobs.train_novelty", what="novelty model")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     examples = ExampleConfig(
@@ -76,8 +79,7 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     )
     report = train_novelty(vocab, catalog.histories, out, sft, examples, progress=progress)
     if cfg.evaluate:
-        from explore.evaluate import evaluate_novelty
-        from explore.sampler import NoveltySampler, SamplingConfig
+        from explore import NoveltySampler, SamplingConfig, evaluate_novelty
 
         train_ex, eval_ex, _ = build_examples(catalog.histories, examples, vocab.size)
         sampler = NoveltySampler(out, vocab=vocab)

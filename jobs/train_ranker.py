@@ -76,8 +76,7 @@ class TrainJobConfig(RankerJobFields):
 def job_configs(cfg: RankerJobFields, **flags):
     """(RankerConfig, TrainConfig): the preset with cfg.ranker on top; cfg.train with the flags that
     were given (not None: epochs, seed and `flags`) on top."""
-    from ranking.config import PRESETS, RankerConfig
-    from ranking.train import TrainConfig
+    from ranking import PRESETS, RankerConfig, TrainConfig
 
     config = RankerConfig.from_dict({**PRESETS[cfg.preset]().to_dict(), **cfg.ranker})
     flags = {"epochs": cfg.epochs, "seed": cfg.seed, **flags}
@@ -88,8 +87,7 @@ def job_configs(cfg: RankerJobFields, **flags):
 def read_feedback_logs(cfg, catalog):
     """cfg.logs read part by part and checked by catalog.feedback (the rules alignment applies, plus the
     catalog's item and member ids): a CheckedFeedback of the good rows, the quarantine and the counts."""
-    from catalog.feedback import FeedbackRules, read_feedback
-    from catalog.logs import log_parts
+    from catalog import FeedbackRules, log_parts, read_feedback
 
     if not cfg.logs:
         raise ValueError(
@@ -114,7 +112,7 @@ def read_feedback_logs(cfg, catalog):
 def load_examples(cfg, catalog, checked=None):
     """The job's train and test examples; for --dataset feedback from `checked` (read_feedback_logs),
     read here when not given."""
-    from ranking.datasets import feedback_examples, movielens_ctr
+    from ranking import feedback_examples, movielens_ctr
 
     if cfg.dataset == "movielens":
         examples = movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
@@ -145,8 +143,7 @@ def check_parts(examples, test_fraction: float) -> None:
 
 def baseline_metrics(examples) -> dict:
     """The popularity baseline per task: each item's smoothed rate in the training part."""
-    from ranking.datasets import popularity_scores
-    from ranking.metrics import task_metrics
+    from ranking import popularity_scores, task_metrics
 
     out = {}
     for task in examples.schema.tasks:
@@ -158,9 +155,8 @@ def baseline_metrics(examples) -> dict:
 def check_out(cfg) -> None:
     """The job replaces --out whole: refuse a folder of other files, and one that is (or holds) the
     warm-start or cold-start checkpoint the run starts from."""
-    from catalog.outputs import check_output_folder
-    from ranking.checkpoint import OWN_FILES, read_checkpoint_config
-    from ranking.incremental import cold_start_path
+    from catalog import check_output_folder
+    from ranking import CHECKPOINT_FILES, cold_start_path, read_checkpoint_config
 
     out = Path(cfg.out).resolve()
     if cfg.warm_start:
@@ -173,7 +169,7 @@ def check_out(cfg) -> None:
                     f"--out {cfg.out} resolves to {out}, which is or holds the {flag} checkpoint {path} "
                     f"({p}); the job replaces --out whole and would overwrite it. Give --out a new folder."
                 )
-    check_output_folder(cfg.out, OWN_FILES, job="jobs.train_ranker", what="ranker checkpoint")
+    check_output_folder(cfg.out, CHECKPOINT_FILES, job="jobs.train_ranker", what="ranker checkpoint")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(cfg: TrainJobConfig) -> dict:
     """Run the job; returns the metrics it wrote to metrics.json."""
-    from catalog.io import replace_folder, staging_folder
+    from catalog import replace_folder, staging_folder
 
     t_start = time.perf_counter()
     check_out(cfg)
@@ -203,20 +199,23 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     import torch
     from tqdm import tqdm
 
-    from catalog.build import Catalog, build_movielens_catalog
-    from catalog.feedback import summary_line
-    from catalog.io import write_table
-    from catalog.schemas import FEEDBACK_QUARANTINE
-    from ranking.checkpoint import export_serving
-    from ranking.data import ExampleStream
-    from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
-    from ranking.features import Featurizer
-    from ranking.incremental import empirical_fisher, from_checkpoint
-    from ranking.layers.quantization import embedding_bytes, quantize_embeddings
-    from ranking.metrics import reliability_diagram
-    from ranking.model import count_flops
-    from ranking.ranker import Ranker
-    from ranking.train import pick_device
+    from catalog import Catalog, build_movielens_catalog, feedback_summary_line, schemas, write_table
+    from ranking import (
+        ExampleStream,
+        Featurizer,
+        Ranker,
+        count_flops,
+        embedding_bytes,
+        empirical_fisher,
+        evaluate,
+        export_serving,
+        from_checkpoint,
+        pick_device,
+        quantize_embeddings,
+        reliability_diagram,
+        slice_metrics,
+        train_and_evaluate,
+    )
 
     device = pick_device(cfg.device)
     config, tcfg = job_configs(
@@ -227,8 +226,8 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     checked = read_feedback_logs(cfg, catalog) if cfg.dataset == "feedback" else None
     examples = load_examples(cfg, catalog, checked)
     if checked is not None and checked.quarantine.num_rows:
-        write_table(checked.quarantine, stage / "quarantine.parquet", FEEDBACK_QUARANTINE)
-        print(f"{summary_line(checked.stats)}; set aside in {out / 'quarantine.parquet'}")
+        write_table(checked.quarantine, stage / "quarantine.parquet", schemas.FEEDBACK_QUARANTINE)
+        print(f"{feedback_summary_line(checked.stats)}; set aside in {out / 'quarantine.parquet'}")
     # the streaming reader trains from parquet, as it would from shared storage at scale
     paths = {}
     for part in ("train", "test"):

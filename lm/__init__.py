@@ -5,4 +5,7 @@ catalog/. Importing the package loads no model library; its modules load torch, 
 when used.
 """
 
-__all__ = ["device", "info", "loop", "lora", "presets", "schedule", "tokenizer"]
+from lm.info import ModelInfo
+from lm.lora import LoraSettings
+
+__all__ = ["LoraSettings", "ModelInfo"]

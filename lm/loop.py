@@ -10,7 +10,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lm.lora import LoraSettings
+from lm.presets import TinyLMConfig
 from lm.schedule import warmup_cosine
+
+
+def check_trainer_config(cfg) -> None:
+    """The fields every LLM trainer config shares (tiny, lora, epochs, max_steps, batch_size, lr,
+    warmup_fraction), for a frozen dataclass's __post_init__: the nested dicts of a saved config become
+    dataclasses again, and each value is checked, the error naming the config class, field and value."""
+    name = type(cfg).__name__
+    if isinstance(cfg.tiny, dict):  # from_dict of a saved config
+        object.__setattr__(cfg, "tiny", TinyLMConfig(**cfg.tiny))
+    if isinstance(cfg.lora, dict):
+        object.__setattr__(cfg, "lora", LoraSettings.from_dict(cfg.lora))
+    if not isinstance(cfg.lora, LoraSettings):
+        raise ValueError(f"{name}.lora={cfg.lora!r}: give an lm.lora.LoraSettings (or its dict).")
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        raise ValueError(f"{name}: epochs={cfg.epochs}, max_steps={cfg.max_steps}; set one of them > 0.")
+    if cfg.batch_size < 1:
+        raise ValueError(f"{name}.batch_size={cfg.batch_size}: must be >= 1.")
+    if cfg.lr < 0:
+        raise ValueError(f"{name}.lr={cfg.lr}: must be >= 0 (0 picks the default).")
+    if not 0 <= cfg.warmup_fraction < 1:
+        raise ValueError(f"{name}.warmup_fraction={cfg.warmup_fraction}: must be in [0, 1).")
 
 
 @dataclass(frozen=True)

@@ -9,20 +9,58 @@ Public API:
     IncrementalPrior, empirical_fisher incremental training (ranking.incremental: from_checkpoint)
     Ranker                             the serving interface (scores, Thompson sampling, save/load)
     movielens_ctr, feedback_examples   example tables from catalog tables and feedback logs
+    popularity_scores                  the popularity baseline
+    train_and_evaluate, evaluate,      one training run, its test metrics (calibrated), metrics per slice
+    slice_metrics, task_metrics
+    reliability_diagram                calibration plot (reliability.png)
+    CHECKPOINT_FILES, export_serving,  the checkpoint folder: its marker files, the torch.export archive,
+    read_checkpoint_config             its typed config.json
+    IncrementalPrior, from_checkpoint, incremental training from a previous checkpoint (ranking.incremental)
+    cold_start_path, empirical_fisher
+    quantize_embeddings,               int8 middle-max embedding compression and its size
+    embedding_bytes
+    count_flops, pick_device           model cost; CUDA when present
+    ABLATION_STEPS, run_ablation,      the LiRank ablation (Table 6 on this data)
+    multitask_steps, markdown_table
 """
 
+from ranking.ablation import STEPS as ABLATION_STEPS
+from ranking.ablation import markdown_table, multitask_steps, run_ablation
 from ranking.bandit import BayesianLastLayer
+from ranking.checkpoint import OWN_FILES as CHECKPOINT_FILES
+from ranking.checkpoint import export_serving, read_checkpoint_config
 from ranking.config import PRESETS, RankerConfig
 from ranking.data import ExampleStream
 from ranking.datasets import Examples, feedback_examples, movielens_ctr, popularity_scores
+from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
 from ranking.features import Batch, Featurizer
-from ranking.incremental import IncrementalPrior, empirical_fisher
-from ranking.model import LiRankModel, build_model
+from ranking.incremental import IncrementalPrior, cold_start_path, empirical_fisher, from_checkpoint
+from ranking.layers.quantization import embedding_bytes, quantize_embeddings
+from ranking.metrics import reliability_diagram, task_metrics
+from ranking.model import LiRankModel, build_model, count_flops
 from ranking.ranker import Ranker
 from ranking.schema import FeatureSchema
-from ranking.train import TrainConfig, Trainer, predict
+from ranking.train import TrainConfig, Trainer, pick_device, predict
 
 __all__ = [
+    "ABLATION_STEPS",
+    "CHECKPOINT_FILES",
+    "cold_start_path",
+    "count_flops",
+    "embedding_bytes",
+    "evaluate",
+    "export_serving",
+    "from_checkpoint",
+    "markdown_table",
+    "multitask_steps",
+    "pick_device",
+    "quantize_embeddings",
+    "read_checkpoint_config",
+    "reliability_diagram",
+    "run_ablation",
+    "slice_metrics",
+    "task_metrics",
+    "train_and_evaluate",
     "PRESETS",
     "Batch",
     "BayesianLastLayer",

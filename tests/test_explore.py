@@ -216,3 +216,27 @@ def test_import_loads_no_model_libraries(package):
     code = f"import sys, {package}; print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("config", ["SFTConfig", "AlignmentConfig"])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"epochs": 0, "max_steps": 0}, ": epochs=0, max_steps=0; set one of them > 0."),
+        ({"batch_size": 0}, ".batch_size=0: must be >= 1."),
+        ({"lr": -1.0}, ".lr=-1.0: must be >= 0"),
+        ({"warmup_fraction": 1.0}, ".warmup_fraction=1.0: must be in [0, 1)."),
+        ({"lora": {"r": 0}}, "LoraSettings.r=0"),
+    ],
+)
+def test_both_llm_trainer_configs_check_their_shared_fields_alike(config, fields, message):
+    from alignment.train import AlignmentConfig
+    from explore.sft import SFTConfig
+
+    cls = {"SFTConfig": SFTConfig, "AlignmentConfig": AlignmentConfig}[config]
+    expected = message if message.startswith("LoraSettings") else config + message
+    with pytest.raises(ValueError) as err:
+        cls(**fields)
+    assert expected in str(err.value)
+    saved = cls.from_dict({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "tiny": {"hidden_size": 64}})
+    assert saved.lora.r == 4 and saved.tiny.hidden_size == 64

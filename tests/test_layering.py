@@ -75,3 +75,35 @@ def test_import_loads_no_llm_engine(package):
 def test_the_sampler_does_not_import_the_trainer():
     sampler = _imported_modules("explore")["explore/sampler.py"]
     assert "explore.sft" not in sampler and "explore.model_info" in sampler, sorted(sampler)
+
+
+def test_jobs_use_the_packages_public_apis():
+    """jobs/ imports our packages through their __init__ (or a subpackage's, e.g. explore.cache), and only
+    names the package lists in __all__: a package's public API is what its users actually need."""
+    import ast
+    import importlib
+
+    ours = {"catalog", "lm", "explore", "alignment", "ranking", "serving", "sim"}
+    bad = []
+    for path in sorted((ROOT / "jobs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours):
+                continue
+            where = f"jobs/{path.name}:{node.lineno}"
+            if not (ROOT / node.module.replace(".", "/") / "__init__.py").is_file():
+                bad.append(f"{where}: from {node.module} (a module, not a package's public API)")
+                continue
+            public = set(getattr(importlib.import_module(node.module), "__all__", ()))
+            bad += [
+                f"{where}: {node.module}.{a.name} not in __all__" for a in node.names if a.name not in public
+            ]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", ["catalog", "lm", "explore", "alignment", "ranking", "serving", "sim"])
+def test_every_public_name_exists(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, missing

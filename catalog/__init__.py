@@ -15,8 +15,10 @@ Public API:
     staging_folder, replace_folder                    beside its place and swapped in whole
     SchemaMismatchError, DataNotFoundError            what a wrong table or a missing data package raises
     check_output_folder                               the --out guard: never replace someone else's files
-    FeedbackLogWriter, ImpressionLogWriter,           feedback and impression logs (parquet parts)
-    read_feedback_log, read_impression_log
+    FeedbackLogWriter, ImpressionLogWriter,           feedback, impression and engagement-event logs
+    EventLogWriter, read_feedback_log,                (parquet parts)
+    read_impression_log, read_event_log
+    join_feedback, JOIN_REASONS                       impression log + engagement events -> feedback log
     FeedbackRules, read_feedback,                     feedback validation: bad rows quarantined and counted
     feedback_summary_line, log_parts
 """
@@ -39,10 +41,14 @@ from catalog.io import (
     write_json,
     write_table,
 )
+from catalog.join import REASONS as JOIN_REASONS
+from catalog.join import join_feedback
 from catalog.logs import (
+    EventLogWriter,
     FeedbackLogWriter,
     ImpressionLogWriter,
     log_parts,
+    read_event_log,
     read_feedback_log,
     read_impression_log,
 )
@@ -53,7 +59,7 @@ from catalog.taxonomy import TaxonomyConfig
 from catalog.vocabulary import ClusterVocabulary, history_text
 
 __all__ = [
-    "CATALOG_FILES", "catalog_summary_lines", "feedback_summary_line", "log_parts",
+    "CATALOG_FILES", "EventLogWriter", "JOIN_REASONS", "join_feedback", "read_event_log", "catalog_summary_lines", "feedback_summary_line", "log_parts",
     "Catalog", "CatalogConfig", "ClusterVocabulary", "DataNotFoundError", "FeedbackLogWriter", "FeedbackRules",
     "ImpressionLogWriter", "SchemaMismatchError", "SyntheticConfig", "TaxonomyConfig", "build_movielens_catalog",
     "check_output_folder", "generate_world", "history_keys", "history_text", "read_feedback", "read_feedback_log",

@@ -9,8 +9,9 @@ writer that died (`.part.tmp-<host>-<pid>-<hex>`: written on this host by a pid 
 untouched for TEMP_PART_MIN_AGE_S) is removed when the next writer opens the folder; a live writer's
 temporary part is never touched.
 
-Two logs use this layout: feedback logs (FEEDBACK_LOG, impressions with their engagement) and the
-ranking endpoint's impression log (IMPRESSION_LOG, what was served, before any engagement).
+Three logs use this layout: feedback logs (FEEDBACK_LOG, impressions with their engagement), the
+ranking endpoint's impression log (IMPRESSION_LOG, what was served, before any engagement) and its
+events log (ENGAGEMENT_EVENTS, what clients reported on POST /feedback).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog.io import conform, read_table, sync_folder, write_parquet_synced
-from catalog.schemas import FEEDBACK_LOG, IMPRESSION_LOG
+from catalog.schemas import ENGAGEMENT_EVENTS, FEEDBACK_LOG, IMPRESSION_LOG
 
 _PART = re.compile(r"part-(\d+)\.parquet")
 # a writer's temporary part: .part.tmp-<host>-<pid>-<hex>; older writers wrote .part.tmp-<pid>-<hex>
@@ -128,6 +129,13 @@ class ImpressionLogWriter(LogWriter):
         super().__init__(folder, IMPRESSION_LOG)
 
 
+class EventLogWriter(LogWriter):
+    """Appends ENGAGEMENT_EVENTS batches (what clients reported about served items)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__(folder, ENGAGEMENT_EVENTS)
+
+
 def log_parts(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -153,3 +161,7 @@ def read_feedback_log(folder: str | os.PathLike) -> pa.Table:
 
 def read_impression_log(folder: str | os.PathLike) -> pa.Table:
     return read_log(folder, IMPRESSION_LOG)
+
+
+def read_event_log(folder: str | os.PathLike) -> pa.Table:
+    return read_log(folder, ENGAGEMENT_EVENTS)

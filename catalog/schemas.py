@@ -129,6 +129,33 @@ IMPRESSION_LOG = pa.schema(
     ]
 )
 
+# One row per engagement event a client reported for a served item (POST /feedback on the endpoint).
+# Joined with IMPRESSION_LOG by (request_id, item_id) it completes FEEDBACK_LOG rows (jobs.join_feedback).
+ENGAGEMENT_EVENTS = pa.schema(
+    [
+        _f("request_id", pa.string(), "the ranking request that served the item (its response's request_id)"),
+        _f("item_id", pa.int64(), "the served item the event is about"),
+        _f("received_ms", pa.int64(), "unix milliseconds when the endpoint received the event"),
+        _f("click", pa.bool_(), "opened the item"),
+        _f("like", pa.bool_(), "liked it"),
+        _f("share", pa.bool_(), "shared it"),
+        _f("skip", pa.bool_(), "skipped it explicitly"),
+        _f("dwell_s", pa.float32(), "seconds spent on the item; 0 without a click"),
+    ]
+)
+
+# Engagement events that could not be joined with an impression (catalog.join), kept with why.
+EVENT_QUARANTINE = pa.schema(
+    [pa.field(f.name, f.type, nullable=True, metadata=f.metadata) for f in ENGAGEMENT_EVENTS]
+    + [
+        _f(
+            "reason",
+            pa.string(),
+            "why the event was set aside: no impression | duplicate | late | duplicate impression",
+        )
+    ]
+)
+
 # One row per history key: what the novelty LLM proposed for it (explore.sampler, jobs.sample_novelty).
 NOVELTY_CANDIDATES = pa.schema(
     [
@@ -205,6 +232,8 @@ TABLES: dict[str, pa.Schema] = {
     "histories": HISTORIES,
     "feedback_log": FEEDBACK_LOG,
     "impression_log": IMPRESSION_LOG,
+    "engagement_events": ENGAGEMENT_EVENTS,
+    "event_quarantine": EVENT_QUARANTINE,
     "novelty_candidates": NOVELTY_CANDIDATES,
     "best_of_n": BEST_OF_N,
     "feedback_pairs": FEEDBACK_PAIRS,

@@ -97,6 +97,12 @@ class Timed:
         return out.append_column(self.column, pa.array([per_row] * out.num_rows, pa.float64()))
 
 
+def timed(stage: type) -> type:
+    """Timed, named for the stage it wraps (TimedNoveltyStage): Ray names its operators, workers and log
+    prefixes after the class, so logs and progress bars still say which stage a line is from."""
+    return type(f"Timed{stage.__name__}", (Timed,), {"__doc__": f"{stage.__name__}, timed (Timed)."})
+
+
 def _cuda() -> bool:
     import torch
 
@@ -130,7 +136,7 @@ class BulkPipeline:
         threads = r.threads or (0 if gpus else max(1, (os.cpu_count() or 1) // actors))
         env = {**ENGINE_ENV, **r.env, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         self.ds = self.ds.map_batches(
-            Timed,
+            timed(stage_cls),
             fn_constructor_kwargs={"stage": stage_cls, "column": f"_{name}_s", "kwargs": kwargs},
             batch_size=r.batch_size,
             batch_format="pyarrow",
@@ -182,7 +188,7 @@ class BulkPipeline:
 
         kwargs = {"url": url, "version": version, "namespace": namespace, "staging_ttl_s": staging_ttl_s}
         self.ds = self.ds.map_batches(
-            Timed,
+            timed(CacheWriteStage),
             fn_constructor_kwargs={"stage": CacheWriteStage, "column": "_write_s", "kwargs": kwargs},
             compute=ray.data.ActorPoolStrategy(size=1),
             batch_size=self.resources.batch_size,

@@ -28,15 +28,15 @@ from pydantic import Field
 
 from catalog import build_movielens_catalog, catalog_summary_lines
 from jobs.best_of_n import BestOfNFields
-from jobs.best_of_n import summary_lines as best_of_n_summary_lines
 from jobs.best_of_n import run as run_best_of_n
+from jobs.best_of_n import summary_lines as best_of_n_summary_lines
 from jobs.build_catalog import CatalogFields
 from jobs.cli import job_parser
 from jobs.common import merge_config, new_run_dir, run_main
 from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
-from jobs.sample_novelty import summary_lines as sample_summary_lines
 from jobs.sample_novelty import sample as sample_novelty
+from jobs.sample_novelty import summary_lines as sample_summary_lines
 from jobs.services import ray_session, redact, redis_service
 from jobs.simulate import simulate_round, summary_line
 from jobs.train_alignment import AlignmentTrainFields

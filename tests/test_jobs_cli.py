@@ -259,7 +259,7 @@ def test_demo_runs_end_to_end(tmp_path):
     library = run / "logs" / "library.log"
     assert f"library output (vLLM, Ray, transformers) in {library}" in res.stdout
     text = library.read_text()
-    assert "Resolved architecture" in text and "(MapWorker(MapBatches(NoveltyStage))" in text
+    assert "Resolved architecture" in text and "(MapWorker(MapBatches(TimedNoveltyStage))" in text
     chatter = [
         line
         for line in (res.stdout + res.stderr).splitlines()

@@ -14,7 +14,7 @@ Public API:
 """
 
 from alignment.aggregate import AggregationConfig, aggregate_logs, resolve_engine
-from alignment.info import AlignmentModelInfo, read_alignment_info
+from alignment.info import AlignmentModelInfo, alignment_model_folder, read_alignment_info
 from alignment.train import (
     AlignmentConfig,
     AlignmentTrainer,
@@ -24,6 +24,7 @@ from alignment.train import (
 )
 
 __all__ = [
+    "alignment_model_folder",
     "check_alignment_base", "check_alignment_out", "resolve_engine",
     "AggregationConfig", "AlignmentConfig", "AlignmentModelInfo", "AlignmentScorer", "AlignmentStage",
     "AlignmentTrainer", "aggregate_logs", "read_alignment_info", "train_alignment",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lm.info import ModelInfo
@@ -36,3 +37,10 @@ class AlignmentModelInfo(ModelInfo, file=INFO_FILE, what="alignment model", trai
 def read_alignment_info(folder: str | os.PathLike) -> AlignmentModelInfo:
     """alignment.json of a model folder, or a ValueError that says how to get one."""
     return AlignmentModelInfo.read(folder)
+
+
+def alignment_model_folder(path: str | os.PathLike) -> Path:
+    """The alignment model folder itself, or the model/ inside a jobs.train_alignment output folder."""
+    p = Path(path)
+    inner = p / "model"
+    return inner if not (p / INFO_FILE).is_file() and (inner / INFO_FILE).is_file() else p

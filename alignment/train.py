@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from alignment.evaluate import heldout_evaluation, logloss, platt, sigmoid
-from alignment.info import INFO_FILE, AlignmentModelInfo
+from alignment.info import INFO_FILE, AlignmentModelInfo, read_alignment_info
 from alignment.pairs import PairSet, PairSplit, heldout_mask, split_pairs
 from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
@@ -61,6 +61,10 @@ class AlignmentConfig:
     device: str = "auto"  # auto: CUDA when present
     tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
     seed: int = 0
+    # a previous alignment model folder: training starts from its backbone and head (the loop's retraining
+    # on all feedback so far); its base is used, `base` is ignored. LoRA: new adapters on the merged
+    # backbone, merged again at the end (the folder then holds full weights)
+    warm_start: str | None = None
 
     def __post_init__(self):
         check_trainer_config(self)
@@ -88,13 +92,17 @@ class AlignmentConfig:
             return self.method
         return "full" if self.base == "tiny" else "lora"
 
-    @property
-    def learning_rate(self) -> float:
+    def learning_rate_for(self, method: str) -> float:
         if self.lr:
             return self.lr
-        if self.resolved_method == "lora":
+        if method == "lora":
             return 2e-4
-        return 3e-3 if self.base == "tiny" else 1e-3  # from scratch vs a warm start from trained weights
+        fresh = self.base == "tiny" and not self.warm_start
+        return 3e-3 if fresh else 1e-3  # from scratch vs a warm start from trained weights
+
+    @property
+    def learning_rate(self) -> float:
+        return self.learning_rate_for(self.resolved_method)
 
 
 def _key_grouped_order(keys: list[tuple[int, ...]], per_key: int, g) -> np.ndarray:
@@ -149,7 +157,17 @@ class AlignmentTrainer:
 
     def __init__(self, vocab: ClusterVocabulary, config: AlignmentConfig, *, progress: bool = True):
         self.vocab, self.config, self.progress = vocab, config, progress
-        self.method = config.resolved_method
+        self.base, self.method = config.base, config.resolved_method
+        self.warm: AlignmentModelInfo | None = None
+        if config.warm_start:
+            self.warm = read_alignment_info(config.warm_start)
+            if self.warm.vocab.signature() != vocab.signature():
+                raise ValueError(
+                    f"warm_start={config.warm_start!r} was trained on other clusters than this catalog's; "
+                    "warm-start from an alignment model of this catalog, or train one from --base."
+                )
+            self.base = self.warm.base
+            self.method = "full" if self.warm.method == "full" or config.method == "full" else "lora"
         self.model = self.encoder = self.tokenizer = self.device = None
 
     def split(self, pairs: pa.Table, preferences: pa.Table) -> PairSplit:
@@ -172,11 +190,21 @@ class AlignmentTrainer:
 
         config = self.config
         torch.manual_seed(config.seed)
-        backbone, self.tokenizer, hidden = build_backbone(config.base, self.vocab, config.tiny)
+        if self.warm is not None:  # the previous model's backbone (adapters merged) and head
+            from alignment.model import load_alignment
+
+            model, encoder, _ = load_alignment(config.warm_start, device="cpu")
+            backbone, head, self.tokenizer = model.backbone, model.head, encoder.tokenizer
+        else:
+            backbone, self.tokenizer, _ = build_backbone(config.base, self.vocab, config.tiny)
+            head = None
         if self.method == "lora":
-            backbone = apply_lora(backbone, config.base, config.lora, task_type="FEATURE_EXTRACTION")
+            backbone = apply_lora(backbone, self.base, config.lora, task_type="FEATURE_EXTRACTION")
         self.device = pick_device(config.device)
-        self.model = AlignmentModel(backbone, hidden).to(self.device)
+        self.model = AlignmentModel(backbone, backbone.config.hidden_size)
+        if head is not None:
+            self.model.head.load_state_dict(head.state_dict())
+        self.model.to(self.device)
         self.encoder = PairEncoder(self.tokenizer, self.vocab)
 
     @property
@@ -213,8 +241,8 @@ class AlignmentTrainer:
         total = total_steps(len(item_keys), config.batch_size, config.epochs, config.max_steps)
         body = [p for p in model.backbone.parameters() if p.requires_grad]
         groups = [
-            {"params": body, "lr": config.learning_rate},
-            {"params": list(model.head.parameters()), "lr": max(config.learning_rate, 1e-3)},
+            {"params": body, "lr": config.learning_rate_for(self.method)},
+            {"params": list(model.head.parameters()), "lr": max(config.learning_rate_for(self.method), 1e-3)},
         ]
         opt, sched = adamw_warmup_cosine(
             groups, weight_decay=config.weight_decay, total=total, warmup_fraction=config.warmup_fraction
@@ -225,7 +253,8 @@ class AlignmentTrainer:
             self.trainable, opt, sched, total=total, batch_size=config.batch_size,
             epoch_order=lambda: _key_grouped_order(item_keys, per_key, g),
             batch_loss=lambda idx: self._batch_loss(split, idx), grad_clip=config.grad_clip,
-            desc=f"alignment {config.base} ({self.method}, {config.objective})", progress=self.progress,
+            desc=f"alignment {'warm ' if self.warm else ''}{self.base} ({self.method}, {config.objective})",
+            progress=self.progress,
         )  # fmt: skip
 
     def logits(self, pairs: PairSet, limit: int | None = None) -> np.ndarray:
@@ -256,12 +285,18 @@ class AlignmentTrainer:
         loss = logloss(split.evals.labels, sigmoid(eval_logits))
         return loss, heldout_evaluation(split.train, split.evals, probs, self.vocab.size, candidates)
 
+    def saved_method(self) -> str:
+        """How the saved folder holds the backbone: adapters over the base (lora), or full weights (a
+        warm start's adapters are merged into the previous model's weights, which no base reproduces)."""
+        return "full" if self.warm is not None else self.method
+
     def info(self, report: dict) -> AlignmentModelInfo:
-        config = self.config
+        config, base = self.config, self.base
+        method = self.saved_method()
         return AlignmentModelInfo(
-            base=config.base if config.base in PRESETS else str(Path(config.base).resolve()),
-            method=self.method, vocab=self.vocab, config=asdict(config),
-            lora=config.lora if self.method == "lora" else None, report=report,
+            base=base if base in PRESETS else str(Path(base).resolve()),
+            method=method, vocab=self.vocab, config=asdict(config),
+            lora=config.lora if method == "lora" else None, report=report,
         )  # fmt: skip
 
     def save(self, out: str | os.PathLike, report: dict) -> None:
@@ -269,6 +304,8 @@ class AlignmentTrainer:
         from alignment.model import save_alignment
 
         out = check_alignment_out(out)  # again: the folder may have been filled while the model trained
+        if self.warm is not None and self.method == "lora":
+            self.model.backbone = self.model.backbone.merge_and_unload()
         tmp = staging_folder(out)
         try:
             save_alignment(tmp, self.model, self.tokenizer, self.info(report))
@@ -296,7 +333,14 @@ def train_alignment(
     """
     check_alignment_out(out)
     config = config or AlignmentConfig()
-    check_alignment_base(config.base)
+    if config.warm_start:
+        if Path(config.warm_start).resolve() == Path(out).resolve():
+            raise ValueError(
+                f"warm_start={config.warm_start!r} is the output folder; write the retrained model elsewhere "
+                "(the swap would replace the model it starts from while it is read)."
+            )
+    else:
+        check_alignment_base(config.base)
     t_start = time.perf_counter()
     trainer = AlignmentTrainer(vocab, config, progress=progress)
     split = trainer.split(pairs, preferences)
@@ -305,8 +349,9 @@ def train_alignment(
     fit = trainer.fit(split)
     loss_after, evaluation = trainer.evaluate(split, candidates)
     report = {
-        "base": config.base,
+        "base": trainer.base,
         "method": trainer.method,
+        "warm_start": config.warm_start,
         "objective": config.objective,
         "pairs": len(split.data),
         "train_pairs": len(split.train),

@@ -73,23 +73,11 @@ def model_version(folder: str | Path, info_file: str) -> str:
     return hashlib.sha256((Path(folder) / info_file).read_bytes()).hexdigest()[:12]
 
 
-def alignment_folder(path: str) -> Path:
-    """The model folder itself, or the model/ inside a jobs.train_alignment output folder."""
-    from alignment import AlignmentModelInfo
-
-    p = Path(path)
-    return (
-        p / "model"
-        if not (p / AlignmentModelInfo.FILE).is_file() and (p / "model" / AlignmentModelInfo.FILE).is_file()
-        else p
-    )
-
-
 def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     """Run the pipeline on the connected Ray and publish into Redis at redis_url; returns the summary."""
     import redis
 
-    from alignment import AlignmentModelInfo, AlignmentStage, read_alignment_info
+    from alignment import AlignmentModelInfo, AlignmentStage, alignment_model_folder, read_alignment_info
     from catalog import Catalog, ClusterVocabulary, check_output_folder, schemas, write_table
     from explore import (
         BulkPipeline,
@@ -104,7 +92,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     out = check_output_folder(out, OWN_FILES, job="jobs.best_of_n", what="best-of-n output")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
-    align_dir = alignment_folder(cfg.alignment).resolve()
+    align_dir = alignment_model_folder(cfg.alignment).resolve()
     checked_model_info(
         "--novelty", read_model_info(cfg.novelty), vocab, cfg.catalog, "python -m jobs.train_novelty"
     )

@@ -78,6 +78,7 @@ def run_paths(run: str | Path) -> dict[str, Path]:
         "ranker": run / "ranker" / "feedback",
         "redis": run / "redis",
         "impressions": run / "logs" / "serving" / "impressions",
+        "events": run / "logs" / "serving" / "events",  # POST /feedback (beside the impressions: the default)
         "state": run / "serve" / "state.json",
     }
 

@@ -59,6 +59,11 @@ class AlignmentTrainFields(BaseModel):
     lr: float = Field(0.0, ge=0, description="learning rate (0: 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)")
     lora_r: int = Field(16, ge=1, description="LoRA rank (alpha and dropout keep their defaults)")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of pairs held out")
+    warm_start: str | None = Field(
+        None,
+        description="a previous alignment model (its folder, or a jobs.train_alignment output folder): "
+        "retrain it from its backbone and head instead of from --base",
+    )
     seed: int = Field(0, description="seed of the split and the initialisation")
 
 
@@ -90,8 +95,10 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
     from alignment import (
         AlignmentConfig,
         aggregate_logs,
+        alignment_model_folder,
         check_alignment_base,
         check_alignment_out,
+        read_alignment_info,
         train_alignment,
     )
     from catalog import Catalog, ClusterVocabulary, check_output_folder, read_table, schemas, write_table
@@ -112,9 +119,13 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         lora=LoraSettings(r=cfg.lora_r),
         eval_fraction=cfg.eval_fraction,
         seed=cfg.seed,
+        warm_start=str(alignment_model_folder(cfg.warm_start)) if cfg.warm_start else None,
     )  # checked before the logs are read
-    if not cfg.aggregate_only:
-        check_alignment_base(model_cfg.base)  # a bad --base folder fails before --out is created
+    if not cfg.aggregate_only:  # a bad --base or --warm-start fails before --out is created
+        if model_cfg.warm_start:
+            read_alignment_info(model_cfg.warm_start)
+        else:
+            check_alignment_base(model_cfg.base)
     candidates = read_table(cfg.candidates, schemas.NOVELTY_CANDIDATES) if cfg.candidates else None
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate_logs(

@@ -27,6 +27,19 @@ from ranking.schema import FeatureSchema
 from ranking.train import pick_device
 
 
+def carried_files(folder: str | os.PathLike, info) -> dict:
+    """The optional contents of a checkpoint that describe its weights and stay valid when only the bandit
+    changes: the Fisher (the next incremental period's prior), the training config, the metrics."""
+    import json
+
+    from ranking.incremental import load_fisher
+
+    carried = {"fisher": load_fisher(folder), "train_config": dict(info.train) or None}
+    metrics = Path(folder) / "metrics.json"
+    carried["metrics"] = json.loads(metrics.read_text()) if metrics.is_file() else None
+    return {k: v for k, v in carried.items() if v is not None}
+
+
 class Ranker:
     """Scores candidate rows (Arrow tables with the schema's feature columns).
 
@@ -58,6 +71,9 @@ class Ranker:
         self.task_index = schema.tasks.index(self.rank_task)
         self.featurizer = Featurizer(schema, with_labels=False, history=config.history)
         self.version: str | None = None  # the checkpoint's content hash, set by `load`
+        # what the checkpoint holds besides the weights (Fisher, training config, metrics): `load` reads it,
+        # `save` writes it back unless told otherwise, so a bandit update keeps the next period's prior
+        self.carried: dict = {}
 
     @torch.no_grad()
     def score(
@@ -144,7 +160,8 @@ class Ranker:
 
     def save(self, folder: str | os.PathLike, *, swap: bool = True, **extras) -> Path:
         """Save as a checkpoint folder: swapped in whole (`save_checkpoint`), or with swap=False written
-        into `folder` as it is (`write_checkpoint`, for a folder the caller is staging)."""
+        into `folder` as it is (`write_checkpoint`, for a folder the caller is staging). What the loaded
+        checkpoint carried (fisher, train_config, metrics) is written again unless `extras` replaces it."""
         return (save_checkpoint if swap else write_checkpoint)(
             folder,
             self.model,
@@ -152,7 +169,7 @@ class Ranker:
             self.config,
             bandit=self.bandit,
             bandit_task=self.rank_task,
-            **extras,
+            **{**self.carried, **extras},
         )
 
     @classmethod
@@ -183,4 +200,5 @@ class Ranker:
             )
         ranker = ranker.quantized() if quantize else ranker
         ranker.version = version
+        ranker.carried = carried_files(folder, info)
         return ranker

@@ -63,6 +63,39 @@ class RankRequest(BaseModel):
         return v
 
 
+class EngagementEvent(BaseModel):
+    """What a member did with one served item."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: ItemId = Field(..., description="the served item (one of the response's items)")
+    click: StrictBool = Field(False, description="opened the item")
+    like: StrictBool = Field(False, description="liked it")
+    share: StrictBool = Field(False, description="shared it")
+    skip: StrictBool = Field(False, description="skipped it explicitly")
+    dwell_s: float = Field(
+        0.0, ge=0, le=86_400, allow_inf_nan=False, description="seconds spent on the item, finite, 0..86400"
+    )
+
+
+class FeedbackRequest(BaseModel):
+    """POST /feedback body: engagement with the items of one answered /rank request."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(
+        ..., pattern=r"^[0-9a-f]{32}$", description="the /rank response's request_id (32 hex digits)"
+    )
+    events: list[EngagementEvent] = Field(
+        ..., min_length=1, max_length=1000, description="one event per item (more are merged by the join)"
+    )
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    accepted: int = Field(
+        ..., description="events appended to the events log (joined later by jobs.join_feedback)"
+    )
+
+
 class RankedItem(BaseModel):
     item_id: int
     cluster_id: int

@@ -2,7 +2,7 @@
 serve_config.yaml (`serving.app:build_app`), used by `serve run`/`serve deploy` and by `jobs.serve`.
 
     RankIngress (FastAPI) --DeploymentHandle--> RankerModel (@serve.batch, user_config = checkpoint)
-                          --DeploymentHandle--> ImpressionLogger (parquet parts)
+                          --DeploymentHandle--> ImpressionLogger (impression and event logs, parquet parts)
 
 Replicas, CPUs/GPUs per replica, autoscaling and the ranker's user_config are set per deployment in
 the Serve config (`deployments:`); the args below are the app's own settings.
@@ -38,6 +38,11 @@ def build_app(args: AppArgs):
         ranker = ranker.options(user_config={"ranker": args.ranker})
     return RankIngress.bind(
         ranker.bind(settings.catalog, args.device, settings.history_cap),
-        ImpressionLogger.bind(settings.log_dir, settings.log_flush_rows, settings.log_flush_s),
+        ImpressionLogger.bind(
+            settings.log_dir,
+            settings.log_flush_rows,
+            settings.log_flush_s,
+            event_folder=settings.events_dir(),
+        ),
         settings.model_dump(),
     )

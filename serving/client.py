@@ -68,6 +68,12 @@ class RankClient:
         )
         return self._check(r)
 
+    def feedback(self, request_id: str, events: Sequence[dict]) -> dict:
+        """Report engagement with the items of an answered slate (POST /feedback); RankError on a 4xx/5xx.
+        events: dicts of item_id and any of click, like, share, skip (bools), dwell_s (seconds)."""
+        body = {"request_id": request_id, "events": list(events)}
+        return self._check(self.session.post(f"{self.base_url}/feedback", json=body, timeout=self.timeout_s))
+
     def healthz(self) -> dict:
         return self._check(self.session.get(f"{self.base_url}/healthz", timeout=self.timeout_s))
 
@@ -94,6 +100,10 @@ class HandleClient:
 
     async def rank_async(self, member_id: int, **kwargs) -> dict:
         return await self.handle.rank.remote(rank_body(member_id, **kwargs))
+
+    def feedback(self, request_id: str, events: Sequence[dict], *, timeout_s: float = 30.0) -> dict:
+        body = {"request_id": request_id, "events": list(events)}
+        return self.handle.feedback.remote(body).result(timeout_s=timeout_s)
 
 
 def rank_many(

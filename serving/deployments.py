@@ -1,11 +1,11 @@
 """The Ray Serve deployments of the ranking app:
 
-RankIngress (FastAPI: validation, feature store, cache lookup, candidates, slate; POST /rank, GET
-/healthz, GET /readyz, OpenAPI at /docs) -> RankerModel through a DeploymentHandle (LiRank scores,
+RankIngress (FastAPI: validation, feature store, cache lookup, candidates, slate; POST /rank, POST
+/feedback, GET /healthz, GET /readyz, OpenAPI at /docs) -> RankerModel through a DeploymentHandle (LiRank scores,
 batched across requests by candidate rows with @serve.batch, on CUDA when the replica has a GPU;
 the checkpoint comes through user_config, so `reconfigure` hot-reloads it) and -> ImpressionLogger
-(one replica that batches served items into IMPRESSION_LOG parquet parts, flushed on size, time and
-shutdown). `serving.app.build_app` wires them.
+(one replica that batches served items into IMPRESSION_LOG parquet parts and the events of POST
+/feedback into ENGAGEMENT_EVENTS parts, flushed on size, time and shutdown). `serving.app.build_app` wires them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import pyarrow as pa
 from fastapi import FastAPI, Request
@@ -22,8 +23,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from serving.api import RankRequest, RankResponse
-from serving.service import RequestError, ScoreRequest, ScoreResult, ScoringFailed, score_batch
+from serving.api import FeedbackRequest, FeedbackResponse, RankRequest, RankResponse
+from serving.service import (
+    RequestError,
+    ScoreRequest,
+    ScoreResult,
+    ScoringFailed,
+    feedback_events,
+    score_batch,
+)
 from serving.settings import RankerUserConfig, ServingSettings
 
 log = logging.getLogger("ray.serve")
@@ -248,27 +256,15 @@ def _now_ms() -> int:
 # ------------------------------------------------------------------------------------------ impressions
 
 
-@serve.deployment(
-    name="ImpressionLogger",
-    num_replicas=1,
-    max_ongoing_requests=1000,
-    graceful_shutdown_wait_loop_s=1.0,
-    graceful_shutdown_timeout_s=30.0,
-    ray_actor_options={"num_cpus": 0},
-)
-class ImpressionLogger:
-    """Batches served items into IMPRESSION_LOG parts under `folder`: a part when `flush_rows` rows are
-    buffered, every `flush_s` seconds, and at shutdown. A failed write keeps the rows for the next try;
-    past `max_buffer_rows` kept rows (writes failing for long) the oldest are dropped and counted, so a
-    broken disk cannot take the replica down with it."""
+class PartBuffer:
+    """Rows batched into parquet parts by a catalog LogWriter: a part when `flush_rows` rows are buffered,
+    every `flush_s` seconds (the deployment's timer), and at shutdown. A failed write keeps the rows for the
+    next try; past `max_buffer_rows` kept rows (writes failing for long) the oldest are dropped and counted,
+    so a broken disk cannot take the replica down with it."""
 
-    def __init__(
-        self, folder: str, flush_rows: int = 5000, flush_s: float = 2.0, max_buffer_rows: int = 2_000_000
-    ):
-        from catalog.logs import ImpressionLogWriter
-
-        self.writer = ImpressionLogWriter(folder)
-        self.flush_rows, self.flush_s, self.max_buffer_rows = flush_rows, flush_s, max_buffer_rows
+    def __init__(self, writer, name: str, flush_rows: int, max_buffer_rows: int):
+        self.writer, self.name = writer, name
+        self.flush_rows, self.max_buffer_rows = flush_rows, max_buffer_rows
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.stats = {
@@ -278,30 +274,18 @@ class ImpressionLogger:
             "write_failures": 0,
             "rows_dropped": 0,
         }
-        self._timer: asyncio.Task | None = None
-        self._lock: asyncio.Lock | None = None
+        self.lock = asyncio.Lock()
 
-    async def log(self, rows: pa.Table) -> None:
-        if self._timer is None or self._timer.done():
-            self._timer = asyncio.get_running_loop().create_task(self._every())
+    async def add(self, rows: pa.Table) -> None:
         self.buffer.append(rows)
         self.buffered += rows.num_rows
         self.stats["rows_received"] += rows.num_rows
         if self.buffered >= self.flush_rows:
             await self.flush()
 
-    async def _every(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except Exception:  # noqa: BLE001 - the timer must outlive any one failure
-                log.exception("impression log flush failed")
-
     async def flush(self) -> dict:
         """Write what is buffered as one part (on the event loop, one flush at a time)."""
-        self._lock = self._lock or asyncio.Lock()
-        async with self._lock:
+        async with self.lock:
             if self.buffer:
                 tables = list(self.buffer)
                 table = pa.concat_tables(tables)
@@ -310,7 +294,7 @@ class ImpressionLogger:
                 except Exception as exc:  # noqa: BLE001 - kept for the next flush
                     self.stats["write_failures"] += 1
                     self._bound()
-                    log.error("impression log write to %s failed (rows kept): %s", self.writer.folder, exc)
+                    log.error("%s log write to %s failed (rows kept): %s", self.name, self.writer.folder, exc)
                 else:
                     del self.buffer[: len(tables)]  # rows logged meanwhile stay buffered
                     self.buffered -= table.num_rows
@@ -323,15 +307,75 @@ class ImpressionLogger:
             dropped = self.buffer.pop(0)
             self.buffered -= dropped.num_rows
             self.stats["rows_dropped"] += dropped.num_rows
-            log.error("impression log buffer full: %d oldest rows dropped", dropped.num_rows)
+            log.error("%s log buffer full: %d oldest rows dropped", self.name, dropped.num_rows)
 
-    def __del__(self):  # Serve calls it at a graceful shutdown: write what is buffered
+    def close(self) -> None:
+        """Write what is buffered, synchronously (a graceful shutdown)."""
         if self.buffer:
             try:
                 self.writer.append(pa.concat_tables(self.buffer))
                 self.buffer, self.buffered = [], 0
             except Exception:  # noqa: BLE001 - nothing left to keep them in
-                log.exception("impression log: %d rows could not be written at shutdown", self.buffered)
+                log.exception("%s log: %d rows could not be written at shutdown", self.name, self.buffered)
+
+
+@serve.deployment(
+    name="ImpressionLogger",
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    graceful_shutdown_wait_loop_s=1.0,
+    graceful_shutdown_timeout_s=30.0,
+    ray_actor_options={"num_cpus": 0},
+)
+class ImpressionLogger:
+    """The endpoint's two logs: served items (IMPRESSION_LOG parts under `folder`, `log`) and the
+    engagement events clients report on POST /feedback (ENGAGEMENT_EVENTS parts under `event_folder`,
+    `log_events`), each batched by a PartBuffer. `flush` writes both; its answer is the impression log's
+    counts, with the events log's under "events"."""
+
+    def __init__(
+        self,
+        folder: str,
+        flush_rows: int = 5000,
+        flush_s: float = 2.0,
+        max_buffer_rows: int = 2_000_000,
+        event_folder: str | None = None,
+    ):
+        from catalog import EventLogWriter, ImpressionLogWriter
+
+        event_folder = event_folder or str(Path(folder).parent / "events")
+        self.impressions = PartBuffer(ImpressionLogWriter(folder), "impression", flush_rows, max_buffer_rows)
+        self.events = PartBuffer(EventLogWriter(event_folder), "event", flush_rows, max_buffer_rows)
+        self.flush_s = flush_s
+        self._timer: asyncio.Task | None = None
+
+    def _start_timer(self) -> None:
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._every())
+
+    async def log(self, rows: pa.Table) -> None:
+        self._start_timer()
+        await self.impressions.add(rows)
+
+    async def log_events(self, rows: pa.Table) -> None:
+        self._start_timer()
+        await self.events.add(rows)
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - the timer must outlive any one failure
+                log.exception("log flush failed")
+
+    async def flush(self) -> dict:
+        events = await self.events.flush()
+        return {**(await self.impressions.flush()), "events": events}
+
+    def __del__(self):  # Serve calls it at a graceful shutdown: write what is buffered
+        for part in (self.impressions, self.events):
+            part.close()
 
 
 # ------------------------------------------------------------------------------------------ ingress
@@ -414,6 +458,16 @@ class BodyLimit:
 app.add_middleware(BodyLimit)
 
 
+def _json_safe(value):
+    """`value` if strict JSON can carry it, else its text (NaN and infinities are not JSON: a client's bad
+    float must come back in a 422, not break the error response into a 500)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(value, default=str)[:80]
+    return value
+
+
 def _field_errors(errors) -> list[dict]:
     out = []
     for e in errors:
@@ -434,7 +488,7 @@ def _field_errors(errors) -> list[dict]:
         out.append(
             {
                 "field": field,
-                "value": value if shown is not None else None,
+                "value": _json_safe(value) if shown is not None else None,
                 "limit": limit,
                 "message": msg,
                 "type": e.get("type"),
@@ -540,6 +594,26 @@ class RankIngress:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=10.0)
 
+    async def feedback(self, request: dict | FeedbackRequest) -> dict:
+        """Append the events of POST /feedback to the events log (the DeploymentHandle API; HTTP goes
+        through `http_feedback`). The answer comes once the logger holds them; a logger that cannot be
+        reached is a 503 (retry), never a silent loss."""
+        req = request if isinstance(request, FeedbackRequest) else FeedbackRequest.model_validate(request)
+        rows = feedback_events(req, _now_ms())
+        for attempt in range(3):  # the logger replica may be restarting
+            try:
+                await asyncio.wait_for(self.logger.log_events.remote(rows), timeout=10.0)
+                break
+            except Exception as exc:  # noqa: BLE001
+                if attempt == 2:
+                    self.metrics.outcome("feedback_unavailable")
+                    raise Unavailable(
+                        f"the events log did not accept the events ({type(exc).__name__}); retry."
+                    ) from exc
+                await asyncio.sleep(0.5 * (attempt + 1))
+        self.metrics.outcome("feedback_ok")
+        return {"request_id": req.request_id, "accepted": rows.num_rows}
+
     async def rank(self, request: dict | RankRequest) -> dict:
         """The /rank answer for a request dict (the DeploymentHandle API; HTTP goes through `http_rank`)."""
         req = request if isinstance(request, RankRequest) else RankRequest.model_validate(request)
@@ -569,6 +643,22 @@ class RankIngress:
     )
     async def http_rank(self, body: RankRequest) -> dict:
         return await self.rank(body)
+
+    @app.post(
+        "/feedback",
+        status_code=202,
+        response_model=FeedbackResponse,
+        responses={
+            400: {"description": "malformed JSON"},
+            413: {"description": "body too large"},
+            422: {
+                "description": "a field out of range (e.g. dwell_s negative or not finite); the message names it"
+            },
+            503: {"description": "the events log is unavailable; retry"},
+        },
+    )
+    async def http_feedback(self, body: FeedbackRequest) -> dict:
+        return await self.feedback(body)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

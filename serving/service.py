@@ -279,3 +279,18 @@ def impressions(request_id, req, now_ms, key, items, result, level, cache_versio
         "ranker_version": [result.ranker_version] * n,
     }
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in IMPRESSION_LOG}, schema=IMPRESSION_LOG)
+
+
+def feedback_events(req, now_ms: int) -> pa.Table:
+    """ENGAGEMENT_EVENTS rows of one POST /feedback body (a FeedbackRequest)."""
+    from catalog import schemas
+
+    n = len(req.events)
+    cols = {
+        "request_id": [req.request_id] * n,
+        "item_id": [e.item_id for e in req.events],
+        "received_ms": [now_ms] * n,
+        **{f: [getattr(e, f) for e in req.events] for f in ("click", "like", "share", "skip", "dwell_s")},
+    }
+    schema = schemas.ENGAGEMENT_EVENTS
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)

@@ -12,6 +12,8 @@ class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     catalog: str  # catalog folder: items, clusters, members, ratings, histories
     log_dir: str  # the impression log goes to <log_dir> as parquet parts (IMPRESSION_LOG)
+    # POST /feedback events go here as parquet parts (ENGAGEMENT_EVENTS); None: <log_dir>/../events
+    event_log_dir: str | None = None
     feedback_logs: list[str] = []  # feedback-log folders whose clicks and likes the store adds
     namespace: str = "explore"  # the Redis cache namespace (explore/cache/)
     # Redis URL of the cache; None: $REDIS_URL in the replica's environment (keeps the password out of
@@ -50,6 +52,12 @@ class ServingSettings(BaseModel):
                 f"explore_positions={self.explore_positions}: give distinct slots >= 0, or null to spread them."
             )
         return self
+
+    def events_dir(self) -> str:
+        """Where the engagement events go: event_log_dir, or an `events` folder beside the impression log."""
+        from pathlib import Path
+
+        return self.event_log_dir or str(Path(self.log_dir).parent / "events")
 
     def max_candidates(self) -> int:
         """The most candidate rows one request can have (bounds the ranker's batch)."""

@@ -446,3 +446,35 @@ def test_shared_prefix_scoring_equals_whole_text_scoring(pointwise):
     for batch_size in (1, 7, 1000):
         shared = score_logits(model, enc, pair_keys, cands, batch_size=batch_size, share_prefix=True)
         assert np.allclose(shared, whole, atol=1e-5), (batch_size, np.abs(shared - whole).max())
+
+
+def test_warm_start_continues_from_the_previous_model(pointwise, world, tmp_path):
+    """Retraining warm-started from a trained model starts where it ended (its held-out loss before any step
+    is the previous model's final one, far below a fresh model's) and keeps its head and backbone."""
+    from alignment.model import load_alignment
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    previous, first = pointwise
+    cfg = AlignmentConfig(
+        max_steps=20, batch_size=32, tiny=SMALL, eval_fraction=0.2, warm_start=str(previous)
+    )
+    report = train_alignment(vocab, pairs, prefs, tmp_path / "round2", cfg, progress=False)
+    assert report["warm_start"] == str(previous) and report["method"] == "full"
+    assert report["heldout_loss_before"] == pytest.approx(first["heldout_loss_after"], abs=2e-3)
+    fresh = train_alignment(
+        vocab,
+        pairs,
+        prefs,
+        tmp_path / "fresh",
+        AlignmentConfig(max_steps=1, tiny=SMALL, eval_fraction=0.2),
+        progress=False,
+    )
+    assert report["heldout_loss_before"] < fresh["heldout_loss_before"] - 0.05
+    model, _, info = load_alignment(tmp_path / "round2")
+    assert info.config["warm_start"] == str(previous) and info.vocab.signature() == vocab.signature()
+    with pytest.raises(ValueError, match="is the output folder"):
+        train_alignment(vocab, pairs, prefs, previous, cfg, progress=False)
+    other = ClusterVocabulary(tuple(f"{n}-x" for n in vocab.names), vocab.descriptions)
+    with pytest.raises(ValueError, match="trained on other clusters than this catalog"):
+        train_alignment(other, pairs, prefs, tmp_path / "x", cfg, progress=False)

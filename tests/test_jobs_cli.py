@@ -255,6 +255,10 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert served["rates"]["explore"]["impressions"] > 1000 and served["latency_ms"]["p99"] > 0
     assert (run / "redis" / "dump.rdb").is_file() and (run / "logs" / "round1" / "endpoint").is_dir()
+    # the round's feedback went through POST /feedback and the join: every served item, nothing set aside
+    assert served["feedback_events"] > 100 and not any(served["joined"]["quarantined"].values())
+    assert served["joined"]["feedback_rows"] == served["rates"]["impressions"]
+    assert list((run / "logs" / "serving" / "events").glob("part-*.parquet"))
     # quiet by default: vLLM's and Ray's output in the run's library log, not on the terminal
     library = run / "logs" / "library.log"
     assert f"library output (vLLM, Ray, transformers) in {library}" in res.stdout

@@ -526,3 +526,30 @@ def test_train_job_writes_one_complete_folder_and_checks_the_cold_start(ml_catal
     train(TrainJobConfig(out=str(tmp_path / "p3"), warm_start=str(out), forgetting_factor=1.0, **common))
     info, _, _ = read_checkpoint_config(tmp_path / "p3")
     assert info.cold_start == str(out.resolve()) and info.train["forgetting_factor"] == 1.0
+
+
+def test_a_bandit_update_keeps_what_the_checkpoint_carried(ml_examples, tmp_path):
+    """A checkpoint loaded, its bandit updated and saved again keeps fisher.safetensors (the next incremental
+    period needs it), its training config and its metrics."""
+    import json
+
+    from ranking.checkpoint import save_checkpoint
+    from ranking.incremental import load_fisher
+    from ranking.ranker import Ranker
+
+    model = build_model(ml_examples.schema, tiny())
+    fisher = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, model, ml_examples.schema, tiny(), fisher=fisher,
+                    train_config={"epochs": 1}, metrics={"auc": {"like": 0.7}})  # fmt: skip
+    ranker = Ranker.load(folder, device="cpu")
+    ranker.update_bandit(ml_examples.train.slice(0, 2000))
+    ranker.save(folder)
+    again = Ranker.load(folder, device="cpu")
+    assert again.bandit is not None and again.bandit.n_seen > 0
+    kept = load_fisher(folder)
+    assert (
+        kept is not None and set(kept) == set(fisher) and all(torch.equal(kept[n], fisher[n]) for n in fisher)
+    )
+    assert json.loads((folder / "metrics.json").read_text()) == {"auc": {"like": 0.7}}
+    assert json.loads((folder / "config.json").read_text())["train"] == {"epochs": 1}

@@ -724,3 +724,88 @@ def test_feedback_logs_extend_the_store(world):
     assert state.clusters[-1] in {r["cluster_id"] for r in liked}  # the log's likes come after the catalog's
     assert np.array_equal(state.hist_items, plain.hist_items)
     assert len(state.clusters) >= len(plain.clusters)
+
+
+# ------------------------------------------------------------------------------------------ feedback
+
+GOOD_ID = "0123456789abcdef0123456789abcdef"
+BAD_FEEDBACK = [
+    ({"request_id": "r1", "events": [{"item_id": 1}]}, ["request_id", "r1", "pattern"]),
+    ({"request_id": GOOD_ID, "events": []}, ["events", "at least 1"]),
+    ({"request_id": GOOD_ID, "events": [{"item_id": 1, "dwell_s": -1}]}, ["events.0.dwell_s", "-1", "ge 0"]),
+    ({"request_id": GOOD_ID, "events": [{"item_id": 1, "dwell_s": 1e9}]}, ["events.0.dwell_s", "le 86400"]),
+    ({"request_id": GOOD_ID, "events": [{"item_id": 1, "click": "yes"}]}, ["events.0.click", "yes"]),
+    ({"request_id": GOOD_ID, "events": [{"item_id": 2**70}]}, ["events.0.item_id", str(2**70)]),
+    (
+        {"request_id": GOOD_ID, "events": [{"item_id": 1, "clicks": True}]},
+        ["events.0.clicks", "Extra inputs"],
+    ),
+    ({"request_id": GOOD_ID}, ["events", "Field required"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body,words", BAD_FEEDBACK)
+def test_bad_feedback_gets_a_422_naming_the_field(app, body, words):
+    import requests
+
+    r = requests.post(f"{app.url}/feedback", json=body, timeout=30)
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]
+    for w in words:
+        assert w in message, (w, message)
+
+
+@pytest.mark.slow
+def test_non_finite_dwell_is_a_422(app):
+    import requests
+
+    for literal in (b"NaN", b"Infinity"):
+        body = b'{"request_id": "%s", "events": [{"item_id": 1, "dwell_s": %s}]}' % (
+            GOOD_ID.encode(),
+            literal,
+        )
+        r = requests.post(f"{app.url}/feedback", data=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "events.0.dwell_s" in r.json()["error"], r.text
+
+
+@pytest.mark.slow
+def test_feedback_is_logged_and_joins_with_what_was_served(app, world):
+    from catalog.join import join_feedback
+    from catalog.logs import read_event_log
+    from serving.deploy import logger_flush
+
+    answers = [app.client.rank(m, k=6, explore_slots=2) for m in (8, 9)]
+    reported = {
+        answers[0]["request_id"]: [
+            {"item_id": answers[0]["items"][0]["item_id"], "click": True, "dwell_s": 42.5},
+            {"item_id": answers[0]["items"][3]["item_id"], "skip": True},
+        ],
+        answers[1]["request_id"]: [
+            {"item_id": answers[1]["items"][1]["item_id"], "click": True, "like": True}
+        ],
+    }
+    for request_id, events in reported.items():
+        assert app.client.feedback(request_id, events) == {"request_id": request_id, "accepted": len(events)}
+    ids, deadline = set(reported), time.monotonic() + 30
+    while True:  # the ingress logs impressions after answering: wait for them (bounded)
+        stats = logger_flush()
+        impressions = read_impression_log(world.root / "impressions")
+        events = read_event_log(world.root / "events")
+        if ids <= set(impressions["request_id"].to_pylist()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stats["events"]["rows_written"] >= 3 and stats["events"]["folder"] == str(world.root / "events")
+    import pyarrow.compute as pc
+
+    mine = pc.is_in(impressions["request_id"], pa.array(sorted(ids)))
+    ev_mine = pc.is_in(events["request_id"], pa.array(sorted(ids)))
+    feedback, quarantine, counts = join_feedback(impressions.filter(mine), events.filter(ev_mine))
+    assert feedback.num_rows == 12 and quarantine.num_rows == 0 and counts["engaged_impressions"] == 3
+    got = {(r["request_id"], r["item_id"]): r for r in feedback.to_pylist()}
+    for request_id, evs in reported.items():
+        for e in evs:
+            row = got[(request_id, e["item_id"])]
+            assert all(row[f] == e.get(f, False) for f in ("click", "like", "share", "skip"))
+            assert row["dwell_s"] == pytest.approx(e.get("dwell_s", 0.0))
+    assert sum(r["click"] or r["skip"] for r in got.values()) == 3  # the other 9 served items: no engagement

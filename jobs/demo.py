@@ -24,7 +24,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import pyarrow as pa
 from pydantic import Field
 
 from catalog import build_movielens_catalog, catalog_summary_lines
@@ -126,70 +125,16 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
     return {"rates": rates, "levels": levels, "lines": lines}
 
 
-def simulated_engagement(simulator, answers: list[dict], bodies: list[dict]) -> tuple[pa.Table, dict]:
-    """The simulator's answers to the slates the endpoint served: (its FEEDBACK_LOG rows, the POST /feedback
-    bodies a client would send: per request, one event per item engaged with)."""
-    from catalog import schemas
-    from sim import IMPRESSION_COLUMNS
-
-    rows = [
-        {
-            "request_id": a["request_id"],
-            "member_id": b["member_id"],
-            "timestamp": int(time.time() * 1000),
-            "history_key": a["history_key"] or [],
-            "item_id": it["item_id"],
-            "cluster_id": it["cluster_id"],
-            "source": it["source"],
-            "position": it["position"],
-            "content_type": "movie",
-        }  # fmt: skip
-        for a, b in zip(answers, bodies, strict=True)
-        for it in a["items"]
-    ]
-    impressions = pa.Table.from_pylist(
-        rows, schema=pa.schema([schemas.FEEDBACK_LOG.field(c) for c in IMPRESSION_COLUMNS])
-    )
-    log = simulator.respond(impressions)
-    events: dict[str, list[dict]] = {}
-    for r in log.to_pylist():
-        if r["click"] or r["like"] or r["share"] or r["skip"]:
-            event = {f: r[f] for f in ("click", "like", "share", "skip")}
-            events.setdefault(r["request_id"], []).append(
-                {"item_id": r["item_id"], **event, "dwell_s": r["dwell_s"]}
-            )
-    return log, events
-
-
-def post_feedback(base: str, events: dict[str, list[dict]], concurrency: int = 4) -> int:
-    """POST /feedback for each request's events, `concurrency` clients at once; returns the events sent."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from serving import RankClient
-
-    def send(chunk: list[tuple[str, list[dict]]]) -> int:
-        client = RankClient(base, timeout_s=30.0)
-        try:
-            return sum(client.feedback(request_id, evs)["accepted"] for request_id, evs in chunk)
-        finally:
-            client.close()
-
-    items = sorted(events.items())
-    chunks = [items[i::concurrency] for i in range(concurrency)]
-    with ThreadPoolExecutor(concurrency) as pool:
-        return sum(pool.map(send, chunks))
-
-
 def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: dict | None = None) -> dict:
     """Start the ranking app on this run (jobs.serve's config), have every member with a history key
     request a slate over HTTP, let the simulator answer them through POST /feedback, join the endpoint's
     impression and events logs into the round's feedback log (logs/round1/endpoint/), and report the
     endpoint's latency and the explore slots' rates next to the in-process best-of-n arm."""
     import numpy as np
-    import pyarrow.compute as pc
     from ray import serve
 
-    from catalog import FeedbackLogWriter, join_feedback, read_event_log, read_impression_log
+    from catalog import FeedbackLogWriter, read_impression_log
+    from jobs.loop import serve_traffic
     from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
     from jobs.services import free_port
     from jobs.simulate import rates
@@ -213,33 +158,17 @@ def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: 
         ]
         bodies = [{"member_id": m, "k": 10, "explore_slots": explore_slots} for m in members]
         warm, _ = rank_many(base, bodies[:16], concurrency=4)  # warm-up: replicas, connections
-        answers, latency = rank_many(base, bodies, concurrency=4)
-        failed = [a for a in answers if not isinstance(a, dict)]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
+        # the round's feedback as production gets it: the endpoint's logs joined with what clients sent
+        traffic = serve_traffic(base, simulator, bodies, paths, clients=4)
+        answers = traffic["answers"]
         served = sum(len(a["items"]) for a in warm + answers if isinstance(a, dict))
-        simulated, events = simulated_engagement(simulator, answers, bodies)
-        t_feedback = time.perf_counter()
-        sent = post_feedback(base, events)
-        feedback_s = time.perf_counter() - t_feedback
-        stats = logger_flush(min_rows=served)
+        stats = logger_flush(min_rows=served)  # the warm-up's rows too
     finally:
         serve.shutdown()  # the demo's own local Ray
-    # the round's feedback, as production gets it: what the endpoint logged, joined with what clients sent
-    mine = pa.array(sorted(a["request_id"] for a in answers))
-    logged_imps = read_impression_log(paths["impressions"])
-    logged_events = read_event_log(paths["events"])
-    log, quarantine, joined = join_feedback(
-        logged_imps.filter(pc.is_in(logged_imps["request_id"], mine)),
-        logged_events.filter(pc.is_in(logged_events["request_id"], mine)),
-    )
-    if log.num_rows != simulated.num_rows or sum(joined["quarantined"].values()):
-        raise RuntimeError(
-            f"the joined feedback ({log.num_rows} rows, set aside {joined['quarantined']}) does not match the "
-            f"{simulated.num_rows} slates' items the simulator answered; see {paths['events'].parent}"
-        )
+    log, latency, joined = traffic["feedback"], traffic["latency"], traffic["joined"]
+    sent, feedback_s = traffic["events_sent"], traffic["feedback_s"]
     FeedbackLogWriter(run_dir / "logs" / "round1" / "endpoint").append(log)
-    logged = logged_imps.num_rows
+    logged = read_impression_log(paths["impressions"]).num_rows
     lat = np.array(latency)
     r = rates(log)
     e = r["explore"]

@@ -21,6 +21,8 @@ JOB_MODELS = {
     "jobs.train_alignment": "AlignmentTrainConfig",
     "jobs.train_ranker": "TrainJobConfig",
     "jobs.ablate_ranker": "AblationJobConfig",
+    "jobs.join_feedback": "JoinConfig",
+    "jobs.loop": "LoopConfig",
 }
 
 

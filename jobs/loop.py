@@ -1,0 +1,363 @@
+"""The closed loop on a finished demo run: members use the endpoint, their feedback retrains the models,
+the endpoint serves the new ones.
+
+    python -m jobs.loop --run runs/latest --rounds 2 [--members 400] [--slots 4] [--alignment-steps 100]
+
+Each round, with the ranking endpoint running on this run (Ray Serve, the run's Redis cache):
+1. traffic: members with a history key (--members of them, drawn per round) ask for a slate of --k items
+   with --slots explore slots over HTTP; the simulator (sim/) answers the slates it got through
+   POST /feedback, as real clients would;
+2. join: the endpoint's impression log and events log become the round's feedback log
+   (catalog.join_feedback; a row set aside or missing stops the round);
+3. alignment: all explore feedback so far (the demo's exploration traffic plus every round's) is
+   aggregated, and the alignment model is retrained warm-started from the previous round's (backbone and
+   head; --alignment-steps steps);
+4. the main job (jobs.best_of_n) samples the novelty LLM again, scores with the new alignment model and
+   publishes a new cache version; the endpoint reads it from the next request on;
+5. the ranker is trained incrementally on the round's feedback (warm start from the serving checkpoint,
+   Fisher prior with cold weight, bandit posterior carried over) and hot-reloaded into the running
+   endpoint (no restart, no dropped request).
+
+Everything goes under <run>/loop/round-NN/ (feedback/, alignment/, best-of-n/, ranker/, summary.json); a
+rerun continues after the last completed round. A failed round leaves the previous models serving: the new
+cache version and ranker are switched in only after they were built and checked. The round's summary
+line gives the explore slots' click and like rates under the models that served it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.cli import job_parser
+from jobs.common import merge_config, run_main
+
+
+class LoopConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str = Field(
+        "runs/latest", description="a finished `make demo` run folder: its catalog, models, cache"
+    )
+    rounds: int = Field(2, ge=1, description="rounds to run after the last completed one")
+    members: int | None = Field(
+        None, ge=1, description="members asking for slates per round (default: all with a key)"
+    )
+    k: int = Field(10, ge=1, le=100, description="items per slate")
+    slots: int = Field(4, ge=1, description="explore slots per slate, and clusters cached per key")
+    clients: int = Field(4, ge=1, description="concurrent HTTP clients of the traffic and the feedback")
+    alignment_steps: int = Field(100, ge=1, description="warm-started alignment training steps per round")
+    ranker_epochs: int = Field(1, ge=1, description="incremental ranker epochs per round")
+    key_limit: int | None = Field(
+        None, ge=1, description="the main job samples only the first N keys (smoke runs)"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+    seed: int = Field(0, description="seed of the members drawn and the simulator's answers")
+
+
+def simulated_engagement(simulator, answers: list[dict], bodies: list[dict]) -> tuple[pa.Table, dict]:
+    """The simulator's answers to the slates the endpoint served: (its FEEDBACK_LOG rows, the POST /feedback
+    events a client would send: per request id, one event per item engaged with)."""
+    from catalog import schemas
+    from sim import IMPRESSION_COLUMNS
+
+    rows = [
+        {
+            "request_id": a["request_id"],
+            "member_id": b["member_id"],
+            "timestamp": int(time.time() * 1000),
+            "history_key": a["history_key"] or [],
+            "item_id": it["item_id"],
+            "cluster_id": it["cluster_id"],
+            "source": it["source"],
+            "position": it["position"],
+            "content_type": "movie",
+        }  # fmt: skip
+        for a, b in zip(answers, bodies, strict=True)
+        for it in a["items"]
+    ]
+    impressions = pa.Table.from_pylist(
+        rows, schema=pa.schema([schemas.FEEDBACK_LOG.field(c) for c in IMPRESSION_COLUMNS])
+    )
+    log = simulator.respond(impressions)
+    events: dict[str, list[dict]] = {}
+    for r in log.to_pylist():
+        if r["click"] or r["like"] or r["share"] or r["skip"]:
+            event = {f: r[f] for f in ("click", "like", "share", "skip")}
+            events.setdefault(r["request_id"], []).append(
+                {"item_id": r["item_id"], **event, "dwell_s": r["dwell_s"]}
+            )
+    return log, events
+
+
+def post_feedback(base: str, events: dict[str, list[dict]], concurrency: int = 4) -> int:
+    """POST /feedback for each request's events, `concurrency` clients at once; returns the events sent."""
+    from serving import RankClient
+
+    def send(chunk: list[tuple[str, list[dict]]]) -> int:
+        client = RankClient(base, timeout_s=30.0)
+        try:
+            return sum(client.feedback(request_id, evs)["accepted"] for request_id, evs in chunk)
+        finally:
+            client.close()
+
+    items = sorted(events.items())
+    chunks = [items[i::concurrency] for i in range(concurrency)]
+    with ThreadPoolExecutor(concurrency) as pool:
+        return sum(pool.map(send, chunks))
+
+
+def serve_traffic(base: str, simulator, bodies: list[dict], paths: dict, *, clients: int = 4) -> dict:
+    """Slates for `bodies` over HTTP, the simulator's engagement through POST /feedback, and the two logs
+    joined for these requests. Returns the answers, latencies, the joined feedback and the counts; raises
+    when a request fails or the join sets a row aside (the simulator answered every served item)."""
+    import pyarrow.compute as pc
+
+    from catalog import join_feedback, read_event_log, read_impression_log
+    from serving import logger_flush, rank_many
+
+    answers, latency = rank_many(base, bodies, concurrency=clients)
+    failed = [a for a in answers if not isinstance(a, dict)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
+    simulated, events = simulated_engagement(simulator, answers, bodies)
+    t0 = time.perf_counter()
+    sent = post_feedback(base, events, clients)
+    feedback_s = time.perf_counter() - t0
+    ids = pa.array(sorted(a["request_id"] for a in answers))
+    served = sum(len(a["items"]) for a in answers)
+    deadline = time.monotonic() + 60
+    while True:  # the ingress logs each slate after answering: wait (bounded) until all of them are written
+        stats = logger_flush()
+        imps = read_impression_log(paths["impressions"])
+        mine = imps.filter(pc.is_in(imps["request_id"], ids))
+        if mine.num_rows >= served or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    events_log = read_event_log(paths["events"])
+    log, quarantine, joined = join_feedback(mine, events_log.filter(pc.is_in(events_log["request_id"], ids)))
+    if log.num_rows != simulated.num_rows or sum(joined["quarantined"].values()):
+        raise RuntimeError(
+            f"the joined feedback ({log.num_rows} rows, set aside {joined['quarantined']}) does not match the "
+            f"{simulated.num_rows} served items the simulator answered; see {paths['events'].parent}"
+        )
+    return {"answers": answers, "latency": latency, "feedback": log, "events_sent": sent,
+            "feedback_s": feedback_s, "joined": joined, "log_stats": stats}  # fmt: skip
+
+
+def _completed(loop_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in loop_dir.glob("round-*/summary.json"))
+
+
+def current_models(run: Path) -> dict[str, Path]:
+    """The models serving now: the last completed round's, else the demo's."""
+    done = _completed(run / "loop")
+    if done:
+        last = done[-1]
+        return {
+            "alignment": last / "alignment",
+            "ranker": last / "ranker",
+            "round": int(last.name.split("-")[1]),
+        }
+    return {"alignment": run / "alignment", "ranker": run / "ranker" / "feedback", "round": 0}
+
+
+def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
+    """One round (see the module docstring); returns its summary (also round-NN/summary.json)."""
+    import numpy as np
+
+    from jobs.best_of_n import BestOfNFields
+    from jobs.best_of_n import run as run_best_of_n
+    from jobs.simulate import rates
+    from jobs.train_alignment import AlignmentTrainFields
+    from jobs.train_alignment import train as train_alignment
+    from jobs.train_ranker import TrainJobConfig
+    from jobs.train_ranker import train as train_ranker
+    from serving import reload_ranker
+
+    run, paths, models = ctx["run"], ctx["paths"], ctx["models"]
+    out = run / "loop" / f"round-{r:02d}"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed + r)
+    members = ctx["members"]
+    if cfg.members and cfg.members < len(members):
+        members = sorted(rng.choice(members, cfg.members, replace=False).tolist())
+    bodies = [{"member_id": int(m), "k": cfg.k, "explore_slots": cfg.slots} for m in members]
+    traffic = serve_traffic(ctx["base"], ctx["simulator"], bodies, paths, clients=cfg.clients)
+    from catalog import FeedbackLogWriter
+
+    FeedbackLogWriter(out / "feedback").append(traffic["feedback"])
+    served_by = {"cache_version": ctx["cache_version"], "ranker": str(models["ranker"])}
+    r_rates = rates(traffic["feedback"])
+    print(
+        f"  round {r} traffic: {len(bodies)} slates, {traffic['events_sent']} events via /feedback, "
+        f"{traffic['joined']['feedback_rows']} feedback rows; explore slots ({r_rates['explore']['impressions']}): "
+        f"click {r_rates['explore']['click']:.3f} like {r_rates['explore']['like']:.3f}",
+        flush=True,
+    )
+    explore_logs = [str(run / "logs" / "explore"), *(str(p / "feedback") for p in _completed(run / "loop")),
+                    str(out / "feedback")]  # fmt: skip
+    aligned = train_alignment(
+        AlignmentTrainFields(
+            catalog=str(paths["catalog"]),
+            logs=explore_logs,
+            warm_start=str(models["alignment"]),
+            max_steps=cfg.alignment_steps,
+            seed=cfg.seed + r,
+        ),  # fmt: skip
+        out / "alignment",
+        progress=False,
+    )
+    ev = aligned["model"]["evaluation"]
+    print(
+        f"  round {r} alignment (warm): held-out AUC {ev['model']['auc']:.4f} vs global rate "
+        f"{ev['global_positive_rate']['auc']:.4f} on {aligned['aggregation']['pairs_kept']} pairs",
+        flush=True,
+    )
+    bon = run_best_of_n(
+        BestOfNFields(
+            catalog=str(paths["catalog"]),
+            novelty=str(run / "novelty"),
+            alignment=str(out / "alignment"),
+            slots=cfg.slots,
+            seed=cfg.seed + r,
+            limit=cfg.key_limit,
+        ),  # fmt: skip
+        out / "best-of-n",
+        ctx["redis_url"],
+    )
+    ctx["cache_version"] = bon["version"]
+    print(
+        f"  round {r} cache: version {bon['version']} live ({bon['entries']} entries, {bon['wall_s']:.0f}s)",
+        flush=True,
+    )
+    metrics = train_ranker(
+        TrainJobConfig(
+            out=str(out / "ranker"),
+            catalog=str(paths["catalog"]),
+            dataset="feedback",
+            logs=[str(out / "feedback")],
+            warm_start=str(models["ranker"]),
+            epochs=cfg.ranker_epochs,
+            seed=cfg.seed + r,
+        )  # fmt: skip
+    )
+    info = reload_ranker(ctx["config"], str(out / "ranker"))
+    print(
+        f"  round {r} ranker: incremental from {models['ranker']}, click AUC {metrics['tasks']['click']['auc']:.4f}; "
+        f"hot-reloaded (version {info.get('version')})",
+        flush=True,
+    )
+    models.update(alignment=out / "alignment" / "model", ranker=out / "ranker")
+    summary = {
+        "round": r,
+        "served_by": served_by,
+        "slates": len(bodies),
+        "rates": r_rates,
+        "feedback": traffic["joined"],
+        "latency_ms": {
+            "p50": float(np.percentile(traffic["latency"], 50)),
+            "p99": float(np.percentile(traffic["latency"], 99)),
+        },  # fmt: skip
+        "alignment": {
+            "evaluation": ev,
+            "steps": aligned["model"]["steps"],
+            "warm_start": aligned["model"]["warm_start"],
+        },
+        "cache": {k: bon[k] for k in ("version", "entries", "keys", "wall_s")},
+        "ranker": {
+            "version": info.get("version"),
+            "auc": {t: v["auc"] for t, v in metrics["tasks"].items()},
+            "train_s": metrics["train"]["seconds"],
+        },  # fmt: skip
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _live(url: str) -> str | None:
+    import redis
+
+    from explore.cache import live_version
+
+    client = redis.Redis.from_url(url)
+    try:
+        return live_version(client, "explore")
+    finally:
+        client.close()
+
+
+def loop(cfg: LoopConfig) -> list[dict]:
+    """Run cfg.rounds rounds on the run folder; returns their summaries."""
+    from catalog import Catalog
+    from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
+    from jobs.services import free_port, ray_session, redis_service
+    from serving import deploy
+    from sim import MemberSimulator, SimConfig
+
+    run = Path(cfg.run).resolve()
+    if not (run / "summary.json").is_file() or not (run / "novelty").is_dir():
+        raise FileNotFoundError(f"--run {cfg.run}: not a finished demo run folder; run `make demo` first.")
+    quiet_logs(verbose=False)
+    models = current_models(run)
+    paths = {k: v.resolve() for k, v in run_paths(run).items()}
+    check_ranker(paths["catalog"], models["ranker"])
+    catalog = Catalog.load(paths["catalog"])
+    k = catalog.history_k
+    histories = zip(*(catalog.histories[c].to_pylist() for c in ("member_id", "clusters")), strict=True)
+    members = [m for m, h in histories if len(h) >= k]
+    summaries = []
+    with redis_service(data_dir=run / "redis") as redis_h:
+        if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
+            os.environ["REDIS_URL"] = redis_h.url  # the local Ray passes it on to the endpoint's replicas
+        with ray_session(num_cpus=cfg.num_cpus):
+            from ray import serve
+
+            config = build_config(
+                ServeJobConfig(run=str(run), port=free_port()), {**paths, "ranker": models["ranker"]}
+            )
+            deploy(config)
+            base = f"http://127.0.0.1:{config['http_options']['port']}"
+            ctx = {"run": run, "paths": paths, "models": models, "members": members, "base": base,
+                   "config": config, "redis_url": redis_h.url, "cache_version": _live(redis_h.url),
+                   "simulator": MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed + 7))}  # fmt: skip
+            try:
+                for r in range(models["round"] + 1, models["round"] + 1 + cfg.rounds):
+                    print(f"[round {r}] ...", flush=True)
+                    s = run_round(cfg, r, ctx)
+                    print(f"[round {r}] done in {s['wall_s']:.0f}s", flush=True)
+                    summaries.append(s)
+            finally:
+                serve.shutdown()
+        if redis_h.server is not None:
+            redis_h.server.save()  # the cache versions the rounds published stay with the run
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = job_parser(LoopConfig, __doc__).parse_args(argv)
+
+    def body() -> int:
+        summaries = loop(merge_config(LoopConfig, args))
+        for s in summaries:
+            e = s["rates"]["explore"]
+            print(
+                f"round {s['round']}: explore like {e['like']:.3f} click {e['click']:.3f} "
+                f"({e['impressions']} explore impressions); then alignment AUC "
+                f"{s['alignment']['evaluation']['model']['auc']:.4f}, cache {s['cache']['version']}, "
+                f"ranker {s['ranker']['version']}"
+            )
+        return 0
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,8 +57,13 @@ class LoopConfig(BaseModel):
     key_limit: int | None = Field(
         None, ge=1, description="the main job samples only the first N keys (smoke runs)"
     )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs for the bulk jobs of a local Ray (default: all; the endpoint's come on top)",
+    )
     seed: int = Field(0, description="seed of the members drawn and the simulator's answers")
+    verbose: bool = Field(False, description="library output on the terminal, not in <run>/loop/library.log")
 
 
 def simulated_engagement(simulator, answers: list[dict], bodies: list[dict]) -> tuple[pa.Table, dict]:
@@ -154,6 +160,51 @@ def _completed(loop_dir: Path) -> list[Path]:
     return sorted(p.parent for p in loop_dir.glob("round-*/summary.json"))
 
 
+def _retrain_ranker(cfg: LoopConfig, r: int, ctx: dict, out: Path) -> tuple[dict, dict]:
+    """The incremental period on the round's feedback, then the hot reload (a checkpoint the replicas refuse
+    leaves the previous one serving)."""
+    from jobs.train_ranker import TrainJobConfig
+    from jobs.train_ranker import train as train_ranker
+    from serving import reload_ranker
+
+    metrics = train_ranker(
+        TrainJobConfig(
+            out=str(out / "ranker"),
+            catalog=str(ctx["paths"]["catalog"]),
+            dataset="feedback",
+            logs=[str(out / "feedback")],
+            warm_start=str(ctx["models"]["ranker"]),
+            epochs=cfg.ranker_epochs,
+            seed=cfg.seed + r,
+        )  # fmt: skip
+    )
+    return metrics, reload_ranker(ctx["config"], str(out / "ranker"))
+
+
+def _roll_back(url: str, version: str) -> None:
+    """Make the previous cache version live again if `version` (this round's) is live."""
+    import redis
+
+    from explore.cache import live_version, rollback
+
+    client = redis.Redis.from_url(url)
+    try:
+        if live_version(client, "explore") == version:
+            print(f"  rolled the cache back to {rollback(client, 'explore')} (the round failed)", flush=True)
+    finally:
+        client.close()
+
+
+def serve_cpus(config: dict) -> float:
+    """The CPUs the app's deployments reserve (replicas x num_cpus; autoscaled ones at their maximum)."""
+    total = 0.0
+    for app in config.get("applications", []):
+        for d in app.get("deployments", []):
+            replicas = d.get("num_replicas") or (d.get("autoscaling_config") or {}).get("max_replicas", 1)
+            total += replicas * (d.get("ray_actor_options") or {}).get("num_cpus", 1)
+    return total
+
+
 def current_models(run: Path) -> dict[str, Path]:
     """The models serving now: the last completed round's, else the demo's."""
     done = _completed(run / "loop")
@@ -176,13 +227,14 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
     from jobs.simulate import rates
     from jobs.train_alignment import AlignmentTrainFields
     from jobs.train_alignment import train as train_alignment
-    from jobs.train_ranker import TrainJobConfig
-    from jobs.train_ranker import train as train_ranker
-    from serving import reload_ranker
 
     run, paths, models = ctx["run"], ctx["paths"], ctx["models"]
     out = run / "loop" / f"round-{r:02d}"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # an attempt that failed: kept for inspection, never mixed into this one
+        aside = out.with_name(f"{out.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        print(f"  round {r}: the failed attempt's folder moved to {aside.name}", flush=True)
+    out.mkdir(parents=True)
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + r)
     members = ctx["members"]
@@ -232,23 +284,18 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         out / "best-of-n",
         ctx["redis_url"],
     )
-    ctx["cache_version"] = bon["version"]
     print(
         f"  round {r} cache: version {bon['version']} live ({bon['entries']} entries, {bon['wall_s']:.0f}s)",
         flush=True,
     )
-    metrics = train_ranker(
-        TrainJobConfig(
-            out=str(out / "ranker"),
-            catalog=str(paths["catalog"]),
-            dataset="feedback",
-            logs=[str(out / "feedback")],
-            warm_start=str(models["ranker"]),
-            epochs=cfg.ranker_epochs,
-            seed=cfg.seed + r,
-        )  # fmt: skip
-    )
-    info = reload_ranker(ctx["config"], str(out / "ranker"))
+    try:
+        metrics, info = _retrain_ranker(cfg, r, ctx, out)
+    except BaseException:
+        _roll_back(
+            ctx["redis_url"], bon["version"]
+        )  # the previous round's cache serves again, with its ranker
+        raise
+    ctx["cache_version"] = bon["version"]
     print(
         f"  round {r} ranker: incremental from {models['ranker']}, click AUC {metrics['tasks']['click']['auc']:.4f}; "
         f"hot-reloaded (version {info.get('version')})",
@@ -297,6 +344,7 @@ def _live(url: str) -> str | None:
 def loop(cfg: LoopConfig) -> list[dict]:
     """Run cfg.rounds rounds on the run folder; returns their summaries."""
     from catalog import Catalog
+    from jobs.quiet import library_output, route_ray_worker_output
     from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
     from jobs.services import free_port, ray_session, redis_service
     from serving import deploy
@@ -305,7 +353,7 @@ def loop(cfg: LoopConfig) -> list[dict]:
     run = Path(cfg.run).resolve()
     if not (run / "summary.json").is_file() or not (run / "novelty").is_dir():
         raise FileNotFoundError(f"--run {cfg.run}: not a finished demo run folder; run `make demo` first.")
-    quiet_logs(verbose=False)
+    quiet_logs(verbose=cfg.verbose)
     models = current_models(run)
     paths = {k: v.resolve() for k, v in run_paths(run).items()}
     check_ranker(paths["catalog"], models["ranker"])
@@ -313,29 +361,37 @@ def loop(cfg: LoopConfig) -> list[dict]:
     k = catalog.history_k
     histories = zip(*(catalog.histories[c].to_pylist() for c in ("member_id", "clusters")), strict=True)
     members = [m for m, h in histories if len(h) >= k]
+    config = build_config(
+        ServeJobConfig(run=str(run), port=free_port()), {**paths, "ranker": models["ranker"]}
+    )
     summaries = []
-    with redis_service(data_dir=run / "redis") as redis_h:
+    with ExitStack() as stack:
+        log = stack.enter_context(library_output(run / "loop" / "library.log", verbose=cfg.verbose))
+        redis_h = stack.enter_context(redis_service(data_dir=run / "redis"))
         if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
             os.environ["REDIS_URL"] = redis_h.url  # the local Ray passes it on to the endpoint's replicas
-        with ray_session(num_cpus=cfg.num_cpus):
-            from ray import serve
+        # the endpoint keeps its CPUs while the bulk jobs run: a local Ray gets them on top, or the bulk
+        # pipeline would wait for CPUs the replicas never give back (on a cluster they are other nodes)
+        session = stack.enter_context(
+            ray_session(num_cpus=(cfg.num_cpus or os.cpu_count() or 1) + serve_cpus(config))
+        )
+        if session.initialized_here:
+            route_ray_worker_output()
+        from ray import serve
 
-            config = build_config(
-                ServeJobConfig(run=str(run), port=free_port()), {**paths, "ranker": models["ranker"]}
-            )
-            deploy(config)
-            base = f"http://127.0.0.1:{config['http_options']['port']}"
-            ctx = {"run": run, "paths": paths, "models": models, "members": members, "base": base,
-                   "config": config, "redis_url": redis_h.url, "cache_version": _live(redis_h.url),
-                   "simulator": MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed + 7))}  # fmt: skip
-            try:
-                for r in range(models["round"] + 1, models["round"] + 1 + cfg.rounds):
-                    print(f"[round {r}] ...", flush=True)
-                    s = run_round(cfg, r, ctx)
-                    print(f"[round {r}] done in {s['wall_s']:.0f}s", flush=True)
-                    summaries.append(s)
-            finally:
-                serve.shutdown()
+        deploy(config)
+        stack.callback(serve.shutdown)
+        base = f"http://127.0.0.1:{config['http_options']['port']}"
+        print(f"[loop] endpoint {base} on {run}; rounds {models['round'] + 1}..{models['round'] + cfg.rounds}"
+              + (f"; library output in {log}" if log else ""), flush=True)  # fmt: skip
+        ctx = {"run": run, "paths": paths, "models": models, "members": members, "base": base,
+               "config": config, "redis_url": redis_h.url, "cache_version": _live(redis_h.url),
+               "simulator": MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed + 7))}  # fmt: skip
+        for r in range(models["round"] + 1, models["round"] + 1 + cfg.rounds):
+            print(f"[round {r}] ...", flush=True)
+            s = run_round(cfg, r, ctx)
+            print(f"[round {r}] done in {s['wall_s']:.0f}s", flush=True)
+            summaries.append(s)
         if redis_h.server is not None:
             redis_h.server.save()  # the cache versions the rounds published stay with the run
     return summaries

@@ -261,7 +261,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             logs=explore_logs,
             warm_start=str(models["alignment"]),
             max_steps=cfg.alignment_steps,
-            seed=cfg.seed + r,
+            seed=cfg.seed,  # one held-out split (a hash of key and cluster under this seed) for every round
         ),  # fmt: skip
         out / "alignment",
         progress=False,

@@ -188,7 +188,6 @@ def test_demo_with_unreachable_redis_url_fails_cleanly(tmp_path):
     assert "does not answer" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """One small `python -m jobs.demo` run: (its CompletedProcess, its runs folder)."""
@@ -217,6 +216,7 @@ def demo(tmp_path_factory):
     return res, tmp_path
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(demo):
     res, tmp_path = demo
     assert res.returncode == 0, res.stdout + res.stderr
@@ -282,6 +282,7 @@ def test_demo_runs_end_to_end(demo):
     assert not chatter, chatter[:5]
 
 
+@pytest.mark.slow
 def test_the_loop_closes_through_the_endpoint(demo):
     """Two loop rounds on the demo's run: traffic over HTTP, feedback through POST /feedback and the join,
     the alignment model warm-started, a new cache version published, the ranker retrained incrementally and

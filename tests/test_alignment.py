@@ -337,7 +337,10 @@ def test_saved_model_scores_like_the_trained_one(pointwise, world):
     probs = scorer.score([k for k, h in zip(keys, held, strict=True) if h], cands[held])
     labels = pairs["label"].to_numpy().astype(float)
     median = r["evaluation"]["label_median"]
-    assert pair_metrics(labels[held], probs, median) == r["evaluation"]["model"]
+    # another batch size pads other rows: float noise can move a metric's 4th rounded decimal, no more
+    again = pair_metrics(labels[held], probs, median)
+    assert again.keys() == r["evaluation"]["model"].keys()
+    assert again == pytest.approx(r["evaluation"]["model"], abs=2e-4)
     with pytest.raises(ValueError, match="keys\\[0\\]"):
         scorer.score([(0, 99)], [1])
     with pytest.raises(ValueError, match="one key per candidate"):

@@ -91,6 +91,24 @@ class KeyCandidates:
     n_invalid: int = 0
     seed: int = 0
     member_id: int | None = None
+    # every sample in draw order: its cluster id (-1 when it named no cluster) and log-probability, so a
+    # smaller n is the first n samples of this draw (`first`), not a new one
+    samples: list[int] = field(default_factory=list)
+    sample_logprobs: list[float] = field(default_factory=list)
+
+    def first(self, n: int) -> KeyCandidates:
+        """What the first `n` samples alone proposed (best-of-n for n below the drawn number, same seed)."""
+        if not 1 <= n <= len(self.samples):
+            raise ValueError(
+                f"n={n}: this key has {len(self.samples)} samples in draw order; give 1..{len(self.samples)}."
+            )
+        return tally(
+            self.history_key,
+            self.samples[:n],
+            self.sample_logprobs[:n],
+            seed=self.seed,
+            member_id=self.member_id,
+        )
 
     def as_row(self) -> dict:
         return {
@@ -104,6 +122,34 @@ class KeyCandidates:
             "n_invalid": self.n_invalid,
             "seed": self.seed,
         }
+
+
+def tally(
+    key: tuple[int, ...],
+    samples: list[int],
+    logprobs: list[float],
+    *,
+    seed: int = 0,
+    member_id: int | None = None,
+) -> KeyCandidates:
+    """KeyCandidates of samples in draw order (-1: named no cluster): in-history and invalid ones counted and
+    dropped, the rest ranked by sample count, then mean log-probability, then cluster id."""
+    res = KeyCandidates(tuple(key), seed=seed, member_id=member_id, samples=list(samples),
+                        sample_logprobs=[round(x, 5) for x in logprobs])  # fmt: skip
+    sums: dict[int, list[float]] = {}
+    for cid, lp in zip(samples, logprobs, strict=True):
+        res.n_samples += 1
+        if cid < 0:
+            res.n_invalid += 1
+        elif cid in key:
+            res.n_in_history += 1
+        else:
+            sums.setdefault(cid, []).append(lp)
+    ranked = sorted(sums.items(), key=lambda kv: (-len(kv[1]), -sum(kv[1]) / len(kv[1]), kv[0]))
+    res.candidates = [c for c, _ in ranked]
+    res.counts = [len(v) for _, v in ranked]
+    res.logprobs = [round(sum(v) / len(v), 5) for _, v in ranked]
+    return res
 
 
 def candidates_table(results: Sequence[KeyCandidates]) -> pa.Table:
@@ -257,24 +303,18 @@ class NoveltySampler:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for i, (key, out) in enumerate(zip(checked, outputs, strict=True)):
-            res = KeyCandidates(key, seed=seeds[i], member_id=None if member_ids is None else member_ids[i])
-            sums: dict[int, list[float]] = {}
             self.prompt_tokens += len(out.prompt_token_ids or [])
-            for completion in out.outputs:
-                self.generated_tokens += len(completion.token_ids)
-                res.n_samples += 1
-                cid = self.vocab.id_of(completion.text)
-                if cid is None:
-                    res.n_invalid += 1
-                elif cid in key:
-                    res.n_in_history += 1
-                else:
-                    sums.setdefault(cid, []).append(completion.cumulative_logprob or 0.0)
-            ranked = sorted(sums.items(), key=lambda kv: (-len(kv[1]), -sum(kv[1]) / len(kv[1]), kv[0]))
-            res.candidates = [c for c, _ in ranked]
-            res.counts = [len(v) for _, v in ranked]
-            res.logprobs = [round(sum(v) / len(v), 5) for _, v in ranked]
-            results.append(res)
+            self.generated_tokens += sum(len(c.token_ids) for c in out.outputs)
+            ids = [self.vocab.id_of(c.text) for c in out.outputs]
+            results.append(
+                tally(
+                    key,
+                    [-1 if cid is None else cid for cid in ids],
+                    [c.cumulative_logprob or 0.0 for c in out.outputs],
+                    seed=seeds[i],
+                    member_id=None if member_ids is None else member_ids[i],
+                )
+            )
         return results
 
     def close(self) -> None:

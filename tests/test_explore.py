@@ -240,3 +240,23 @@ def test_both_llm_trainer_configs_check_their_shared_fields_alike(config, fields
     assert expected in str(err.value)
     saved = cls.from_dict({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "tiny": {"hidden_size": 64}})
     assert saved.lora.r == 4 and saved.tiny.hidden_size == 64
+
+
+def test_the_first_n_samples_are_a_smaller_draw_with_the_same_seed():
+    from explore.sampler import tally
+
+    samples = [5, 1, -1, 7, 5, 7, 7, 9]  # draw order; 1 is in the history, -1 named no cluster
+    logprobs = [-1.0, -0.5, -9.0, -2.0, -1.5, -0.2, -0.4, -3.0]
+    full = tally((1, 2), samples, logprobs, seed=3, member_id=4)
+    assert (full.candidates, full.counts) == ([7, 5, 9], [3, 2, 1])
+    assert (full.n_samples, full.n_in_history, full.n_invalid) == (8, 1, 1)
+    four = full.first(4)
+    assert four.samples == [5, 1, -1, 7] and (four.candidates, four.counts) == (
+        [5, 7],
+        [1, 1],
+    )  # tie: logprob
+    assert (four.n_samples, four.n_in_history, four.n_invalid, four.seed, four.member_id) == (4, 1, 1, 3, 4)
+    assert full.first(8) == full
+    for n in (0, 9):
+        with pytest.raises(ValueError, match=f"n={n}: this key has 8 samples"):
+            full.first(n)

@@ -72,6 +72,9 @@ def test_n_samples_per_key_all_valid_none_in_history(sampler, keys):
         assert all(0 <= c < sampler.vocab.size and c not in r.history_key for c in r.candidates)
         assert r.counts == sorted(r.counts, reverse=True)
         assert all(lp < 0 for lp in r.logprobs)
+        # the draw order is kept: the candidates are the tally of the samples, and a prefix is a smaller draw
+        assert len(r.samples) == 15 and r.first(15) == r
+        assert set(r.first(5).candidates) == {c for c in r.samples[:5] if c not in r.history_key}
     assert sum(len(r.candidates) for r in results) > len(results)  # high temperature: more than one each
 
 

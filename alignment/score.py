@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alignment.model import AlignmentModel, PairEncoder, load_alignment
-from lm.device import pick_device
+from catalog.device import pick_device
 
 
 @torch.inference_mode()

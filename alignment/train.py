@@ -186,7 +186,7 @@ class AlignmentTrainer:
         import torch
 
         from alignment.model import AlignmentModel, PairEncoder, build_backbone
-        from lm.device import pick_device
+        from catalog.device import pick_device
 
         config = self.config
         torch.manual_seed(config.seed)

@@ -1,6 +1,6 @@
 """Language-model plumbing shared by both LLMs (the novelty LLM in explore/, the alignment LLM in
 alignment/): base-model presets and checks, the tiny preset's tokenizer, LoRA settings and adapters, the
-typed model-folder info JSON, the shared training loop, device choice and the LR schedule. Imports only
+typed model-folder info JSON, the shared training loop and the LR schedule (the device rule is catalog.device's, shared with the ranker). Imports only
 catalog/. Importing the package loads no model library; its modules load torch, transformers and peft
 when used.
 """

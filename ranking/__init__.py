@@ -24,6 +24,7 @@ Public API:
     multitask_steps, markdown_table
 """
 
+from catalog.device import pick_device
 from ranking.ablation import STEPS as ABLATION_STEPS
 from ranking.ablation import markdown_table, multitask_steps, run_ablation
 from ranking.bandit import BayesianLastLayer
@@ -40,7 +41,7 @@ from ranking.metrics import reliability_diagram, task_metrics
 from ranking.model import LiRankModel, build_model, count_flops
 from ranking.ranker import Ranker
 from ranking.schema import FeatureSchema
-from ranking.train import TrainConfig, Trainer, pick_device, predict
+from ranking.train import TrainConfig, Trainer, predict
 
 __all__ = [
     "ABLATION_STEPS",

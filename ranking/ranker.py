@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from catalog.device import pick_device
 from ranking.bandit import BayesianLastLayer
 from ranking.checkpoint import (
     checkpoint_version,
@@ -24,7 +25,6 @@ from ranking.features import Featurizer
 from ranking.layers.quantization import quantize_embeddings
 from ranking.model import LiRankModel
 from ranking.schema import FeatureSchema
-from ranking.train import pick_device
 
 
 def carried_files(folder: str | os.PathLike, info) -> dict:

@@ -71,15 +71,6 @@ class TrainConfig:
         return cls(**d)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but torch sees no CUDA device; use 'cpu' or 'auto'.")
-    return torch.device(name)
-
-
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Mean binary cross-entropy per task, weighted and summed over tasks. logits, labels (B, T)."""
     per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)  # (T,)

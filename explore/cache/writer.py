@@ -32,6 +32,16 @@ end
 # KEYS: data, meta.  ARGV[1]: TTL seconds, ARGV[2..]: field, value, field, value, ...
 # Writes only into a version whose status is "writing", so a late writer (a retried Ray task) can never
 # put a TTL on a committed version. Returns the status it found.
+# The version that stops being live: marked retired, its data and meta expire after ttl seconds (the rollback
+# window of the one replacing it).
+_RETIRE = """
+local function retire(prefix, version, ttl)
+  redis.call('HSET', prefix .. version .. ':meta', 'status', 'retired')
+  redis.call('EXPIRE', prefix .. version, ttl)
+  redis.call('EXPIRE', prefix .. version .. ':meta', ttl)
+end
+"""
+
 _WRITE_CHUNK = (
     _NOW_MS
     + """
@@ -52,6 +62,7 @@ return status
 # version is live already (a retried commit), or {reason, live or '', detail}; on a reason, nothing changed.
 _COMMIT = (
     _NOW_MS
+    + _RETIRE
     + """
 local live = redis.call('GET', KEYS[1]) or ''
 local status = redis.call('HGET', KEYS[5], 'status')
@@ -78,9 +89,7 @@ redis.call('PERSIST', KEYS[5])
 redis.call('SET', KEYS[1], ARGV[1])
 if live ~= '' then
   redis.call('SET', KEYS[2], live)
-  redis.call('HSET', ARGV[4] .. live .. ':meta', 'status', 'retired')
-  redis.call('EXPIRE', ARGV[4] .. live, ARGV[3])
-  redis.call('EXPIRE', ARGV[4] .. live .. ':meta', ARGV[3])
+  retire(ARGV[4], live, ARGV[3])
 end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return {'ok', live, n, now}
@@ -117,6 +126,7 @@ return 1
 # Returns {'ok', restored, demoted or ''} or {reason, live or '', previous or ''}; on a reason, nothing changed.
 _ROLLBACK = (
     _NOW_MS
+    + _RETIRE
     + """
 local live = redis.call('GET', KEYS[1]) or ''
 local prev = redis.call('GET', KEYS[2]) or ''
@@ -128,9 +138,7 @@ redis.call('HSET', ARGV[1] .. prev .. ':meta', 'status', 'live')
 redis.call('SET', KEYS[1], prev)
 if live ~= '' then
   redis.call('SET', KEYS[2], live)
-  redis.call('HSET', ARGV[1] .. live .. ':meta', 'status', 'retired')
-  redis.call('EXPIRE', ARGV[1] .. live, ARGV[2])
-  redis.call('EXPIRE', ARGV[1] .. live .. ':meta', ARGV[2])
+  retire(ARGV[1], live, ARGV[2])
 else
   redis.call('DEL', KEYS[2])
 end

@@ -18,6 +18,8 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from catalog.schemas import is_added
+
 
 class SchemaMismatchError(ValueError):
     """A parquet file does not match the schema the reader expects."""
@@ -230,7 +232,7 @@ def read_schema(path: str | os.PathLike, *, unreadable_fix: str = REBUILD_FIX) -
 def check_schema(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: str = REBUILD_FIX) -> None:
     """Raise SchemaMismatchError naming the first column of `path` that does not match."""
     found = read_schema(path, unreadable_fix=unreadable_fix)
-    missing = [f.name for f in schema if found.get_field_index(f.name) < 0]
+    missing = [f.name for f in schema if found.get_field_index(f.name) < 0 and not is_added(f)]
     if missing:
         raise SchemaMismatchError(
             path,
@@ -239,6 +241,8 @@ def check_schema(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: 
             "Rebuild the file with the current catalog version.",
         )
     for field in schema:
+        if found.get_field_index(field.name) < 0:
+            continue  # an added column the file predates
         got = found.field(found.get_field_index(field.name)).type
         if got != field.type:
             raise SchemaMismatchError(
@@ -250,11 +254,16 @@ def check_schema(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: 
 
 
 def read_table(path: str | os.PathLike, schema: pa.Schema, *, unreadable_fix: str = REBUILD_FIX) -> pa.Table:
-    """Read the schema's columns of `path`, validated. Extra columns in the file are ignored.
+    """Read the schema's columns of `path`, validated. Extra columns in the file are ignored; a column added
+    to the schema later (catalog.schemas.is_added) that the file predates reads as nulls.
     `unreadable_fix`: what the error tells the user to do when the file is corrupt or truncated."""
     check_schema(path, schema, unreadable_fix=unreadable_fix)
+    present = set(read_schema(path, unreadable_fix=unreadable_fix).names)
     try:
-        table = pq.read_table(path, columns=schema.names)
+        table = pq.read_table(path, columns=[n for n in schema.names if n in present])
+        for f in schema:
+            if f.name not in present:
+                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaMismatchError(
             path,

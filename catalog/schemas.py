@@ -10,8 +10,16 @@ from __future__ import annotations
 import pyarrow as pa
 
 
-def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = False, *, added: bool = False) -> pa.Field:
+    """A documented field. `added`: a column added to the schema after files were written without it;
+    it is nullable, and readers fill it with nulls in those files (catalog.io.read_table)."""
+    meta = {"doc": doc, **({"added": "true"} if added else {})}
+    return pa.field(name, type_, nullable=nullable or added, metadata=meta)
+
+
+def is_added(field: pa.Field) -> bool:
+    """Whether files may lack this column (see `_f`)."""
+    return bool(field.metadata) and field.metadata.get(b"added") == b"true"
 
 
 ITEMS = pa.schema(
@@ -126,6 +134,12 @@ IMPRESSION_LOG = pa.schema(
         _f("cache_level", pa.string(), "exact | backoff | global | miss | degraded"),
         _f("cache_version", pa.string(), "the Redis cache version read; null when none", True),
         _f("ranker_version", pa.string(), "content hash of the ranker checkpoint that scored the slate"),
+        _f(
+            "shuffled",
+            pa.bool_(),
+            "the slate was served in a pseudo-random order (replay evaluation traffic); null in older logs",
+            added=True,
+        ),
     ]
 )
 
@@ -170,6 +184,16 @@ NOVELTY_CANDIDATES = pa.schema(
         _f("n_in_history", pa.int32(), "samples that named a cluster already in the key (dropped)"),
         _f("n_invalid", pa.int32(), "samples that named no catalog cluster (0 when constrained)"),
         _f("seed", pa.int64(), "the key's sampling seed; same seed, same model, same samples"),
+        _f(
+            "samples",
+            pa.list_(pa.int32()),
+            "every sample in draw order: its cluster id, -1 when it named none (best-of-n for a smaller n "
+            "is the first n of them); null where not kept",
+            added=True,
+        ),
+        _f(
+            "sample_logprobs", pa.list_(pa.float32()), "each sample's log-probability, draw order", added=True
+        ),
     ]
 )
 

@@ -121,6 +121,8 @@ class KeyCandidates:
             "n_in_history": self.n_in_history,
             "n_invalid": self.n_invalid,
             "seed": self.seed,
+            "samples": self.samples,
+            "sample_logprobs": self.sample_logprobs,
         }
 
 

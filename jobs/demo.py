@@ -2,15 +2,18 @@
 
     python -m jobs.demo [--runs runs] [--config demo.toml] [--n-clusters 48] ...
 
-Stages so far: bring up Ray and Redis (or use RAY_ADDRESS / REDIS_URL), build the catalog from
-MovieLens-100K (each member's last 20% of ratings held out for the simulator), check from a Ray
-worker that the run folder's tables are readable there, fit the member simulator, run round 0 of the
-loop (simulated members answer a random and a most-frequent-next-cluster explore policy; feedback
-logs under logs/round0/), fine-tune the tiny novelty LLM on members' cluster transitions and evaluate
-it with vLLM (novelty/), sample every observed history key with it in a Ray Data job (candidates/),
-train the LiRank ranker on MovieLens CTR and on the round-0 feedback logs
-(multi-task; checkpoints under ranker/), print a summary, write everything under one run folder, shut
-down what it started.
+Stages: bring up Ray and Redis (or use RAY_ADDRESS / REDIS_URL), build the catalog from MovieLens-100K
+(each member's last 20% of ratings held out for the simulator), check from a Ray worker that the run
+folder's tables are readable there, fit the member simulator, round 0 (simulated members answer a random
+and a most-frequent-next-cluster explore policy; logs/round0/), fine-tune the tiny novelty LLM on members'
+cluster transitions and evaluate it with vLLM (novelty/), sample every observed history key with it in a
+Ray Data job (candidates/), log uniform exploration traffic (logs/explore/), train the alignment model on
+it (alignment/), the main job: best-of-n over --samples novelty samples per key, published to Redis
+(best-of-n/), compare the explore policies in process (logs/round1/), train the LiRank ranker on MovieLens
+CTR and on the round-0 logs (ranker/), then --loop-rounds rounds of the closed loop through the Ray Serve
+endpoint (jobs.loop: slates over HTTP, POST /feedback, retrained models served live; loop/round-NN/) and
+the report (jobs.report: the exploration operating curve and the per-round tables; report/). Everything
+goes under one run folder; what the demo started is shut down at the end.
 
 Quiet by default: the stage lines, summaries and the ranker's progress bar on the terminal; what vLLM, Ray,
 transformers and torch print goes to <run>/logs/library.log (--verbose: everything on the terminal).
@@ -23,6 +26,7 @@ import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -33,6 +37,8 @@ from jobs.best_of_n import summary_lines as best_of_n_summary_lines
 from jobs.build_catalog import CatalogFields
 from jobs.cli import job_parser
 from jobs.common import merge_config, new_run_dir, run_main
+from jobs.loop import LoopConfig
+from jobs.loop import loop as run_loop
 from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
 from jobs.sample_novelty import sample as sample_novelty
@@ -67,6 +73,22 @@ class DemoConfig(CatalogFields):
     key_limit: int | None = Field(
         None, ge=1, description="bulk jobs sample only the first N keys (smoke runs)"
     )
+    ranker_preset: Literal["tiny", "default", "paper"] = Field(
+        "default", description="the rankers' model size"
+    )
+    ranker_epochs: int | None = Field(
+        None, ge=1, description="the rankers' passes over their data (default 2)"
+    )
+    samples: int = Field(
+        32, ge=1, description="novelty samples per key in the main job (the report's largest best-of-n)"
+    )
+    loop_rounds: int = Field(
+        1, ge=0, description="rounds of the closed loop through the endpoint (jobs.loop) after the demo"
+    )
+    loop_members: int | None = Field(
+        None, ge=1, description="members asking the endpoint for slates per loop round (default: all)"
+    )
+    loop_alignment_steps: int = Field(50, ge=1, description="warm-started alignment steps per loop round")
 
 
 def _worker_check(histories_path: str, k: int) -> dict:
@@ -123,83 +145,6 @@ def compare_policies(catalog, simulator, run_dir, client, explore_slots: int, se
     levels = {lvl: sum(h.level == lvl for h in hits) for lvl in ("exact", "backoff", "global", "miss")}
     lines.append(f"cache lookups for {len(hits)} members: {levels}")
     return {"rates": rates, "levels": levels, "lines": lines}
-
-
-def endpoint_round(catalog, simulator, run_dir, explore_slots: int, in_process: dict | None = None) -> dict:
-    """Start the ranking app on this run (jobs.serve's config), have every member with a history key
-    request a slate over HTTP, let the simulator answer them through POST /feedback, join the endpoint's
-    impression and events logs into the round's feedback log (logs/round1/endpoint/), and report the
-    endpoint's latency and the explore slots' rates next to the in-process best-of-n arm."""
-    import numpy as np
-    from ray import serve
-
-    from catalog import FeedbackLogWriter, read_impression_log
-    from jobs.loop import serve_traffic
-    from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
-    from jobs.services import free_port
-    from jobs.simulate import rates
-    from serving import deploy, logger_flush, rank_many
-
-    quiet_logs(verbose=False)
-    paths = {k: v.resolve() for k, v in run_paths(run_dir).items()}
-    check_ranker(paths["catalog"], paths["ranker"])
-    cfg = ServeJobConfig(run=str(run_dir), port=free_port())
-    config = build_config(cfg, paths)  # the replicas read REDIS_URL from the local Ray's environment
-    deploy(config)
-    base = f"http://127.0.0.1:{config['http_options']['port']}"
-    try:
-        k = catalog.history_k
-        members = [
-            m
-            for m, h in zip(
-                *(catalog.histories[c].to_pylist() for c in ("member_id", "clusters")), strict=True
-            )
-            if len(h) >= k
-        ]
-        bodies = [{"member_id": m, "k": 10, "explore_slots": explore_slots} for m in members]
-        warm, _ = rank_many(base, bodies[:16], concurrency=4)  # warm-up: replicas, connections
-        # the round's feedback as production gets it: the endpoint's logs joined with what clients sent
-        traffic = serve_traffic(base, simulator, bodies, paths, clients=4)
-        answers = traffic["answers"]
-        served = sum(len(a["items"]) for a in warm + answers if isinstance(a, dict))
-        stats = logger_flush(min_rows=served)  # the warm-up's rows too
-    finally:
-        serve.shutdown()  # the demo's own local Ray
-    log, latency, joined = traffic["feedback"], traffic["latency"], traffic["joined"]
-    sent, feedback_s = traffic["events_sent"], traffic["feedback_s"]
-    FeedbackLogWriter(run_dir / "logs" / "round1" / "endpoint").append(log)
-    logged = read_impression_log(paths["impressions"]).num_rows
-    lat = np.array(latency)
-    r = rates(log)
-    e = r["explore"]
-    levels = {}
-    for a in answers:
-        levels[a["exploration"]["level"]] = levels.get(a["exploration"]["level"], 0) + 1
-    server = np.array([a["timings_ms"]["rank"] for a in answers])
-    lines = [
-        f"endpoint {base}: {len(answers)} requests from 4 clients, p50 {np.percentile(lat, 50):.1f} ms, "
-        f"p99 {np.percentile(lat, 99):.1f} ms (ranker call p50 {np.percentile(server, 50):.1f} ms); "
-        f"{logged} impressions logged ({stats['parts']} parts); cache levels {levels}",
-        f"feedback: {sent} engagement events posted to /feedback by 4 clients in {feedback_s:.1f}s "
-        f"({stats['events']['rows_written']} logged), joined with the impressions into {log.num_rows} feedback "
-        f"rows ({joined['engaged_impressions']} engaged, none set aside)",
-        f"round 1 best-of-n via endpoint explore slots ({e['impressions']}): click {e['click']:.3f} like "
-        f"{e['like']:.3f} share {e['share']:.3f} skip {e['skip']:.3f}"
-        + (
-            f" (in process, most-rated item per cluster: like {in_process['like']:.3f})" if in_process else ""
-        ),
-    ]
-    return {
-        "requests": len(answers),
-        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-        "impressions_served": served,
-        "impressions_logged": logged,
-        "feedback_events": sent,
-        "joined": joined,
-        "levels": levels,
-        "rates": r,
-        "lines": lines,
-    }
 
 
 def _point_latest(run_dir: Path) -> None:
@@ -411,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
                     novelty=str(novelty_dir),
                     alignment=str(run_dir / "alignment"),
                     slots=cfg.slots,
+                    n=cfg.samples,
                     seed=cfg.seed,
                     limit=cfg.key_limit,
                 ),
@@ -441,11 +387,16 @@ def main(argv: list[str] | None = None) -> None:
             summary["ranker"] = {}
             jobs = {
                 "movielens": TrainJobConfig(
-                    out=str(run_dir / "ranker" / "movielens"), catalog=str(catalog_dir)
+                    out=str(run_dir / "ranker" / "movielens"),
+                    catalog=str(catalog_dir),
+                    preset=cfg.ranker_preset,
+                    epochs=cfg.ranker_epochs,
                 ),
                 "feedback": TrainJobConfig(
                     out=str(run_dir / "ranker" / "feedback"),
                     catalog=str(catalog_dir),
+                    preset=cfg.ranker_preset,
+                    epochs=cfg.ranker_epochs,
                     dataset="feedback",
                     logs=[str(run_dir / "logs" / "round0" / p) for p in ("random", "most-frequent")],
                     ranker={"task_groups": [["click", "like", "share"], ["skip"], ["long_dwell"]]},
@@ -461,29 +412,37 @@ def main(argv: list[str] | None = None) -> None:
                     "ece": {t: round(v["ece"], 4) for t, v in m["tasks"].items()},
                     "examples_per_s": m["train"]["examples_per_s"],
                 }
-            # the endpoint: the round-1 best-of-n arm again, through Ray Serve over HTTP, the ranker choosing
-            # the items inside each cluster
-            if os.environ.get("RAY_ADDRESS"):
-                print(
-                    "[serve] skipped on a remote Ray: its replicas need REDIS_URL in the cluster's environment; run "
-                    f"`python -m jobs.serve --run {run_dir}` there instead"
-                )
-                served = None
-            else:
-                served = stages.run(
-                    "serve",
-                    endpoint_round,
-                    catalog,
-                    simulator,
-                    run_dir,
-                    cfg.round1_explore_slots,
-                    round1["rates"].get("best-of-n"),
-                )
-                for line in served["lines"]:
-                    print("  " + line)
-                summary["serve"] = {k: v for k, v in served.items() if k != "lines"}
         summary["timings_s"] = stages.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        # the closed loop through the Ray Serve endpoint (its own Ray and Redis on this run folder): members ask
+        # for slates over HTTP and answer through POST /feedback, the models retrain and the endpoint serves
+        # the new ones; then the report (jobs.report)
+        if os.environ.get("RAY_ADDRESS"):
+            print(
+                "[loop] skipped on a remote Ray: the endpoint's replicas need REDIS_URL in the cluster's "
+                f"environment; run `python -m jobs.loop --run {run_dir}` there instead"
+            )
+        elif cfg.loop_rounds:
+            rounds = stages.run(
+                "loop",
+                run_loop,
+                LoopConfig(
+                    run=str(run_dir),
+                    rounds=cfg.loop_rounds,
+                    members=cfg.loop_members,
+                    slots=cfg.round1_explore_slots,
+                    alignment_steps=cfg.loop_alignment_steps,
+                    samples=cfg.samples,
+                    key_limit=cfg.key_limit,
+                    num_cpus=cfg.num_cpus,
+                    seed=cfg.seed,
+                    verbose=args.verbose,
+                ),
+            )
+            summary["loop"] = rounds
+            summary["report"] = str(run_dir / "report" / "report.md")
+            summary["timings_s"] = stages.timings
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _point_latest(run_dir)
         print(f"demo finished in {sum(stages.timings.values()):.1f}s; outputs in {run_dir}")
         if library_log is not None:

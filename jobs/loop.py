@@ -18,6 +18,12 @@ Each round, with the ranking endpoint running on this run (Ray Serve, the run's 
    Fisher prior with cold weight, bandit posterior carried over) and hot-reloaded into the running
    endpoint (no restart, no dropped request).
 
+With --replay (default) each round's members are also served once in a pseudo-random order
+(round-NN/replay/, for the report's replay evaluation; never trained on). With --compare-cold (default) the
+ranker is also retrained from scratch on all feedback so far (round-NN/ranker-cold/, not served), and the
+next round scores both on its fresh traffic. After the rounds, jobs.report writes <run>/report/ (the
+operating curve, the per-round alignment, ranker and replay tables).
+
 Everything goes under <run>/loop/round-NN/ (feedback/, alignment/, best-of-n/, ranker/, summary.json); a
 rerun continues after the last completed round. A failed round leaves the previous models serving: the new
 cache version and ranker are switched in only after they were built and checked. The round's summary
@@ -54,6 +60,22 @@ class LoopConfig(BaseModel):
     clients: int = Field(4, ge=1, description="concurrent HTTP clients of the traffic and the feedback")
     alignment_steps: int = Field(100, ge=1, description="warm-started alignment training steps per round")
     ranker_epochs: int = Field(1, ge=1, description="incremental ranker epochs per round")
+    samples: int = Field(
+        32,
+        ge=1,
+        description="novelty samples per key in each round's main job (the report's largest best-of-n)",
+    )
+    compare_cold: bool = Field(
+        True,
+        description="also retrain the ranker cold on all feedback so far (not served), for the report's "
+        "incremental-vs-cold comparison",
+    )
+    replay: bool = Field(
+        True,
+        description="also serve each round's members once in a pseudo-random order (order=shuffled): the "
+        "report's replay-evaluation traffic, logged apart (round-NN/replay/), never trained on",
+    )
+    report: bool = Field(True, description="write <run>/report/ (jobs.report) after the rounds")
     key_limit: int | None = Field(
         None, ge=1, description="the main job samples only the first N keys (smoke runs)"
     )
@@ -181,6 +203,46 @@ def _retrain_ranker(cfg: LoopConfig, r: int, ctx: dict, out: Path) -> tuple[dict
     return metrics, reload_ranker(ctx["config"], str(out / "ranker"))
 
 
+def _cold_ranker(cfg: LoopConfig, r: int, ctx: dict, out: Path) -> dict:
+    """The same ranker retrained from scratch on all feedback so far (the demo's round-0 logs the first
+    ranker learnt from, and every round's): what incremental training is compared against. Not served."""
+    from jobs.train_ranker import TrainJobConfig
+    from jobs.train_ranker import train as train_ranker
+    from ranking import read_checkpoint_config
+
+    run = ctx["run"]
+    logs = [*sorted(str(p) for p in (run / "logs" / "round0").iterdir() if p.is_dir()),
+            *(str(p / "feedback") for p in _completed(run / "loop")), str(out / "feedback")]  # fmt: skip
+    first = run / "ranker" / "feedback"
+    read_checkpoint_config(first)  # checked; its "ranker" section is the model the rounds train
+    metrics = train_ranker(
+        TrainJobConfig(
+            out=str(out / "ranker-cold"),
+            catalog=str(ctx["paths"]["catalog"]),
+            dataset="feedback",
+            logs=logs,
+            ranker=json.loads((first / "config.json").read_text())["ranker"],
+            seed=cfg.seed + r,
+            export=False,
+        )  # fmt: skip
+    )
+    return {"auc": {t: v["auc"] for t, v in metrics["tasks"].items()}, "train_s": metrics["train"]["seconds"],
+            "rows": metrics["train"]["rows"], "logs": logs}  # fmt: skip
+
+
+def _previous_on(log: pa.Table, run: Path, catalog) -> dict | None:
+    """The previous round's incremental and cold rankers on this round's traffic (which neither saw)."""
+    from ranking import evaluate_checkpoint
+
+    done = _completed(run / "loop")
+    if not done or not (done[-1] / "ranker-cold").is_dir():
+        return None
+    return {
+        name: {t: m["auc"] for t, m in evaluate_checkpoint(done[-1] / folder, log, catalog).items()}
+        for name, folder in (("incremental", "ranker"), ("cold", "ranker-cold"))
+    }
+
+
 def _roll_back(url: str, version: str) -> None:
     """Make the previous cache version live again if `version` (this round's) is live."""
     import redis
@@ -245,6 +307,16 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
     from catalog import FeedbackLogWriter
 
     FeedbackLogWriter(out / "feedback").append(traffic["feedback"])
+    previous = _previous_on(traffic["feedback"], run, ctx["catalog"])
+    replay = None
+    if cfg.replay:  # the same members again, each slate in an order no model chose (LiRank 5.1)
+        shuffled = serve_traffic(ctx["base"], ctx["simulator"], [{**b, "order": "shuffled"} for b in bodies], paths,
+                                 clients=cfg.clients)  # fmt: skip
+        unshuffled = sum(a["order"] != "shuffled" for a in shuffled["answers"])
+        if unshuffled:
+            raise RuntimeError(f"{unshuffled} replay requests came back ranked, not shuffled")
+        FeedbackLogWriter(out / "replay").append(shuffled["feedback"])
+        replay = {"slates": len(bodies), "rates": rates(shuffled["feedback"])}
     served_by = {"cache_version": ctx["cache_version"], "ranker": str(models["ranker"])}
     r_rates = rates(traffic["feedback"])
     print(
@@ -278,6 +350,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             novelty=str(run / "novelty"),
             alignment=str(out / "alignment"),
             slots=cfg.slots,
+            n=cfg.samples,
             seed=cfg.seed + r,
             limit=cfg.key_limit,
         ),  # fmt: skip
@@ -296,6 +369,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         )  # the previous round's cache serves again, with its ranker
         raise
     ctx["cache_version"] = bon["version"]
+    cold = _cold_ranker(cfg, r, ctx, out) if cfg.compare_cold else None
     print(
         f"  round {r} ranker: incremental from {models['ranker']}, click AUC {metrics['tasks']['click']['auc']:.4f}; "
         f"hot-reloaded (version {info.get('version')})",
@@ -322,7 +396,11 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             "version": info.get("version"),
             "auc": {t: v["auc"] for t, v in metrics["tasks"].items()},
             "train_s": metrics["train"]["seconds"],
+            "rows": metrics["train"]["rows"],
         },  # fmt: skip
+        "ranker_cold": cold,
+        "replay": replay,
+        "previous_rankers_on_this_traffic": previous,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -385,7 +463,7 @@ def loop(cfg: LoopConfig) -> list[dict]:
         print(f"[loop] endpoint {base} on {run}; rounds {models['round'] + 1}..{models['round'] + cfg.rounds}"
               + (f"; library output in {log}" if log else ""), flush=True)  # fmt: skip
         ctx = {"run": run, "paths": paths, "models": models, "members": members, "base": base,
-               "config": config, "redis_url": redis_h.url, "cache_version": _live(redis_h.url),
+               "config": config, "redis_url": redis_h.url, "cache_version": _live(redis_h.url), "catalog": catalog,
                "simulator": MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed + 7))}  # fmt: skip
         for r in range(models["round"] + 1, models["round"] + 1 + cfg.rounds):
             print(f"[round {r}] ...", flush=True)
@@ -394,6 +472,12 @@ def loop(cfg: LoopConfig) -> list[dict]:
             summaries.append(s)
         if redis_h.server is not None:
             redis_h.server.save()  # the cache versions the rounds published stay with the run
+    if cfg.report:
+        from jobs.report import ReportConfig, build_report, summary_lines
+
+        print("[report] ...", flush=True)
+        for line in summary_lines(build_report(ReportConfig(run=str(run), seed=cfg.seed))):
+            print("  " + line, flush=True)
     return summaries
 
 

@@ -9,9 +9,11 @@ Public API:
     IncrementalPrior, empirical_fisher incremental training (ranking.incremental: from_checkpoint)
     Ranker                             the serving interface (scores, Thompson sampling, save/load)
     movielens_ctr, feedback_examples   example tables from catalog tables and feedback logs
+    feedback_features                  a feedback log's rows with the catalog's features
     popularity_scores                  the popularity baseline
     train_and_evaluate, evaluate,      one training run, its test metrics (calibrated), metrics per slice
     slice_metrics, task_metrics
+    evaluate_checkpoint                a saved ranker's metrics on a feedback log it never saw
     reliability_diagram                calibration plot (reliability.png)
     CHECKPOINT_FILES, export_serving,  the checkpoint folder: its marker files, the torch.export archive,
     read_checkpoint_config             its typed config.json
@@ -32,8 +34,8 @@ from ranking.checkpoint import OWN_FILES as CHECKPOINT_FILES
 from ranking.checkpoint import export_serving, read_checkpoint_config
 from ranking.config import PRESETS, RankerConfig
 from ranking.data import ExampleStream
-from ranking.datasets import Examples, feedback_examples, movielens_ctr, popularity_scores
-from ranking.experiment import evaluate, slice_metrics, train_and_evaluate
+from ranking.datasets import Examples, feedback_examples, feedback_features, movielens_ctr, popularity_scores
+from ranking.experiment import evaluate, evaluate_checkpoint, slice_metrics, train_and_evaluate
 from ranking.features import Batch, Featurizer
 from ranking.incremental import IncrementalPrior, cold_start_path, empirical_fisher, from_checkpoint
 from ranking.layers.quantization import embedding_bytes, quantize_embeddings
@@ -50,6 +52,7 @@ __all__ = [
     "count_flops",
     "embedding_bytes",
     "evaluate",
+    "evaluate_checkpoint",
     "export_serving",
     "from_checkpoint",
     "markdown_table",
@@ -78,6 +81,7 @@ __all__ = [
     "build_model",
     "empirical_fisher",
     "feedback_examples",
+    "feedback_features",
     "movielens_ctr",
     "popularity_scores",
     "predict",

@@ -48,6 +48,26 @@ def evaluate(
     return metrics, preds
 
 
+def evaluate_checkpoint(folder, log, catalog, *, device: str = "auto") -> dict[str, dict[str, float]]:
+    """Per-task metrics of a saved ranker (checkpoint folder) on a feedback log it never trained on (e.g.
+    the traffic that came after it): the log's rows get the catalog's features and the long-dwell label
+    under the checkpoint's own thresholds."""
+    from ranking.datasets import feedback_features, with_long_dwell
+    from ranking.ranker import Ranker
+
+    ranker = Ranker.load(folder, device=device)
+    if not set(ranker.schema.tasks) <= set(log.schema.names) | {"long_dwell"}:
+        raise ValueError(
+            f"{folder}: tasks {list(ranker.schema.tasks)} are not all feedback-log labels; evaluate a ranker "
+            "trained on feedback logs (--dataset feedback)."
+        )
+    table = feedback_features(log, catalog)
+    if ranker.schema.long_dwell is not None:
+        table = with_long_dwell(table, ranker.schema.long_dwell)
+    metrics, _ = evaluate(ranker.model, ranker.schema, ranker.config, table, ranker.device)
+    return metrics
+
+
 def train_and_evaluate(
     examples: Examples,
     config: RankerConfig,

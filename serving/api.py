@@ -8,7 +8,7 @@ cold-start answer.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
@@ -52,6 +52,12 @@ class RankRequest(BaseModel):
     )
     exclude_item_ids: list[ItemId] = Field(
         default_factory=list, max_length=1000, description="items never to return"
+    )
+    order: Literal["ranked", "shuffled"] = Field(
+        "ranked",
+        description="shuffled: the same k items in a pseudo-random order seeded by the request id, logged "
+        "with shuffled=true: replay-evaluation traffic (LiRank 5.1); the settings' shuffled_share shuffles "
+        "that share of all requests too",
     )
 
     @field_validator("explore_slots")
@@ -131,6 +137,7 @@ class RankResponse(BaseModel):
     exploration: Exploration
     ranker_version: str
     explored: bool = Field(..., description="scores are Thompson samples")
+    order: str = Field(..., description="ranked, or shuffled: replay traffic in a pseudo-random order")
     degraded: bool = Field(..., description="Redis was unreachable: exploit-only answer")
     ignored_recent_items: int
     timings_ms: dict[str, float]

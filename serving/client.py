@@ -30,6 +30,7 @@ def rank_body(
     explore: bool = False,
     content_type: str = "movie",
     exclude_item_ids: Sequence[int] | None = None,
+    order: str = "ranked",
 ) -> dict:
     """The POST /rank JSON body (fields as documented in README and at /docs)."""
     return {
@@ -40,6 +41,7 @@ def rank_body(
         "explore": explore,
         "content_type": content_type,
         "exclude_item_ids": list(exclude_item_ids or []),
+        "order": order,
     }
 
 

@@ -194,6 +194,10 @@ class RankService:
         item_ids = self.store.item_ids[cands.rows]
         positions = explore_positions(req.k, req.explore_slots, s.explore_positions)
         slate = assemble(cands, result.score, item_ids, k=req.k, positions=positions)
+        shuffled = req.order == "shuffled" or int(request_id[16:], 16) < s.shuffled_share * 16**16
+        if shuffled:  # replay traffic: the chosen items, in an order no model had a say in
+            rng = np.random.default_rng(int(request_id[:16], 16))
+            slate = [slate[i] for i in rng.permutation(len(slate))]
         timer.lap("slate")
         key = list(state.history_key) if state.history_key is not None else None
         items = [
@@ -219,6 +223,7 @@ class RankService:
                 result,
                 level,
                 cache_version,
+                shuffled,
             )
         )
         timer.lap("log")
@@ -239,6 +244,7 @@ class RankService:
             },
             "ranker_version": result.ranker_version,
             "explored": result.explored,
+            "order": "shuffled" if shuffled else "ranked",
             "degraded": degraded,
             "ignored_recent_items": state.ignored_recent,
             "timings_ms": timer.ms,
@@ -259,7 +265,9 @@ MODEL_META = (
 )
 
 
-def impressions(request_id, req, now_ms, key, items, result, level, cache_version) -> pa.Table:
+def impressions(
+    request_id, req, now_ms, key, items, result, level, cache_version, shuffled=False
+) -> pa.Table:
     """IMPRESSION_LOG rows of one served slate."""
     n = len(items)
     cols = {
@@ -277,6 +285,7 @@ def impressions(request_id, req, now_ms, key, items, result, level, cache_versio
         "cache_level": [level] * n,
         "cache_version": [cache_version] * n,
         "ranker_version": [result.ranker_version] * n,
+        "shuffled": [bool(shuffled)] * n,
     }
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in IMPRESSION_LOG}, schema=IMPRESSION_LOG)
 

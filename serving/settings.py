@@ -30,6 +30,9 @@ class ServingSettings(BaseModel):
     history_cap: int = Field(100, ge=1)  # ratings kept per member for the ranker's history (as in training)
     reference_position: int = Field(0, ge=0)  # every candidate is scored as if shown here
     explore_positions: list[int] | None = None  # slots of explore items; None: spread down the list
+    # share of requests served in a pseudo-random order (chosen by request id) and logged shuffled=true:
+    # the replay-evaluation traffic of LiRank 5.1 (requests can also ask for it: order="shuffled")
+    shuffled_share: float = Field(0.0, ge=0, le=1)
     max_body_bytes: int = Field(256 * 1024, ge=1024)  # larger request bodies get a 413
     log_flush_rows: int = Field(5000, ge=1)  # the impression logger writes a part at this many rows
     log_flush_s: float = Field(2.0, gt=0)  # ... or after this many seconds

@@ -32,11 +32,13 @@ class RandomNovelCluster:
 
 class MostFrequentNextCluster:
     """The clusters that most often followed the member's last cluster in everyone's histories
-    (then the globally most frequent), outside the member's history."""
+    (then the globally most frequent), outside the member's history (`novel_only=False`: wherever they are,
+    the plain next-cluster predictor an operating curve compares against)."""
 
     name = "most-frequent"
 
-    def __init__(self, histories: pa.Table):
+    def __init__(self, histories: pa.Table, *, novel_only: bool = True):
+        self.novel_only = novel_only
         self.next_counts: dict[int, Counter] = defaultdict(Counter)
         overall: Counter = Counter()
         for h in histories["clusters"].to_pylist():
@@ -46,7 +48,7 @@ class MostFrequentNextCluster:
         self.global_order = [c for c, _ in sorted(overall.items(), key=lambda t: (-t[1], t[0]))]
 
     def choose(self, member_id: int, history: list[int], n: int, rng: np.random.Generator) -> list[int]:
-        seen = set(history)
+        seen = set(history) if self.novel_only else set()
         after = self.next_counts.get(history[-1], Counter()) if history else Counter()
         ranked = [c for c, _ in sorted(after.items(), key=lambda t: (-t[1], t[0]))] + self.global_order
         out: list[int] = []
@@ -59,30 +61,58 @@ class MostFrequentNextCluster:
 
 
 class OracleNovelCluster:
-    """The novel clusters the member truly likes best (reads the simulator): an evaluation upper bound."""
+    """The novel clusters the member truly likes best (reads the simulator): an evaluation upper bound.
+
+    By default a cluster's worth is the member's mean P(like) over its items; with `catalog`, it is the
+    P(like) of the item `build_impressions` would show from it (the most rated one the member has not
+    rated): the ceiling of any policy whose clusters are shown that way."""
 
     name = "oracle"
 
-    def __init__(self, simulator):
+    def __init__(self, simulator, catalog: Catalog | None = None):
         self.simulator = simulator
+        self.shown = None
+        if catalog is not None:
+            by_cluster = _cluster_items(catalog)
+            rated: dict[int, set] = defaultdict(set)
+            for m, i in zip(
+                *(catalog.interactions[c].to_pylist() for c in ("member_id", "item_id")), strict=True
+            ):
+                rated[m].add(i)
+            self.shown = (by_cluster, rated)
+
+    def _worth(self, member_id: int) -> np.ndarray:
+        if self.shown is None:
+            return self.simulator.cluster_affinity([member_id])[0]
+        by_cluster, rated = self.shown
+        worth = np.full(self.simulator.n_clusters, -np.inf)
+        first = {c: next((int(i) for i in items if int(i) not in rated[member_id]), None)
+                 for c, items in by_cluster.items()}  # fmt: skip
+        clusters = [c for c, i in first.items() if i is not None]
+        if clusters:
+            p = self.simulator.like_probability([member_id] * len(clusters), [first[c] for c in clusters])
+            worth[clusters] = p
+        return worth
 
     def choose(self, member_id: int, history: list[int], n: int, rng: np.random.Generator) -> list[int]:
-        aff = self.simulator.cluster_affinity([member_id])[0]
+        aff = self._worth(member_id)
         aff[history] = -np.inf
         return [int(c) for c in np.argsort(-aff, kind="stable")[:n] if np.isfinite(aff[c])]
 
 
 class RankedListPolicy:
     """Whatever a given ranked list says: member_id -> clusters in rank order (e.g. a cache's best-of-n).
-    In-history clusters are skipped, so the explore slots stay novel."""
+    In-history clusters are skipped, so the explore slots stay novel (`novel_only=False`: shown as they
+    are, to measure how novel a proposer is)."""
 
     name = "ranked-list"
 
-    def __init__(self, lists: dict[int, list[int]]):
+    def __init__(self, lists: dict[int, list[int]], *, novel_only: bool = True):
         self.lists = lists
+        self.novel_only = novel_only
 
     def choose(self, member_id: int, history: list[int], n: int, rng: np.random.Generator) -> list[int]:
-        seen = set(history)
+        seen = set(history) if self.novel_only else set()
         return [c for c in self.lists.get(member_id, []) if c not in seen][:n]
 
 

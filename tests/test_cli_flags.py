@@ -23,6 +23,7 @@ JOB_MODELS = {
     "jobs.ablate_ranker": "AblationJobConfig",
     "jobs.join_feedback": "JoinConfig",
     "jobs.loop": "LoopConfig",
+    "jobs.report": "ReportConfig",
 }
 
 

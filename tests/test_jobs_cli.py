@@ -41,6 +41,7 @@ def _dead_port() -> int:
         "jobs.serve",
         "jobs.join_feedback",
         "jobs.loop",
+        "jobs.report",
     ],
 )
 def test_help(module):
@@ -209,9 +210,15 @@ def demo(tmp_path_factory):
             "20",
             "--key-limit",
             "120",
+            "--ranker-epochs",
+            "1",
+            "--loop-members",
+            "80",
+            "--loop-alignment-steps",
+            "5",
         ],
         env={"RAY_ADDRESS": ""},
-        timeout=720,
+        timeout=900,
     )
     return res, tmp_path
 
@@ -258,17 +265,17 @@ def test_demo_runs_end_to_end(demo):
     assert r1["best-of-n"] > 1000, r1  # the cache backs off for the keys --key-limit left out
     assert r1["novelty-only"] > 0, r1  # only members whose key was sampled get novel clusters
     assert "cache lookups for" in res.stdout and "'backoff': 0," not in res.stdout  # unsampled keys back off
-    served = summary["serve"]  # the best-of-n arm again, through the endpoint over HTTP
-    assert served["requests"] == summary["catalog"]["coverage"]["members_with_key"]
-    assert (
-        served["impressions_logged"] == served["impressions_served"] >= served["rates"]["impressions"] > 5000
-    )
-    assert served["rates"]["explore"]["impressions"] > 1000 and served["latency_ms"]["p99"] > 0
-    assert (run / "redis" / "dump.rdb").is_file() and (run / "logs" / "round1" / "endpoint").is_dir()
-    # the round's feedback went through POST /feedback and the join: every served item, nothing set aside
-    assert served["feedback_events"] > 100 and not any(served["joined"]["quarantined"].values())
-    assert served["joined"]["feedback_rows"] == served["rates"]["impressions"]
+    assert bon["samples_per_key"] == 32 and (run / "redis" / "dump.rdb").is_file()
+    # one round of the loop through the endpoint over HTTP: the round's feedback went through POST /feedback
+    # and the join, every served item, nothing set aside
+    (round1,) = summary["loop"]
+    assert round1["slates"] == 80 and round1["served_by"]["cache_version"] == bon["version"]
+    assert round1["rates"]["explore"]["impressions"] > 100 and round1["latency_ms"]["p99"] > 0
+    assert not any(round1["feedback"]["quarantined"].values())
+    assert round1["feedback"]["feedback_rows"] == round1["rates"]["impressions"]
     assert list((run / "logs" / "serving" / "events").glob("part-*.parquet"))
+    assert round1["ranker_cold"]["train_s"] > 0 and (run / "loop" / "round-01" / "ranker-cold").is_dir()
+    check_report(run)
     # quiet by default: vLLM's and Ray's output in the run's library log, not on the terminal
     library = run / "logs" / "library.log"
     assert f"library output (vLLM, Ray, transformers) in {library}" in res.stdout
@@ -284,14 +291,14 @@ def test_demo_runs_end_to_end(demo):
 
 @pytest.mark.slow
 def test_the_loop_closes_through_the_endpoint(demo):
-    """Two loop rounds on the demo's run: traffic over HTTP, feedback through POST /feedback and the join,
+    """Two loop rounds on the demo's run (its first, and one more here): traffic over HTTP, feedback through POST /feedback and the join,
     the alignment model warm-started, a new cache version published, the ranker retrained incrementally and
     hot-reloaded; the second round is served by the first round's cache version and ranker."""
     res, tmp_path = demo
     assert res.returncode == 0, res.stdout + res.stderr
     run = (tmp_path / "latest").resolve()
     out = _run(
-        ["jobs.loop", "--run", str(run), "--rounds", "2", "--members", "80", "--alignment-steps", "5",
+        ["jobs.loop", "--run", str(run), "--rounds", "1", "--members", "80", "--alignment-steps", "5",
          "--key-limit", "120", "--num-cpus", "2"],
         env={"RAY_ADDRESS": ""},
         timeout=600,
@@ -319,6 +326,13 @@ def test_the_loop_closes_through_the_endpoint(demo):
     pairs_1 = first["alignment"]["evaluation"]["heldout_pairs"]
     assert second["alignment"]["evaluation"]["heldout_pairs"] >= pairs_1
     assert (run / "loop" / "round-02" / "ranker" / "fisher.safetensors").is_file()
+    # round 1's incremental and cold rankers, scored on round 2's traffic (which neither trained on)
+    assert first["previous_rankers_on_this_traffic"] is None
+    nxt = second["previous_rankers_on_this_traffic"]
+    assert set(nxt) == {"incremental", "cold"} and all(0 < v["click"] < 1 for v in nxt.values())
+    report = check_report(run)
+    assert [r["round"] for r in report["ranker"]["rounds"]] == [1, 2]
+    assert {"best-of-32, round 1", "best-of-32, round 2"} <= set(report["operating_curve"]["points"])
     # the loop's report numbers come from its logs: recompute round 1's explore like rate from them
     from catalog.logs import read_feedback_log
 
@@ -326,6 +340,38 @@ def test_the_loop_closes_through_the_endpoint(demo):
     explore = [r for r in log if r["source"] == "explore"]
     assert first["rates"]["explore"]["impressions"] == len(explore)
     assert first["rates"]["explore"]["like"] == pytest.approx(sum(r["like"] for r in explore) / len(explore))
+
+
+def check_report(run):
+    """The run's report exists and its operating curve is recomputed here from the answered impressions it
+    kept (report/curve/<policy>/); returns report.json."""
+    from catalog import Catalog
+    from catalog.logs import read_feedback_log
+
+    out = run / "report"
+    for f in ("report.md", "operating-curve.png", "report.json", "ranker-reliability.png"):
+        assert (out / f).is_file(), f
+    report = json.loads((out / "report.json").read_text())
+    catalog = Catalog.load(run / "catalog")
+    history = dict(zip(*(catalog.histories[c].to_pylist() for c in ("member_id", "clusters")), strict=True))
+    points = report["operating_curve"]["points"]
+    for name in ("random", "most-frequent", "novelty LLM (n=1)", "best-of-2", "best-of-32", "oracle"):
+        p = points[name]
+        rows = [
+            r for r in read_feedback_log(out / "curve" / p["log"]).to_pylist() if r["source"] == "explore"
+        ]
+        novel = [r for r in rows if r["cluster_id"] not in history[r["member_id"]]]
+        assert p["impressions"] == len(rows) > 0 and p["novel_impressions"] == len(novel), name
+        assert p["novelty"] == pytest.approx(len(novel) / len(rows)), name
+        assert p["like_novel"] == pytest.approx(sum(r["like"] for r in novel) / len(novel)), name
+        assert p["like"] == pytest.approx(sum(r["like"] for r in rows) / len(rows)), name
+        assert f"| {name} | {p['novelty']:.3f} ± " in (out / "report.md").read_text()
+    # random and the oracle show only new clusters; the plain next-cluster predictor mostly seen ones; the
+    # oracle, who knows the members, beats random by far
+    assert points["random"]["novelty"] == points["oracle"]["novelty"] == 1.0
+    assert points["most-frequent"]["novelty"] < 0.9
+    assert points["oracle"]["like_novel"] > points["random"]["like_novel"] + 0.1
+    return report
 
 
 QUIET_SCRIPT = """

@@ -19,7 +19,7 @@ def _impressions(rows):
             request_id=request, member_id=7, timestamp=T0 + (0 if request == "r1" else 1000),
             history_key=[1, 2], item_id=item, cluster_id=item % 5, source="explore" if position < 2 else "exploit",
             position=position, content_type="movie", score=0.5, explored=False, cache_level="exact",
-            cache_version="v1", ranker_version="abc",
+            cache_version="v1", ranker_version="abc", shuffled=False,
         )  # fmt: skip
         for name in cols:
             cols[name].append(values[name])

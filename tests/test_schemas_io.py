@@ -69,6 +69,22 @@ def test_missing_column_names_file_and_column(tmp_path):
     assert str(path) in str(err.value) and "timestamp" in str(err.value)
 
 
+def test_a_column_added_later_reads_as_nulls_in_older_files(tmp_path):
+    """IMPRESSION_LOG's `shuffled` came after logs were written without it: those still read, as nulls; the
+    same file without a column that was always there is refused."""
+    from catalog.schemas import IMPRESSION_LOG, is_added
+
+    assert [f.name for f in IMPRESSION_LOG if is_added(f)] == ["shuffled"]
+    old = _sample(IMPRESSION_LOG).drop_columns(["shuffled"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    back = read_table(tmp_path / "old.parquet", IMPRESSION_LOG)
+    assert back.schema == IMPRESSION_LOG and back["shuffled"].null_count == 3
+    assert back.drop_columns(["shuffled"]).equals(old.cast(back.drop_columns(["shuffled"]).schema))
+    pq.write_table(old.drop_columns(["score"]), tmp_path / "older.parquet")
+    with pytest.raises(SchemaMismatchError, match="score"):
+        read_table(tmp_path / "older.parquet", IMPRESSION_LOG)
+
+
 def test_wrong_type_names_column_and_types(tmp_path):
     path = tmp_path / "hist.parquet"
     pq.write_table(

@@ -401,6 +401,7 @@ BAD_REQUESTS = [
     ({"member_id": 1, "explore_slots": -1}, 422, ["explore_slots", "-1"]),
     ({"member_id": 1, "k": 4, "explore_slots": 5}, 422, ["explore_slots=5 is more than k=4"]),
     ({"member_id": 1, "explore": "yes"}, 422, ["explore", "yes"]),
+    ({"member_id": 1, "order": "random"}, 422, ["order", "random", "'ranked' or 'shuffled'"]),
     ({"member_id": 1, "recent": [{"item_id": 1}] * 201}, 422, ["recent", "max_length 200"]),
     ({"member_id": 1, "recent": [{"item_id": 1, "rating": 6}]}, 422, ["recent.0.rating", "6", "le 5"]),
     ({"member_id": 1, "exclude_item_ids": list(range(1001))}, 422, ["exclude_item_ids", "max_length 1000"]),
@@ -506,6 +507,32 @@ def test_impressions_logged_equal_what_was_served(app, world):
         assert {r["ranker_version"] for r in rows} == {answer["ranker_version"]}
         assert {r["cache_version"] for r in rows} == {answer["exploration"]["cache_version"]}
         assert {tuple(r["history_key"]) for r in rows} == {tuple(answer["history_key"])}
+
+
+@pytest.mark.slow
+def test_shuffled_slates_are_the_ranked_items_in_a_logged_random_order(app, world):
+    """Replay traffic (order=shuffled): the items the ranked answer has, in another order, logged with
+    shuffled=true; a ranked answer is logged shuffled=false."""
+    from serving.deploy import logger_flush
+
+    ranked = app.client.rank(6, k=8, explore_slots=2)
+    shuffled = [app.client.rank(6, k=8, explore_slots=2, order="shuffled") for _ in range(4)]
+    assert ranked["order"] == "ranked" and {a["order"] for a in shuffled} == {"shuffled"}
+    served = [it["item_id"] for it in ranked["items"]]
+    orders = [[it["item_id"] for it in a["items"]] for a in shuffled]
+    for order, answer in zip(orders, shuffled, strict=True):
+        assert sorted(order) == sorted(served)  # the same items ...
+        assert [it["position"] for it in answer["items"]] == list(range(len(served)))
+    assert any(order != served for order in orders)  # ... not in the ranker's order (4 draws of 8! orders)
+    ids, deadline = {a["request_id"] for a in [ranked, *shuffled]}, time.monotonic() + 30
+    while True:
+        logger_flush()
+        log = read_impression_log(world.root / "impressions")
+        if ids <= set(log["request_id"].to_pylist()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    flags = {r["request_id"]: r["shuffled"] for r in log.to_pylist() if r["request_id"] in ids}
+    assert flags == {a["request_id"]: a["order"] == "shuffled" for a in [ranked, *shuffled]}
 
 
 @pytest.mark.slow

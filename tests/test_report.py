@@ -1,0 +1,102 @@
+"""The report's estimators on hand-made data with known answers (the end-to-end report is checked in
+tests/test_jobs_cli.py on the demo's run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from catalog.schemas import BEST_OF_N, FEEDBACK_LOG
+from jobs.report import _orders, best_of_n_lists, curve_point, replay_rates
+
+
+def _log(rows: list[dict]) -> pa.Table:
+    base = dict(timestamp=0, history_key=[1, 2], source="explore", content_type="movie", click=False, like=False,
+                share=False, skip=False, dwell_s=0.0, cluster_id=0, position=0)  # fmt: skip
+    return pa.Table.from_pylist([{**base, **r} for r in rows], schema=FEEDBACK_LOG)
+
+
+def test_ranks_within_each_request_best_first_ties_to_the_smaller_item():
+    requests = np.array([0, 0, 0, 1, 1])
+    items = np.array([10, 11, 12, 20, 21])
+    scores = np.array([0.2, 0.9, 0.2, 0.1, 0.5])
+    assert _orders(scores, requests, items).tolist() == [1, 0, 2, 1, 0]
+
+
+def test_replay_counts_only_the_slots_where_the_shuffle_agreed_with_the_ranker():
+    # request a: logged order 10, 11, 12 with a like on 11; request b: 20, 21 with a share on 20
+    log = _log([
+        dict(request_id="a", member_id=1, item_id=10, position=0),
+        dict(request_id="a", member_id=1, item_id=11, position=1, like=True),
+        dict(request_id="a", member_id=1, item_id=12, position=2),
+        dict(request_id="b", member_id=2, item_id=20, position=0, share=True),
+        dict(request_id="b", member_id=2, item_id=21, position=1),
+    ])  # fmt: skip
+    # a ranker with the order 11, 10, 12 in a and 20, 21 in b: in a only slot 2 agrees with the log (12), in
+    # b both slots do
+    ranks = np.array([1, 0, 2, 0, 1])
+    top1 = replay_rates(log, ranks, top=1)
+    assert top1["matches"] == 1 and top1["rate"] == 1.0  # b's slot 0: 20, shared
+    top2 = replay_rates(log, ranks, top=2)
+    assert top2["matches"] == 2 and top2["rate"] == 0.5  # and b's slot 1: 21, no engagement
+    assert replay_rates(log, ranks, top=3)["matches"] == 3  # and a's slot 2
+
+
+def test_replay_estimate_is_unbiased_for_a_ranker_it_never_saw_served():
+    """Shuffled logs with a position effect: the replay estimate of the best and the worst ranker's top-slot
+    rate matches each one's true expected rate (computed exactly), far from the logged top slot's rate."""
+    rng = np.random.default_rng(1)
+    n_req, k = 20_000, 4
+    p_item = rng.uniform(0.05, 0.6, size=(n_req, k))
+    examine = np.array([1.0, 0.7, 0.5, 0.35])  # P(looked at) by slot
+    perm = np.argsort(rng.random((n_req, k)), axis=1)  # item perm[r, j] shown at slot j
+    shown_p = np.take_along_axis(p_item, perm, 1)
+    liked = rng.random((n_req, k)) < examine * shown_p
+    log = pa.table({
+        "request_id": np.repeat([f"r{r:05d}" for r in range(n_req)], k),
+        "member_id": np.repeat(np.arange(n_req), k),
+        "item_id": (np.arange(n_req)[:, None] * k + perm).ravel(),
+        "position": np.tile(np.arange(k, dtype=np.int32), n_req),
+        "like": liked.ravel(),
+        "share": np.zeros(n_req * k, bool),
+    })  # fmt: skip
+    requests, items = log["member_id"].to_numpy(), log["item_id"].to_numpy()
+    p = p_item.ravel()[items]
+    logged_top = liked[:, 0].mean()
+    for sign in (1, -1):  # the best and the worst ranker
+        est = replay_rates(log, _orders(sign * p, requests, items), top=1)
+        truth = examine[0] * (p_item.max(1) if sign == 1 else p_item.min(1)).mean()
+        assert est["matches"] == pytest.approx(n_req / k, rel=0.05)
+        assert abs(est["rate"] - truth) < 1.5 * est["ci"], (est, truth)  # within 3 standard errors
+        assert abs(logged_top - truth) > 4 * est["ci"]  # what the shuffled slot 0 got is another thing
+
+
+def test_best_of_n_takes_the_first_n_samples_and_the_best_score_among_them():
+    row = dict(history_key=[1, 2], member_id=None, candidates=[5, 7, 9], counts=[2, 1, 1], logprobs=[-1.0] * 3,
+               n_samples=5, n_in_history=1, n_invalid=0, seed=3, samples=[7, 1, 5, 5, 9],
+               sample_logprobs=[-1.0] * 5, scores=[0.2, 0.1, 0.9], selected=[9], selected_scores=[0.9],
+               cached=True)  # fmt: skip
+    table = pa.Table.from_pylist([row], schema=BEST_OF_N)
+    assert best_of_n_lists(table, 1, source="t") == {(1, 2): [7]}  # the first sample, unscored
+    assert best_of_n_lists(table, 2, source="t") == {(1, 2): [7]}  # 1 is in the key: dropped
+    assert best_of_n_lists(table, 3, source="t") == {(1, 2): [5, 7]}  # scores 0.2 > 0.1
+    assert best_of_n_lists(table, 5, source="t") == {(1, 2): [9, 5, 7]}
+    with pytest.raises(ValueError, match="has 5 samples in draw order, the curve needs 8; rerun"):
+        best_of_n_lists(table, 8, source="t")
+
+
+def test_curve_point_novelty_and_like_rates_with_member_level_intervals():
+    history = {1: [3, 4], 2: [5]}
+    log = _log([
+        dict(request_id="a", member_id=1, item_id=1, cluster_id=3, like=True),   # seen, liked
+        dict(request_id="a", member_id=1, item_id=2, cluster_id=8, like=False),  # new
+        dict(request_id="b", member_id=2, item_id=3, cluster_id=6, like=True),   # new, liked
+        dict(request_id="b", member_id=2, item_id=4, cluster_id=6, like=True),   # new, liked
+        dict(request_id="b", member_id=2, item_id=5, cluster_id=9, source="exploit", like=False),  # not explore
+    ])  # fmt: skip
+    p = curve_point(log, history)
+    assert (p["members"], p["impressions"], p["novel_impressions"]) == (2, 4, 3)
+    assert p["novelty"] == 0.75 and p["like_novel"] == pytest.approx(2 / 3) and p["like"] == 0.75
+    # per member novelty 0.5 and 1.0: sd 0.354, half-width 1.96 * 0.354 / sqrt(2)
+    assert p["novelty_ci"] == pytest.approx(1.96 * np.std([0.5, 1.0], ddof=1) / np.sqrt(2))

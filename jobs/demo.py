@@ -43,7 +43,7 @@ from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
 from jobs.sample_novelty import SampleNoveltyFields
 from jobs.sample_novelty import sample as sample_novelty
 from jobs.sample_novelty import summary_lines as sample_summary_lines
-from jobs.services import ray_session, redact, redis_service
+from jobs.services import ray_session, redact, redis_service, redis_url_for_replicas
 from jobs.simulate import simulate_round, summary_line
 from jobs.train_alignment import AlignmentTrainFields
 from jobs.train_alignment import summary_lines as alignment_summary_lines
@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             redis_h = stages.run(
                 "redis", lambda: stack.enter_context(redis_service(data_dir=run_dir / "redis"))
             )
-            if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
-                os.environ["REDIS_URL"] = redis_h.url  # a local Ray passes it on to the endpoint's replicas
+            stack.enter_context(redis_url_for_replicas(redis_h))
             ray_s = stages.run("ray", lambda: stack.enter_context(ray_session(num_cpus=cfg.num_cpus)))
             if ray_s.initialized_here:
                 route_ray_worker_output()  # workers' stdout (vLLM in Ray Data actors) to the library log

@@ -424,7 +424,7 @@ def loop(cfg: LoopConfig) -> list[dict]:
     from catalog import Catalog
     from jobs.quiet import library_output, route_ray_worker_output
     from jobs.serve import ServeJobConfig, build_config, check_ranker, quiet_logs, run_paths
-    from jobs.services import free_port, ray_session, redis_service
+    from jobs.services import free_port, ray_session, redis_service, redis_url_for_replicas
     from serving import deploy
     from sim import MemberSimulator, SimConfig
 
@@ -446,8 +446,7 @@ def loop(cfg: LoopConfig) -> list[dict]:
     with ExitStack() as stack:
         log = stack.enter_context(library_output(run / "loop" / "library.log", verbose=cfg.verbose))
         redis_h = stack.enter_context(redis_service(data_dir=run / "redis"))
-        if redis_h.server is not None and not os.environ.get("RAY_ADDRESS"):
-            os.environ["REDIS_URL"] = redis_h.url  # the local Ray passes it on to the endpoint's replicas
+        stack.enter_context(redis_url_for_replicas(redis_h))
         # the endpoint keeps its CPUs while the bulk jobs run: a local Ray gets them on top, or the bulk
         # pipeline would wait for CPUs the replicas never give back (on a cluster they are other nodes)
         session = stack.enter_context(

@@ -338,6 +338,26 @@ def redis_service(url: str | None = None, **server_kwargs) -> Iterator[RedisHand
 # ------------------------------------------------------------------------------------------
 # Ray
 
+
+@contextlib.contextmanager
+def redis_url_for_replicas(handle: RedisHandle) -> Iterator[None]:
+    """While a Redis started here runs under a local Ray: REDIS_URL names it, so the local Ray passes it on
+    to the endpoint's replicas; set back to what it was when the block ends (a later job of this process
+    must not find the URL of a server that is gone)."""
+    if handle.server is None or os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    before = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = handle.url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("REDIS_URL", None)
+        else:
+            os.environ["REDIS_URL"] = before
+
+
 LIGHT_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 # Ray 2.60 gives a local node the machine's outward address, and its servers listen on every interface,
 # unless clusters are "disabled" (what it does on macOS and Windows): then the node address is loopback

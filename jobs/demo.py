@@ -85,8 +85,10 @@ class DemoConfig(CatalogFields):
     loop_rounds: int = Field(
         1, ge=0, description="rounds of the closed loop through the endpoint (jobs.loop) after the demo"
     )
-    loop_members: int | None = Field(
-        None, ge=1, description="members asking the endpoint for slates per loop round (default: all)"
+    loop_members: int = Field(
+        400,
+        ge=1,
+        description="members asking the endpoint for slates per loop round (at most all with a key)",
     )
     loop_alignment_steps: int = Field(50, ge=1, description="warm-started alignment steps per loop round")
 

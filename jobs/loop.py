@@ -123,14 +123,20 @@ def simulated_engagement(simulator, answers: list[dict], bodies: list[dict]) -> 
     return log, events
 
 
-def post_feedback(base: str, events: dict[str, list[dict]], concurrency: int = 4) -> int:
-    """POST /feedback for each request's events, `concurrency` clients at once; returns the events sent."""
+def post_feedback(base: str, events: dict[str, list[dict]], concurrency: int = 4, progress=None) -> int:
+    """POST /feedback for each request's events, `concurrency` clients at once (`progress(1)` after each
+    request); returns the events sent."""
     from serving import RankClient
 
     def send(chunk: list[tuple[str, list[dict]]]) -> int:
         client = RankClient(base, timeout_s=30.0)
         try:
-            return sum(client.feedback(request_id, evs)["accepted"] for request_id, evs in chunk)
+            sent = 0
+            for request_id, evs in chunk:
+                sent += client.feedback(request_id, evs)["accepted"]
+                if progress is not None:
+                    progress(1)
+            return sent
         finally:
             client.close()
 
@@ -140,22 +146,29 @@ def post_feedback(base: str, events: dict[str, list[dict]], concurrency: int = 4
         return sum(pool.map(send, chunks))
 
 
-def serve_traffic(base: str, simulator, bodies: list[dict], paths: dict, *, clients: int = 4) -> dict:
+def serve_traffic(
+    base: str, simulator, bodies: list[dict], paths: dict, *, clients: int = 4, label: str = "slates"
+) -> dict:
     """Slates for `bodies` over HTTP, the simulator's engagement through POST /feedback, and the two logs
-    joined for these requests. Returns the answers, latencies, the joined feedback and the counts; raises
-    when a request fails or the join sets a row aside (the simulator answered every served item)."""
+    joined for these requests (a progress bar for each on the terminal). Returns the answers, latencies,
+    the joined feedback and the counts; raises when a request fails or the join sets a row aside (the
+    simulator answered every served item)."""
     import pyarrow.compute as pc
+    from tqdm.auto import tqdm
 
     from catalog import join_feedback, read_event_log, read_impression_log
+    from jobs.quiet import terminal_stderr
     from serving import logger_flush, rank_many
 
-    answers, latency = rank_many(base, bodies, concurrency=clients)
+    with terminal_stderr(), tqdm(total=len(bodies), desc=f"  {label}", unit="req", leave=False) as bar:
+        answers, latency = rank_many(base, bodies, concurrency=clients, progress=bar.update)
     failed = [a for a in answers if not isinstance(a, dict)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
     simulated, events = simulated_engagement(simulator, answers, bodies)
     t0 = time.perf_counter()
-    sent = post_feedback(base, events, clients)
+    with terminal_stderr(), tqdm(total=len(events), desc="  POST /feedback", unit="req", leave=False) as bar:
+        sent = post_feedback(base, events, clients, progress=bar.update)
     feedback_s = time.perf_counter() - t0
     ids = pa.array(sorted(a["request_id"] for a in answers))
     served = sum(len(a["items"]) for a in answers)
@@ -304,6 +317,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         members = sorted(rng.choice(members, cfg.members, replace=False).tolist())
     bodies = [{"member_id": int(m), "k": cfg.k, "explore_slots": cfg.slots} for m in members]
     traffic = serve_traffic(ctx["base"], ctx["simulator"], bodies, paths, clients=cfg.clients)
+    timings = {"traffic": time.perf_counter() - t0}
     from catalog import FeedbackLogWriter
 
     FeedbackLogWriter(out / "feedback").append(traffic["feedback"])
@@ -311,12 +325,13 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
     replay = None
     if cfg.replay:  # the same members again, each slate in an order no model chose (LiRank 5.1)
         shuffled = serve_traffic(ctx["base"], ctx["simulator"], [{**b, "order": "shuffled"} for b in bodies], paths,
-                                 clients=cfg.clients)  # fmt: skip
+                                 clients=cfg.clients, label="shuffled slates")  # fmt: skip
         unshuffled = sum(a["order"] != "shuffled" for a in shuffled["answers"])
         if unshuffled:
             raise RuntimeError(f"{unshuffled} replay requests came back ranked, not shuffled")
         FeedbackLogWriter(out / "replay").append(shuffled["feedback"])
         replay = {"slates": len(bodies), "rates": rates(shuffled["feedback"])}
+    timings["replay"] = time.perf_counter() - t0 - sum(timings.values())
     served_by = {"cache_version": ctx["cache_version"], "ranker": str(models["ranker"])}
     r_rates = rates(traffic["feedback"])
     print(
@@ -338,6 +353,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         out / "alignment",
         progress=False,
     )
+    timings["alignment"] = time.perf_counter() - t0 - sum(timings.values())
     ev = aligned["model"]["evaluation"]
     print(
         f"  round {r} alignment (warm): held-out AUC {ev['model']['auc']:.4f} vs global rate "
@@ -357,6 +373,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         out / "best-of-n",
         ctx["redis_url"],
     )
+    timings["best_of_n"] = time.perf_counter() - t0 - sum(timings.values())
     print(
         f"  round {r} cache: version {bon['version']} live ({bon['entries']} entries, {bon['wall_s']:.0f}s)",
         flush=True,
@@ -369,7 +386,9 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         )  # the previous round's cache serves again, with its ranker
         raise
     ctx["cache_version"] = bon["version"]
+    timings["ranker"] = time.perf_counter() - t0 - sum(timings.values())
     cold = _cold_ranker(cfg, r, ctx, out) if cfg.compare_cold else None
+    timings["ranker_cold"] = time.perf_counter() - t0 - sum(timings.values())
     print(
         f"  round {r} ranker: incremental from {models['ranker']}, click AUC {metrics['tasks']['click']['auc']:.4f}; "
         f"hot-reloaded (version {info.get('version')})",
@@ -402,6 +421,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
         "replay": replay,
         "previous_rankers_on_this_traffic": previous,
         "wall_s": round(time.perf_counter() - t0, 1),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -324,6 +324,13 @@ def build_report(cfg: ReportConfig) -> dict:
         alignment.append({"round": s["round"], "warm_start": s["alignment"]["warm_start"],
                           **_alignment_row(s["alignment"]["evaluation"]), "steps": s["alignment"]["steps"],
                           "objective": "pointwise"})  # fmt: skip
+    objectives = []
+    for folder in (run / "alignment", run / "alignment-pairwise"):
+        if (folder / "summary.json").is_file():
+            m = json.loads((folder / "summary.json").read_text())["model"]
+            objectives.append({"folder": folder.name, "objective": m.get("objective"), "steps": m["steps"],
+                               "examples_seen": m["examples_seen"], "train_s": m["train_s"],
+                               **_alignment_row(m["evaluation"])})  # fmt: skip
     ranker_dir = run / "ranker" / "feedback"
     ranker_metrics = json.loads((ranker_dir / "metrics.json").read_text())
     if (ranker_dir / "reliability.png").is_file():
@@ -344,6 +351,7 @@ def build_report(cfg: ReportConfig) -> dict:
             for s in rounds
         ],  # fmt: skip
         "alignment": alignment,
+        "alignment_objectives": objectives,
         "ranker": {
             "tasks": ranker_metrics["tasks"],
             "popularity_baseline": ranker_metrics["popularity_baseline"],
@@ -352,10 +360,11 @@ def build_report(cfg: ReportConfig) -> dict:
                     "round": s["round"],
                     **s["ranker"],
                     "cold": s.get("ranker_cold"),
-                    "next_round": s.get("previous_rankers_on_this_traffic"),
+                    # the round's models on the next round's traffic (kept in that round's summary)
+                    "next_round": nxt.get("previous_rankers_on_this_traffic") if nxt else None,
                 }
-                for s in rounds
-            ],  # fmt: skip
+                for s, nxt in zip(rounds, [*rounds[1:], None], strict=True)
+            ],
             "ablation": str(ablation) if ablation.is_file() else None,
         },
         "replay": replay,
@@ -464,6 +473,31 @@ def markdown(report: dict, ablation: Path) -> list[str]:
             for a in report["alignment"]
         ],  # fmt: skip
     )
+    lines += ["", "Pointwise against pairwise (the same pairs, split, steps and base; the pairwise model is scored "
+              "by its logit, so its logloss is not a calibrated one):", ""]  # fmt: skip
+    if len(report["alignment_objectives"]) > 1:
+        lines += _table(
+            ["model", "objective", "steps", "examples", "train s", "AUC", "logloss"],
+            [
+                [
+                    o["folder"],
+                    o["objective"],
+                    o["steps"],
+                    o["examples_seen"],
+                    _f(o["train_s"], 1),
+                    _f(o["auc"]),
+                    _f(o["logloss"]),
+                ]
+                for o in report["alignment_objectives"]
+            ],  # fmt: skip
+        )
+    else:
+        run = report["run"]
+        lines.append(
+            f"not in this run: `python -m jobs.train_alignment --catalog {run}/catalog --logs {run}/logs/explore "
+            f"--candidates {run}/candidates/candidates --base {run}/novelty --method full --objective pairwise "
+            f"--max-steps 300 --out {run}/alignment-pairwise`, then `python -m jobs.report --run {run}`."
+        )
     rk = report["ranker"]
     lines += ["", "## Ranker", "", "The demo's multi-task ranker on its held-out feedback (popularity: the "
               "item's training-set rate).", "", "![reliability](ranker-reliability.png)", ""]  # fmt: skip

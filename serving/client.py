@@ -10,7 +10,7 @@ HandleClient().rank(17)   # inside the Ray cluster: no HTTP, same answer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class RankError(RuntimeError):
@@ -109,9 +109,15 @@ class HandleClient:
 
 
 def rank_many(
-    base_url: str, bodies: Sequence[dict], *, concurrency: int = 8, timeout_s: float = 30.0
+    base_url: str,
+    bodies: Sequence[dict],
+    *,
+    concurrency: int = 8,
+    timeout_s: float = 30.0,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[list[dict | RankError], list[float]]:
-    """POST every body to /rank from `concurrency` threads (one HTTP session each).
+    """POST every body to /rank from `concurrency` threads (one HTTP session each); `progress(1)` after each
+    answer (e.g. a progress bar's update).
 
     Returns (answers in input order, each a response dict or the RankError it raised; the client-side
     latency of each call in ms)."""
@@ -136,6 +142,8 @@ def rank_many(
         except Exception as exc:  # noqa: BLE001 - a transport failure is an answer too (status 0)
             answers[i] = RankError(0, f"{type(exc).__name__}: {exc}")
         latency[i] = (time.perf_counter() - t0) * 1000
+        if progress is not None:
+            progress(1)
 
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
         list(pool.map(call, range(len(bodies))))

@@ -332,6 +332,10 @@ def test_the_loop_closes_through_the_endpoint(demo):
     assert set(nxt) == {"incremental", "cold"} and all(0 < v["click"] < 1 for v in nxt.values())
     report = check_report(run)
     assert [r["round"] for r in report["ranker"]["rounds"]] == [1, 2]
+    assert (
+        report["ranker"]["rounds"][0]["next_round"] == nxt
+        and report["ranker"]["rounds"][1]["next_round"] is None
+    )
     assert {"best-of-32, round 1", "best-of-32, round 2"} <= set(report["operating_curve"]["points"])
     # the loop's report numbers come from its logs: recompute round 1's explore like rate from them
     from catalog.logs import read_feedback_log

@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
                     slots=cfg.round1_explore_slots,
                     alignment_steps=cfg.loop_alignment_steps,
                     samples=cfg.samples,
+                    comparisons=False,  # the pairwise model and the ablation: `python -m jobs.loop` (budget)
                     key_limit=cfg.key_limit,
                     num_cpus=cfg.num_cpus,
                     seed=cfg.seed,

@@ -21,8 +21,9 @@ Each round, with the ranking endpoint running on this run (Ray Serve, the run's 
 With --replay (default) each round's members are also served once in a pseudo-random order
 (round-NN/replay/, for the report's replay evaluation; never trained on). With --compare-cold (default) the
 ranker is also retrained from scratch on all feedback so far (round-NN/ranker-cold/, not served), and the
-next round scores both on its fresh traffic. After the rounds, jobs.report writes <run>/report/ (the
-operating curve, the per-round alignment, ranker and replay tables).
+next round scores both on its fresh traffic. After the rounds, once per run (--comparisons, default): the
+pairwise alignment model beside the demo's pointwise one and the ranker ablation; then jobs.report writes
+<run>/report/ (the operating curve, the per-round alignment, ranker and replay tables, the comparisons).
 
 Everything goes under <run>/loop/round-NN/ (feedback/, alignment/, best-of-n/, ranker/, summary.json); a
 rerun continues after the last completed round. A failed round leaves the previous models serving: the new
@@ -74,6 +75,12 @@ class LoopConfig(BaseModel):
         True,
         description="also serve each round's members once in a pseudo-random order (order=shuffled): the "
         "report's replay-evaluation traffic, logged apart (round-NN/replay/), never trained on",
+    )
+    comparisons: bool = Field(
+        True,
+        description="once per run, after the rounds: train the pairwise alignment model beside the demo's "
+        "pointwise one (<run>/alignment-pairwise) and run the ranker ablation on all feedback so far "
+        "(<run>/ablation), the report's pointwise-vs-pairwise and ablation sections",
     )
     report: bool = Field(True, description="write <run>/report/ (jobs.report) after the rounds")
     key_limit: int | None = Field(
@@ -254,6 +261,42 @@ def _previous_on(log: pa.Table, run: Path, catalog) -> dict | None:
         name: {t: m["auc"] for t, m in evaluate_checkpoint(done[-1] / folder, log, catalog).items()}
         for name, folder in (("incremental", "ranker"), ("cold", "ranker-cold"))
     }
+
+
+def run_comparisons(run: Path, *, seed: int = 0) -> None:
+    """What the report compares once per run, each skipped when the run has it already: the pairwise
+    alignment model (the demo's data, base, split and steps; only the objective differs) and the ranker
+    ablation on all feedback logs so far."""
+    from jobs.ablate_ranker import AblationJobConfig, ablate
+    from jobs.train_alignment import AlignmentTrainFields
+    from jobs.train_alignment import train as train_alignment
+
+    demo = json.loads((run / "summary.json").read_text())
+    if not (run / "alignment-pairwise" / "summary.json").is_file():
+        print("[pairwise alignment] ...", flush=True)
+        m = train_alignment(
+            AlignmentTrainFields(
+                catalog=str(run / "catalog"),
+                logs=[str(run / "logs" / "explore")],
+                candidates=str(run / "candidates" / "candidates"),
+                base=str(run / "novelty"),
+                method=demo["alignment"]["model"]["method"],
+                objective="pairwise",
+                max_steps=demo["alignment"]["model"]["steps"],
+                seed=demo["config"]["seed"],
+            ),  # fmt: skip
+            run / "alignment-pairwise",
+            progress=False,
+        )["model"]
+        print(f"  pairwise: held-out AUC {m['evaluation']['model']['auc']:.4f} in {m['train_s']:.0f}s "
+              f"(pointwise {demo['alignment']['model']['evaluation']['model']['auc']:.4f} in "
+              f"{demo['alignment']['model']['train_s']:.0f}s)", flush=True)  # fmt: skip
+    if not (run / "ablation" / "ablation.json").is_file():
+        print("[ranker ablation] ...", flush=True)
+        logs = [*sorted(str(p) for p in (run / "logs" / "round0").iterdir() if p.is_dir()),
+                *(str(p / "feedback") for p in _completed(run / "loop"))]  # fmt: skip
+        ablate(AblationJobConfig(out=str(run / "ablation"), catalog=str(run / "catalog"), dataset="feedback",
+                                 logs=logs, seed=seed))  # fmt: skip
 
 
 def _roll_back(url: str, version: str) -> None:
@@ -476,6 +519,8 @@ def loop(cfg: LoopConfig) -> list[dict]:
             route_ray_worker_output()
         from ray import serve
 
+        # the port is picked once Ray runs: a port free before Ray started may be one of Ray's own by now
+        config["http_options"]["port"] = free_port()
         deploy(config)
         stack.callback(serve.shutdown)
         base = f"http://127.0.0.1:{config['http_options']['port']}"
@@ -491,6 +536,8 @@ def loop(cfg: LoopConfig) -> list[dict]:
             summaries.append(s)
         if redis_h.server is not None:
             redis_h.server.save()  # the cache versions the rounds published stay with the run
+        if cfg.comparisons:
+            run_comparisons(run, seed=cfg.seed)
     if cfg.report:
         from jobs.report import ReportConfig, build_report, summary_lines
 

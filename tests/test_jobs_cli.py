@@ -299,7 +299,7 @@ def test_the_loop_closes_through_the_endpoint(demo):
     run = (tmp_path / "latest").resolve()
     out = _run(
         ["jobs.loop", "--run", str(run), "--rounds", "1", "--members", "80", "--alignment-steps", "5",
-         "--key-limit", "120", "--num-cpus", "2"],
+         "--key-limit", "120", "--num-cpus", "2", "--no-comparisons"],
         env={"RAY_ADDRESS": ""},
         timeout=600,
     )  # fmt: skip

@@ -167,14 +167,20 @@ def serve_traffic(
     from jobs.quiet import terminal_stderr
     from serving import logger_flush, rank_many
 
-    with terminal_stderr(), tqdm(total=len(bodies), desc=f"  {label}", unit="req", leave=False) as bar:
+    with (
+        terminal_stderr(),
+        tqdm(total=len(bodies), desc=f"  {label}", unit="req", leave=False, disable=None) as bar,
+    ):
         answers, latency = rank_many(base, bodies, concurrency=clients, progress=bar.update)
     failed = [a for a in answers if not isinstance(a, dict)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(answers)} endpoint requests failed, e.g. {failed[0]}")
     simulated, events = simulated_engagement(simulator, answers, bodies)
     t0 = time.perf_counter()
-    with terminal_stderr(), tqdm(total=len(events), desc="  POST /feedback", unit="req", leave=False) as bar:
+    with (
+        terminal_stderr(),
+        tqdm(total=len(events), desc="  POST /feedback", unit="req", leave=False, disable=None) as bar,
+    ):
         sent = post_feedback(base, events, clients, progress=bar.update)
     feedback_s = time.perf_counter() - t0
     ids = pa.array(sorted(a["request_id"] for a in answers))

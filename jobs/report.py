@@ -529,6 +529,13 @@ def markdown(report: dict, ablation: Path) -> list[str]:
                          _f((nxt.get("incremental") or {}).get("click")), _f((nxt.get("cold") or {}).get("click"))])  # fmt: skip
         lines += _table(["round", "click AUC incremental", "click AUC cold", "train s incremental", "train s cold",
                          "incremental on next round", "cold on next round"], rows)  # fmt: skip
+    if ablation.is_file():
+        lines += ["", "### Ablation (LiRank Table 6 order, on all feedback logs so far)", "",
+                  ablation.read_text().strip()]  # fmt: skip
+    else:
+        lines += ["", f"Ablation table: `python -m jobs.loop --run {report['run']} --rounds 1` (its --comparisons) "
+                  f"or `python -m jobs.ablate_ranker --dataset feedback --logs {report['run']}/logs/round0/random "
+                  f"--out {report['run']}/ablation`, then this report again."]  # fmt: skip
     lines += ["", "## Replay evaluation (LiRank 5.1)", ""]
     if report["replay"]:
         lines += ["Each round also served its members in a pseudo-random order (`order: shuffled`, logged "
@@ -554,11 +561,6 @@ def markdown(report: dict, ablation: Path) -> list[str]:
             lines.append("")
     else:
         lines.append("No replay traffic in this run: `python -m jobs.loop --run ... --replay` (the default).")
-    if ablation.is_file():
-        lines += ["", "### Ablation", "", ablation.read_text().strip()]
-    else:
-        lines += ["", f"Ablation table: `python -m jobs.ablate_ranker --dataset feedback --logs "
-                  f"{report['run']}/logs/round0/random --out {report['run']}/ablation`, then this report again."]  # fmt: skip
     return lines
 
 

@@ -194,7 +194,7 @@ class RankService:
         item_ids = self.store.item_ids[cands.rows]
         positions = explore_positions(req.k, req.explore_slots, s.explore_positions)
         slate = assemble(cands, result.score, item_ids, k=req.k, positions=positions)
-        shuffled = req.order == "shuffled" or int(request_id[16:], 16) < s.shuffled_share * 16**16
+        shuffled = req.order == "shuffled" or in_share(request_id, s.shuffled_share)
         if shuffled:  # replay traffic: the chosen items, in an order no model had a say in
             rng = np.random.default_rng(int(request_id[:16], 16))
             slate = [slate[i] for i in rng.permutation(len(slate))]
@@ -252,6 +252,12 @@ class RankService:
         if self.metrics is not None:
             self.metrics.observe(response, n_candidates=len(cands))
         return response
+
+
+def in_share(request_id: str, share: float) -> bool:
+    """Whether a request falls in the `share` of all traffic picked by its id (a uuid4 in hex: its last 15
+    hex digits are uniform; the 13th and 17th are its version and variant)."""
+    return int(request_id[17:], 16) < share * 16**15
 
 
 # the cache version's meta fields reported as "the models that chose them"

@@ -509,6 +509,18 @@ def test_impressions_logged_equal_what_was_served(app, world):
         assert {tuple(r["history_key"]) for r in rows} == {tuple(answer["history_key"])}
 
 
+def test_shuffled_share_picks_that_share_of_request_ids():
+    import uuid
+
+    from serving.service import in_share
+
+    rng = np.random.default_rng(0)  # request ids as the endpoint makes them: uuid4 hex (version, variant set)
+    ids = [uuid.UUID(int=int.from_bytes(rng.bytes(16), "big"), version=4).hex for _ in range(20_000)]
+    for share in (0.0, 0.05, 0.3, 1.0):
+        picked = np.mean([in_share(i, share) for i in ids])
+        assert abs(picked - share) < 0.015, (share, picked)
+
+
 @pytest.mark.slow
 def test_shuffled_slates_are_the_ranked_items_in_a_logged_random_order(app, world):
     """Replay traffic (order=shuffled): the items the ranked answer has, in another order, logged with

@@ -195,6 +195,12 @@ def replay_rates(log: pa.Table, ranks: np.ndarray, top: int) -> dict:
     }
 
 
+def _under(run: Path, path: str) -> str:
+    """`path` relative to the run folder when it lies inside it (a moved run keeps its old absolute paths)."""
+    p = Path(path)
+    return str(p.relative_to(run)) if p.is_relative_to(run) else str(p)
+
+
 def replay_evaluation(catalog, simulator, run: Path, s: dict, cfg: ReportConfig) -> dict | None:
     """LiRank's replay check for loop round s: each ranker's contribution rate in the first --replay-top
     positions estimated offline from the round's shuffled traffic (round-NN/replay/), next to the rate the
@@ -215,7 +221,7 @@ def replay_evaluation(catalog, simulator, run: Path, s: dict, cfg: ReportConfig)
     )  # fmt: skip  (scored as served: at slot 0)
     features = feedback_features(at_top, catalog)
     n_ratings = dict(zip(*(catalog.items[c].to_pylist() for c in ("item_id", "n_ratings")), strict=True))
-    rankers = {"served (shuffled)": None, f"serving ({Path(s['served_by']['ranker']).relative_to(run)})": s["served_by"]["ranker"],
+    rankers = {"served (shuffled)": None, f"serving ({_under(run, s['served_by']['ranker'])})": s["served_by"]["ranker"],
                f"round {s['round']} incremental": folder / "ranker", f"round {s['round']} cold": folder / "ranker-cold",
                "popularity": "popularity", "random": "random"}  # fmt: skip
     rng = np.random.default_rng(cfg.seed + 5)

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "redis": "bench.bench_redis",
     "sim": "bench.bench_sim",
     "ranker": "bench.bench_ranker",
+    "ranker-quality": "bench.bench_ranker_quality",
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
     "best-of-n": "bench.bench_best_of_n",

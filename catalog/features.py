@@ -27,6 +27,7 @@ def member_features(catalog) -> dict[str, np.ndarray]:
         "age": members["age"].to_numpy().astype(np.float32),
         "gender": np.asarray(members["gender"].to_pylist(), dtype=object),
         "occupation": np.asarray(members["occupation"].to_pylist(), dtype=object),
+        "zip_code": np.asarray(members["zip_code"].to_pylist(), dtype=object),
     }
 
 
@@ -47,6 +48,7 @@ def item_features(catalog) -> dict[str, np.ndarray]:
         "cluster_id": cluster,
         "year": np.where(items["year"].to_numpy() > 0, items["year"].to_numpy(), np.nan).astype(np.float32),
         "genre": np.asarray([g[0] if g else "unknown" for g in genres], dtype=object),
+        "genres": genres,
         "n_ratings": n_ratings,
         "cluster_group": group[cluster],
         "cluster_n_ratings": cluster_pop[cluster],

@@ -4,6 +4,8 @@ share, skip, long dwell), evaluate it on the later part by time, and write a sel
     python -m jobs.train_ranker --out runs/ranker                      # MovieLens CTR, default preset
     python -m jobs.train_ranker --dataset feedback --logs runs/<demo>/logs/round0/random --out runs/r2
     python -m jobs.train_ranker --warm-start runs/ranker --out runs/ranker-p2    # incremental period
+    python -m jobs.train_ranker --dataset files --spec data/ml/spec.yaml --train-data data/ml/train.parquet \
+        --valid-data data/ml/valid.parquet --test-data data/ml/test.parquet --out runs/ranker-files   # your data
 
 Outputs in --out: the checkpoint (config.json, schema.json, model.safetensors, fisher.safetensors,
 bandit.safetensors), metrics.json, reliability.png, serving.pt2 (torch.export), examples/*.parquet,
@@ -34,8 +36,25 @@ class RankerJobFields(BaseModel):
     """What every ranker job accepts: the data, the model preset and the training settings."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: Literal["movielens", "feedback"] = Field(
-        "movielens", description="movielens (CTR on ratings) or feedback (multi-task logs)"
+    dataset: Literal["movielens", "feedback", "files"] = Field(
+        "movielens",
+        description="movielens (CTR on ratings), feedback (multi-task logs) or files (your parquet + --spec)",
+    )
+    spec: str | None = Field(None, description="--dataset files: the feature spec (.yaml/.json/.toml)")
+    train_data: str | None = Field(None, description="--dataset files: training parquet (file or folder)")
+    valid_data: str | None = Field(None, description="--dataset files: validation parquet (optional)")
+    test_data: str | None = Field(None, description="--dataset files: test parquet")
+    data: str | None = Field(
+        None,
+        description="--dataset files: one parquet split by one time cut (instead of --train-data/--test-data)",
+    )
+    time_column: str | None = Field(None, description="--data: the column to split on (default: the spec's)")
+    split: Literal["global-time", "member-time"] = Field(
+        "global-time",
+        description="movielens: one time cut for all (new members in test) or each member's latest ratings",
+    )
+    valid_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of examples before the test part kept for validation (0: none)"
     )
     catalog: str | None = Field(None, description="catalog folder (default: build MovieLens-100K in memory)")
     logs: list[str] = Field([], description="feedback-log folders for --dataset feedback")
@@ -114,19 +133,50 @@ def load_examples(cfg, catalog, checked=None):
     read here when not given."""
     from ranking import feedback_examples, movielens_ctr
 
-    if cfg.dataset == "movielens":
-        examples = movielens_ctr(catalog, test_fraction=cfg.test_fraction, history_length=cfg.history_length)
+    if cfg.dataset == "files":
+        examples = files_examples(cfg)
+    elif cfg.dataset == "movielens":
+        examples = movielens_ctr(
+            catalog,
+            test_fraction=cfg.test_fraction,
+            valid_fraction=cfg.valid_fraction,
+            split=cfg.split,
+            history_length=cfg.history_length,
+        )
     else:
         checked = checked or read_feedback_logs(cfg, catalog)
         examples = feedback_examples(
             checked.good,
             catalog,
             test_fraction=cfg.test_fraction,
+            valid_fraction=cfg.valid_fraction,
             history_length=cfg.history_length,
             percentile=cfg.long_dwell_percentile,
         )
     check_parts(examples, cfg.test_fraction)
     return examples
+
+
+def files_examples(cfg):
+    """--dataset files: the user's parquet read by their feature spec."""
+    from ranking.spec import load_spec, user_examples
+
+    if not cfg.spec:
+        raise ValueError(
+            "--dataset files needs --spec FILE (the feature spec: fields, tasks, history; see ranking/spec.py, "
+            "or `python -m jobs.export_movielens_ctr --out DIR` for a worked example)."
+        )
+    schema, time_column = load_spec(cfg.spec)
+    return user_examples(
+        schema,
+        train=cfg.train_data,
+        valid=cfg.valid_data,
+        test=cfg.test_data,
+        data=cfg.data,
+        time_column=cfg.time_column or time_column,
+        test_fraction=cfg.test_fraction,
+        valid_fraction=cfg.valid_fraction,
+    )
 
 
 def check_parts(examples, test_fraction: float) -> None:
@@ -230,12 +280,14 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
         print(f"{feedback_summary_line(checked.stats)}; set aside in {out / 'quarantine.parquet'}")
     # the streaming reader trains from parquet, as it would from shared storage at scale
     paths = {}
-    for part in ("train", "test"):
+    for part in ("train", "valid", "test"):
         table = getattr(examples, part)
-        paths[part] = write_table(table, stage / "examples" / f"{part}.parquet", table.schema)
+        if table is not None:
+            paths[part] = write_table(table, stage / "examples" / f"{part}.parquet", table.schema)
+    valid_rows = examples.valid.num_rows if examples.valid is not None else 0
     print(
-        f"examples: {examples.train.num_rows} train, {examples.test.num_rows} test ({cfg.dataset}), "
-        f"tasks {list(examples.schema.tasks)}, device {device}"
+        f"examples: {examples.train.num_rows} train, {valid_rows} valid, {examples.test.num_rows} test "
+        f"({cfg.dataset}), tasks {list(examples.schema.tasks)}, device {device}"
     )
 
     prior, schema, cold_start = None, None, None
@@ -262,10 +314,15 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
             tcfg,
             device,
             train_source=paths["train"],
+            valid_source=paths.get("valid"),
             test_source=paths["test"],
             prior=prior,
             schema=schema,
             progress=lambda n, loss: (bar.update(n), bar.set_postfix(loss=f"{loss:.4f}", refresh=False)),
+            on_epoch=lambda r: bar.write(
+                f"  epoch {r['epoch']}: validation logloss {r['loss']:.4f}, AUC "
+                + ", ".join(f"{a:.4f}" for a in r["auc"])
+            ),
         )
     model, schema = run.model, run.schema
     featurizer = Featurizer(schema, history=config.history)
@@ -292,6 +349,11 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
         "train": {
             "rows": examples.train.num_rows,
             "epochs": tcfg.epochs,
+            "epochs_run": len(run.train.validation) or tcfg.epochs,
+            "best_epoch": run.train.best_epoch,
+            "stopped_early": run.train.stopped_early,
+            "validation": run.train.validation,
+            "valid_rows": valid_rows,
             "examples_seen": run.train.examples_seen,  # rows x epochs
             "seconds": round(run.train.seconds, 2),
             "examples_per_s": round(run.train.examples_per_s, 1),
@@ -317,9 +379,11 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
         program = export_serving(model.cpu(), sample.inputs(), stage / "serving.pt2")
         program.module()(*sample.inputs())  # the export must run; checked in memory, never read back
 
+    epochs = metrics["train"]["epochs_run"]
+    kept = f", kept epoch {run.train.best_epoch} (best validation logloss)" if run.train.best_epoch else ""
     print(
-        f"trained {examples.train.num_rows} rows x {tcfg.epochs} epochs in {run.train.seconds:.1f}s "
-        f"({run.train.examples_per_s:,.0f} ex/s)"
+        f"trained {examples.train.num_rows} rows x {epochs} epochs in {run.train.seconds:.1f}s "
+        f"({run.train.examples_per_s:,.0f} ex/s){kept}"
     )
     for t in schema.tasks:
         m, b, q = run.metrics[t], baseline[t], q_metrics[t]

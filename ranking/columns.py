@@ -67,3 +67,12 @@ def id_values(col: pa.ChunkedArray | pa.Array, name: str, kind: str) -> np.ndarr
             "numbers. Fix or drop those rows."
         )
     return x.astype(np.int64)
+
+
+def list_values(col: pa.ListArray, name: str) -> pa.Array:
+    """The values of a list column, flattened; a null list is empty, a null inside a list is refused."""
+    col = pc.fill_null(col, pa.scalar([], col.type)) if col.null_count else col
+    values = col.flatten()
+    if values.null_count:
+        raise ValueError(f"column {name!r} has null entries inside its lists; drop them first.")
+    return values

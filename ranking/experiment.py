@@ -79,16 +79,27 @@ def train_and_evaluate(
     prior: IncrementalPrior | None = None,
     schema: FeatureSchema | None = None,
     progress=None,
+    valid_source=None,
+    on_epoch=None,
+    build=None,
 ) -> RunResult:
-    """Build a model for the schema, train it on the training part, evaluate on the test part.
+    """Build a model for the schema, train it on the training part (with per-epoch validation, early
+    stopping and the best epoch restored when there is a validation part), evaluate on the test part.
 
-    train_source / test_source default to the in-memory tables; pass parquet paths to stream.
-    schema defaults to the examples' fitted schema (pass a checkpoint's schema for incremental runs).
+    train_source / valid_source / test_source default to the in-memory tables; pass parquet paths to
+    stream. schema defaults to the examples' fitted schema (pass a checkpoint's schema for incremental
+    runs). build(schema, config) makes the model (default: the LiRank model; e.g. the DNN baseline).
     """
     schema = schema or examples.schema
     torch.manual_seed(train_config.seed)
-    model = build_model(schema, config)
+    model = (build or build_model)(schema, config)
     featurizer = Featurizer(schema, history=config.history)
+    valid = examples.valid if valid_source is None else valid_source
+    valid_stream = None
+    if valid is not None:
+        valid_stream = ExampleStream(
+            valid, Featurizer(schema, history=config.history), batch_size=4096, device=device
+        )
     stream = ExampleStream(
         examples.train if train_source is None else train_source,
         featurizer,
@@ -97,7 +108,9 @@ def train_and_evaluate(
         seed=train_config.seed,
         device=device,
     )
-    result = Trainer(model, train_config, device, prior=prior).fit(stream, progress=progress)
+    result = Trainer(model, train_config, device, prior=prior).fit(
+        stream, progress=progress, valid=valid_stream, on_epoch=on_epoch
+    )
     metrics, preds = evaluate(
         model, schema, config, examples.test if test_source is None else test_source, device
     )

@@ -5,7 +5,9 @@
 | missing column | ValueError naming the missing and the present columns |
 | dense NaN, inf or null | replaced by the field's training mean; counted in `stats['imputed']` |
 | unknown value of a 'table' field (or null) | row 0, the shared unknown row; counted in `stats['unknown']` |
-| any id of a 'qr' field | hashed, so never unknown; a null id hashes like -1 (integer ids) or "" (string ids) |
+| any id of a 'qr' field | hashed; a null id hashes like -1 (integer ids) or "" (string ids) |
+| 'qr' id rarer than the field's min_count in training, or never seen | the field's learned rare row; counted in `stats['rare']` |
+| multi-valued field: more than max_values values / an empty or null list | the first max_values kept / one unknown value |
 | 'qr' id of another type than fitted (e.g. strings for integer ids) | ValueError naming the column and both types |
 | whole-number float ids of an integer-id field | cast to int64 first (10.0 hashes like 10); other floats: ValueError |
 | history longer than L | the most recent L actions kept; counted in `stats['truncated']` |
@@ -24,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ranking.columns import float_column, id_values, require
+from ranking.columns import float_column, id_values, list_values, require
 from ranking.hashing import field_seed, hash_ids
+from ranking.layers.embeddings import PAD_ID, RARE_ID
 from ranking.schema import FeatureSchema
 
 
@@ -33,7 +36,8 @@ from ranking.schema import FeatureSchema
 class Batch:
     """Model inputs for B examples (L is the history length, 0 without a history)."""
 
-    sparse: torch.Tensor  # (B, F_s) int64: hashed ids ('qr') or vocabulary rows ('table')
+    sparse: torch.Tensor  # (B, W) int64: hashed ids ('qr'; RARE_ID = rare) or vocabulary rows ('table');
+    # one column per field, max_values columns for a multi-valued field (PAD_ID pads)
     dense: torch.Tensor  # (B, F_d) float32
     hist_items: torch.Tensor  # (B, L) int64 hashed item ids, right-aligned
     hist_actions: torch.Tensor  # (B, L) int64 action codes, 0 = padding
@@ -72,20 +76,53 @@ class Featurizer:
         self.stats: Counter = Counter()
         self._seeds = {f.name: field_seed(f.name) for f in schema.sparse}
         self._vocab = {f.name: pa.array(f.vocab, pa.string()) for f in schema.sparse if f.kind == "table"}
+        self._admitted = {f.name: f.admitted_mask() for f in schema.sparse if f.has_rare_row}
 
-    def sparse_ids(self, name: str, col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        f = self.schema.field(name)
+    def _codes(self, f, values, column: str | None = None) -> np.ndarray:
+        """Flat values of field `f` -> int64 rows: hashed ids (RARE_ID where the frequency filter drops
+        them) for 'qr', vocabulary rows (0 = unknown or rare) for 'table'."""
         if f.kind == "qr":
-            return hash_ids(id_values(col, name, f.id_kind), self._seeds[name])
-        idx = pc.index_in(pc.cast(col, pa.string()), value_set=self._vocab[name])
+            hashed = hash_ids(id_values(values, column or f.name, f.id_kind), self._seeds[f.name])
+            admitted = self._admitted.get(f.name)
+            if admitted is None:
+                return hashed
+            keep = admitted[hashed % f.buckets]
+            self.stats["rare"] += int((~keep).sum())
+            return np.where(keep, hashed, RARE_ID)
+        idx = pc.index_in(pc.cast(values, pa.string()), value_set=self._vocab[f.name])
         self.stats["unknown"] += idx.null_count
         return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+    def sparse_ids(self, name: str, col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """(N,) rows of a single-valued field, or (N, max_values) of a multi-valued one (PAD_ID pads; an
+        empty list reads as one rare/unknown value)."""
+        f = self.schema.field(name)
+        if not f.multi:
+            return self._codes(f, col)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            raise ValueError(
+                f"column {name!r} has type {col.type}; field {name!r} is multi-valued and needs a list column."
+            )
+        values = list_values(col, name)
+        col = pc.fill_null(col, pa.scalar([], col.type)) if col.null_count else col
+        offsets = col.offsets.to_numpy().astype(np.int64)
+        offsets = offsets - offsets[0]
+        codes = self._codes(f, values) if len(values) else np.zeros(0, np.int64)
+        n, M = len(offsets) - 1, f.max_values
+        lengths = np.diff(offsets)
+        idx = offsets[:-1, None] + np.arange(M)[None, :]
+        valid = np.arange(M)[None, :] < np.minimum(lengths, M)[:, None]
+        out = np.where(valid, codes[np.where(valid, idx, 0)] if len(codes) else 0, PAD_ID)
+        out[lengths == 0, 0] = RARE_ID if f.kind == "qr" else 0
+        self.stats["truncated_values"] += int((lengths > M).sum())
+        return out.reshape(n, M).astype(np.int64)
 
     def history(self, table: pa.Table | pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spec = self.schema.history
         L = spec.length
         out = []
-        for name in (spec.items, spec.actions):
+        for name in (spec.items, spec.actions or spec.items):
             col = table[name]
             col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
             if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
@@ -96,12 +133,12 @@ class Featurizer:
                     f"column {name!r} has null entries inside its lists; drop them before scoring."
                 )
             offsets = col.offsets.to_numpy().astype(np.int64)
-            if name == spec.items:  # item ids hash like the item field's own ids
-                values = id_values(col.flatten(), name, self.schema.field(spec.item_field).id_kind)
-            else:
-                values = col.flatten().to_numpy(zero_copy_only=False)
-            out.append((offsets, values))
-        (offsets, items), (offsets_a, actions) = out
+            out.append((offsets - offsets[0], col.flatten()))
+        (offsets, items), (offsets_a, action_col) = out
+        if spec.actions:
+            actions = action_col.to_numpy(zero_copy_only=False)
+        else:  # no action column: every history item is action 1
+            actions = np.ones(len(items), np.int64)
         if not np.array_equal(offsets, offsets_a):
             raise ValueError(f"columns {spec.items!r} and {spec.actions!r} differ in length on some rows.")
         lengths = np.diff(offsets)
@@ -117,17 +154,20 @@ class Featurizer:
                 f"column {spec.actions!r} holds action code {int(actions[bad][0])}; codes must be in "
                 f"1..{spec.n_actions - 1} (0 is padding)."
             )
-        hashed = hash_ids(items, self._seeds[spec.item_field])
-        return np.where(valid, hashed[safe], 0), np.where(valid, actions[safe], 0).astype(np.int64), valid
+        # history items read like the item field's own values (hashed, or its vocabulary's rows)
+        codes = self._codes(self.schema.field(spec.item_field), items, spec.items)
+        return np.where(valid, codes[safe], 0), np.where(valid, actions[safe], 0).astype(np.int64), valid
 
     def __call__(self, table: pa.Table | pa.RecordBatch) -> Batch:
         s = self.schema
         need = [f.name for f in s.sparse] + [f.name for f in s.dense]
         if self.use_history:
-            need += [s.history.items, s.history.actions]
+            need += [c for c in (s.history.items, s.history.actions) if c]
         require(table, need + (list(s.tasks) if self.with_labels else []))
         n = table.num_rows
-        sparse = np.stack([self.sparse_ids(f.name, table[f.name]) for f in s.sparse], axis=1)
+        sparse = np.concatenate(
+            [self.sparse_ids(f.name, table[f.name]).reshape(n, -1) for f in s.sparse], axis=1
+        )
         dense = np.empty((n, len(s.dense)), np.float32)
         for j, f in enumerate(s.dense):
             x = float_column(table[f.name], f.name)
@@ -136,8 +176,8 @@ class Featurizer:
             bad = ~np.isfinite(x)
             self.stats["imputed"] += int(bad.sum())
             dense[:, j] = np.where(bad, f.fill, x)
-        names = [f.name for f in s.sparse]
-        calib = sparse[:, [names.index(c) for c in s.calibration]]
+        offsets = s.sparse_offsets()
+        calib = sparse[:, [offsets[c] for c in s.calibration]]
         if self.use_history:
             hi, ha, hm = self.history(table, n)
         else:

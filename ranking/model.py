@@ -94,7 +94,10 @@ def build_model(schema: FeatureSchema, config: RankerConfig) -> LiRankModel:
     D = config.embedding_dim
     tables = {}
     for f in schema.sparse:
-        tables[f.name] = QREmbedding(f.buckets, D) if f.kind == "qr" else TableEmbedding(len(f.vocab), D)
+        if f.kind == "qr":
+            tables[f.name] = QREmbedding(f.buckets, D, rare_row=f.has_rare_row)
+        else:
+            tables[f.name] = TableEmbedding(len(f.vocab), D)
     names = [f.name for f in schema.sparse]
     use_history = config.history and schema.history is not None
     history = None
@@ -128,7 +131,7 @@ def build_model(schema: FeatureSchema, config: RankerConfig) -> LiRankModel:
         vocab = tuple(len(schema.field(c).vocab) for c in schema.calibration)
         calibration = IsotonicCalibration(T, config.calibration_buckets, *config.calibration_range, vocab)
     return LiRankModel(
-        SparseArch(tables),
+        SparseArch(tables, [f.width for f in schema.sparse]),
         DenseArch(len(schema.dense), config.dense_batchnorm),
         history,
         schema.history.item_field if use_history else names[0],

@@ -4,9 +4,10 @@ Fisher-weighted prior of ranking.incremental added to the loss."""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,11 +26,18 @@ if TYPE_CHECKING:  # ranking.incremental imports this module (task_loss)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 2  # passes over the training examples
+    epochs: int = 2  # passes over the training examples; the most, when a validation part stops early
     batch_size: int = 512  # examples per step
     lr: float = 2e-3  # Adam learning rate, dense parameters
-    sparse_lr: float = 0.05  # Adagrad learning rate, id embedding tables
-    warmup_fraction: float = 0.5  # linear warm-up over this share of all steps (paper: 50%)
+    sparse_lr: float = 0.05  # learning rate of the id embedding tables' optimizer
+    sparse_optimizer: str = "adagrad"  # 'adagrad' (LiRank) or 'adam' for the id embedding tables
+    # linear warm-up over this share of the *planned* budget, planned_epochs passes (paper: 50% of the
+    # steps). It does not grow with `epochs`: a longer budget for early stopping keeps the same warm-up.
+    warmup_fraction: float = 0.5
+    planned_epochs: int = 2
+    embedding_l2: float = 0.0  # L2 (weight decay) on the id embedding tables
+    patience: int = 2  # with a validation part: stop after this many epochs without a better loss
+    min_delta: float = 1e-4  # a validation loss must drop by more than this to count as better
     clip_norm: float = 1.0  # global gradient-norm clip; 0 turns it off
     task_weights: tuple[float, ...] = ()  # loss weight per task; () weighs every task 1
     forgetting_factor: float = 0.0  # lambda_f: strength of the incremental-training prior (0 = off)
@@ -43,7 +51,7 @@ class TrainConfig:
 
         check_field_types(self)
 
-        for name in ("epochs", "batch_size", "fisher_batches"):
+        for name in ("epochs", "batch_size", "fisher_batches", "planned_epochs", "patience"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1.")
         for name in ("lr", "sparse_lr"):
@@ -51,6 +59,10 @@ class TrainConfig:
                 bad(name, "must be > 0.")
         if not 0 <= self.warmup_fraction <= 1:
             bad("warmup_fraction", "must be in [0, 1].")
+        if self.sparse_optimizer not in ("adagrad", "adam"):
+            bad("sparse_optimizer", "use 'adagrad' or 'adam'.")
+        if self.embedding_l2 < 0 or self.min_delta < 0:
+            bad("embedding_l2" if self.embedding_l2 < 0 else "min_delta", "must be >= 0.")
         if not 0 <= self.cold_weight <= 1:
             bad("cold_weight", "must be in [0, 1].")
         if self.forgetting_factor < 0 or self.clip_norm < 0:
@@ -59,6 +71,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -84,6 +99,11 @@ class TrainResult:
     seconds: float
     final_loss: float
     losses: list[float]
+    # with a validation part: per-epoch {'epoch', 'loss' (mean task logloss), 'auc' (per task)}, the
+    # epoch whose weights were kept (1-based), and whether training stopped before `epochs`
+    validation: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def examples_per_s(self) -> float:
@@ -114,13 +134,15 @@ class Trainer:
         sparse = [p for p in model.parameters() if id(p) in sparse_ids]
         dense = [p for p in model.parameters() if id(p) not in sparse_ids]
         self.dense_opt = torch.optim.Adam(dense, lr=config.lr)
-        self.sparse_opt = torch.optim.Adagrad(sparse, lr=config.sparse_lr)
+        sparse_cls = torch.optim.Adagrad if config.sparse_optimizer == "adagrad" else torch.optim.Adam
+        self.sparse_opt = sparse_cls(sparse, lr=config.sparse_lr, weight_decay=config.embedding_l2)
         self.step_count = 0
         self._task_weights: torch.Tensor | None = None
         self._schedulers: list = []  # set by warm_up; without it the learning rates stay constant
 
     def warm_up(self, total_steps: int) -> None:
-        """Linear learning-rate warm-up: lr_t = lr min(1, (t + 1) / ceil(warmup_fraction total_steps))."""
+        """Linear learning-rate warm-up: lr_t = lr min(1, (t + 1) / ceil(warmup_fraction total_steps)),
+        total_steps being the planned budget (fit passes planned_epochs x steps per epoch)."""
         warmup = max(1, math.ceil(self.config.warmup_fraction * total_steps))
         scale = lambda step: min(1.0, (step + 1) / warmup)  # noqa: E731
         self._schedulers = [
@@ -155,25 +177,69 @@ class Trainer:
         self.step_count += 1
         return float(loss.detach())
 
-    def fit(self, stream: ExampleStream, progress=None) -> TrainResult:
+    def fit(
+        self, stream: ExampleStream, progress=None, *, valid: ExampleStream | None = None, on_epoch=None
+    ) -> TrainResult:
+        """Train up to `epochs` passes. With `valid`, each epoch ends with the mean task logloss on it;
+        training stops after `patience` epochs without a better one and the best epoch's weights are
+        restored. on_epoch(record) is called with each epoch's validation record."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.warm_up(cfg.epochs * len(stream))
+        self.warm_up(cfg.planned_epochs * len(stream))
         losses, examples, t0 = [], 0, time.perf_counter()
-        for _ in range(cfg.epochs):
+        history, best, best_state, since = [], math.inf, None, 0
+        for epoch in range(1, cfg.epochs + 1):
             for batch in stream:
                 batch = batch.to(self.device)
                 losses.append(self.step(batch))
                 examples += len(batch)
                 if progress is not None:
                     progress(len(batch), losses[-1])
+            if valid is None:
+                continue
+            record = {"epoch": epoch, **validation_metrics(self.model, valid, self.device)}
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if record["loss"] < best - cfg.min_delta:
+                best, since = record["loss"], 0
+                best_state = copy.deepcopy(self.model.state_dict())
+                record["best"] = True
+            else:
+                since += 1
+                if since >= cfg.patience:
+                    break
+        stopped = valid is not None and len(history) < cfg.epochs
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         tail = losses[-max(1, len(losses) // 10) :]
+        best_epoch = next((r["epoch"] for r in reversed(history) if r.get("best")), None)
         return TrainResult(
-            self.step_count, examples, seconds, float(np.mean(tail)) if tail else float("nan"), losses
+            self.step_count,
+            examples,
+            seconds,
+            float(np.mean(tail)) if tail else float("nan"),
+            losses,
+            history,
+            best_epoch,
+            stopped,
         )
+
+
+def validation_metrics(model, stream: ExampleStream, device: torch.device) -> dict:
+    """{'loss': mean over tasks of the calibrated logloss, 'auc': {task: AUC}} on a validation stream."""
+    from ranking.metrics import auc, logloss
+
+    preds = predict(model, stream, device)
+    y, p = preds["labels"], preds["probs"]
+    tasks = range(y.shape[1])
+    return {
+        "loss": float(np.mean([logloss(y[:, i], p[:, i]) for i in tasks])),
+        "auc": [float(auc(y[:, i], p[:, i])) for i in tasks],
+    }
 
 
 @torch.no_grad()

@@ -42,9 +42,11 @@ def trained(ml_examples):
 
 
 def test_movielens_examples_are_causal_and_split_by_time(ml_examples):
-    train, test = ml_examples.train, ml_examples.test
-    assert train["timestamp"].to_numpy().max() <= test["timestamp"].to_numpy().min()
-    assert 0.19 < test.num_rows / (train.num_rows + test.num_rows) < 0.21
+    train, valid, test = ml_examples.train, ml_examples.valid, ml_examples.test
+    assert train["timestamp"].to_numpy().max() <= valid["timestamp"].to_numpy().min()
+    assert valid["timestamp"].to_numpy().max() <= test["timestamp"].to_numpy().min()
+    n = train.num_rows + valid.num_rows + test.num_rows
+    assert 0.19 < test.num_rows / n < 0.21 and 0.09 < valid.num_rows / n < 0.11
     # a row's history holds only that member's earlier ratings
     rows = train.slice(5000, 200).to_pylist()
     inter = {}
@@ -76,9 +78,9 @@ def test_featurizer_bad_input_policies(ml_examples):
     b = f(t.set_column(t.schema.get_field_index("year"), "year", pa.array(year)))
     col = [d.name for d in schema.dense].index("year")
     assert torch.all(b.dense[:3, col] == schema.dense[col].fill) and f.stats["imputed"] >= 3
-    genre = t.set_column(t.schema.get_field_index("genre"), "genre", pa.array(["Space Opera"] * 64))
-    b = Featurizer(schema)(genre)
-    assert torch.all(b.sparse[:, [s.name for s in schema.sparse].index("genre")] == 0)
+    job = t.set_column(t.schema.get_field_index("occupation"), "occupation", pa.array(["astronaut"] * 64))
+    b = Featurizer(schema)(job)
+    assert torch.all(b.sparse[:, schema.sparse_offsets()["occupation"]] == 0)
     # histories longer than L keep the most recent L; empty ones are all padding
     long_rows = t.filter(pc.greater(pc.list_value_length(t["hist_items"]), schema.history.length))
     f2 = Featurizer(schema)
@@ -509,7 +511,11 @@ def test_train_job_writes_one_complete_folder_and_checks_the_cold_start(ml_catal
         "config.json", "schema.json", "model.safetensors", "fisher.safetensors", "bandit.safetensors",
         "metrics.json", "reliability.png", "serving.pt2", "summary.json", "examples",
     }  # fmt: skip
-    assert sorted(p.name for p in (out / "examples").iterdir()) == ["test.parquet", "train.parquet"]
+    assert sorted(p.name for p in (out / "examples").iterdir()) == [
+        "test.parquet",
+        "train.parquet",
+        "valid.parquet",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "logs", "run"]  # no staging left
     metrics = json.loads((out / "metrics.json").read_text())["train"]
     assert metrics["examples_seen"] == metrics["rows"] * metrics["epochs"]

@@ -52,7 +52,7 @@ from catalog.logs import (
     read_feedback_log,
     read_impression_log,
 )
-from catalog.movielens import DataNotFoundError
+from catalog.movielens import DataNotFoundError, load_movielens_100k
 from catalog.outputs import check_output_folder
 from catalog.synthetic import SyntheticConfig, generate_world
 from catalog.taxonomy import TaxonomyConfig
@@ -64,5 +64,5 @@ __all__ = [
     "ImpressionLogWriter", "SchemaMismatchError", "SyntheticConfig", "TaxonomyConfig", "build_movielens_catalog",
     "check_output_folder", "generate_world", "history_keys", "history_text", "read_feedback", "read_feedback_log",
     "read_impression_log", "read_table", "replace_folder", "schemas", "staging_folder", "write_json",
-    "write_table",
+    "write_table", "load_movielens_100k",
 ]  # fmt: skip

@@ -9,7 +9,8 @@ Public API:
     NoveltyTrainer                         its steps: split, build, fit, evaluate, save
     NoveltyModelInfo, read_model_info      a model folder's novelty.json, typed
     NoveltySampler, SamplingConfig,        n constrained samples per history key through vLLM
-    EngineConfig, KeyCandidates
+    EngineConfig, KeyCandidates, resolve_retrieval
+    RetrievalTable, build_table            retrieval augmentation: next-cluster counts per key from fresh logs
     NoveltyStage                           the sampler as a Ray Data stage
     evaluate_novelty                       validity, recall@n against baselines, novelty
     build_key_set, check_key_rows,         which keys a bulk run samples; quarantine of bad key rows
@@ -30,7 +31,8 @@ from explore.keys import build_key_set, check_key_rows, load_keys
 from explore.model_info import NoveltyModelInfo, read_model_info
 from explore.pipeline import BulkPipeline, Resources
 from explore.prompts import PromptFormat
-from explore.sampler import EngineConfig, KeyCandidates, NoveltySampler, SamplingConfig
+from explore.retrieval import RetrievalTable, build_table
+from explore.sampler import EngineConfig, KeyCandidates, NoveltySampler, SamplingConfig, resolve_retrieval
 from explore.sft import NoveltyTrainer, SFTConfig, train_novelty
 from explore.stage import NoveltyStage
 
@@ -38,6 +40,6 @@ __all__ = [
     "BulkPipeline", "NoveltyModelInfo", "NoveltyTrainer", "Resources", "load_keys", "read_model_info",
     "CacheReader", "CacheWriter", "SelectionConfig", "backoff_entries", "best_of_n", "rollback",
     "ClusterVocabulary", "EngineConfig", "ExampleConfig", "KeyCandidates", "NoveltySampler", "NoveltyStage",
-    "PromptFormat", "SFTConfig", "SamplingConfig", "build_examples", "build_key_set", "check_key_rows",
-    "evaluate_novelty", "train_novelty",
+    "PromptFormat", "RetrievalTable", "SFTConfig", "SamplingConfig", "build_examples", "build_key_set",
+    "build_table", "check_key_rows", "evaluate_novelty", "resolve_retrieval", "train_novelty",
 ]  # fmt: skip

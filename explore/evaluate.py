@@ -2,12 +2,16 @@
 
 format validity   share of free (unconstrained) samples that name a catalog cluster exactly; the
                   papers' production gate is >= 90%. Measured at temperature 1 and at the bulk
-                  sampling temperature.
+                  sampling temperature, always untruncated (top_p 1, no top-k): the model's own
+                  distribution, whatever truncation the bulk sampling uses.
 recall@n          share of held-out transitions whose true next novel cluster is among the distinct
                   candidates of n constrained samples of the key.
 novelty           share of constrained samples naming a cluster outside the key.
 baselines         the same number of distinct candidates per key taken from (a) the most frequent
-                  training targets of the key, then overall popularity, and (b) uniformly at random.
+                  training targets of the key, then overall popularity, (b) uniformly at random, and
+                  (c) with retrieval augmentation, the retrieval table the prompts read (the key's most
+                  frequent next clusters, then its suffixes', then overall): does the model add anything
+                  to the list it is shown?
 """
 
 from __future__ import annotations
@@ -62,13 +66,15 @@ def evaluate_novelty(
     validity = {}
     for temperature in sorted({1.0, sampling.temperature}):
         free = sampler.sample(
-            keys, replace(sampling, n=free_samples, temperature=temperature, constrained=False)
+            keys,
+            replace(sampling, n=free_samples, temperature=temperature, constrained=False, top_p=1.0, top_k=0),
         )
         drawn = sum(r.n_samples for r in free)
         validity[f"t={temperature:g}"] = round(1 - sum(r.n_invalid for r in free) / drawn, 4)
 
     top = _frequency_ranking(train, sampler.vocab.size)
-    hits = base_hits = 0
+    table = sampler.retrieval
+    hits = base_hits = table_hits = 0
     random_recall = 0.0
     distinct = []
     for key, target in zip(evals.keys, evals.targets, strict=True):
@@ -77,14 +83,22 @@ def evaluate_novelty(
         distinct.append(m)
         hits += target in cands
         base_hits += target in top(key, m)
+        if table is not None:
+            table_hits += target in table.lookup(key, m)
         random_recall += m / (sampler.vocab.size - len(set(key)))
     n_samples = sum(r.n_samples for r in constrained.values())
     n = len(evals)
+    rag = {} if table is None else {
+        "recall_retrieval_baseline": round(table_hits / n, 4),
+        "retrieval": {"version": table.version, "top": sampler.format.retrieved},
+    }  # fmt: skip
     return {
         "examples": n,
         "keys": len(keys),
         "n": sampling.n,
         "temperature": sampling.temperature,
+        **({"top_k": sampling.top_k} if sampling.top_k else {}),
+        **({"top_p": sampling.top_p} if sampling.top_p < 1 else {}),
         "validity_free": validity,
         "validity_constrained": round(1 - sum(r.n_invalid for r in constrained.values()) / n_samples, 4),
         "recall_at_n": round(hits / n, 4),
@@ -93,4 +107,5 @@ def evaluate_novelty(
         "novelty": round(1 - sum(r.n_in_history for r in constrained.values()) / n_samples, 4),
         "mean_distinct_candidates": round(float(np.mean(distinct)), 2),
         "samples_per_s": round(n_samples / sample_s, 1),
+        **rag,
     }

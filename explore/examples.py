@@ -67,13 +67,24 @@ def novelty_transitions(history: list[int], k: int) -> list[tuple[tuple[int, ...
     return out
 
 
+def _held_out(rng, members, fraction: float) -> set[int]:
+    return set(members[rng.random(len(members)) < fraction].tolist())
+
+
+def held_out_members(histories: pa.Table, config: ExampleConfig) -> set[int]:
+    """The members build_examples holds out for evaluation (same seed, same draw)."""
+    return _held_out(
+        np.random.default_rng(config.seed), histories["member_id"].to_numpy(), config.eval_fraction
+    )
+
+
 def build_examples(
     histories: pa.Table, config: ExampleConfig, n_clusters: int
 ) -> tuple[NoveltyExamples, NoveltyExamples, dict]:
     """(train, eval, stats) from a HISTORIES table. Too-short histories and unknown ids are counted, not fatal."""
     rng = np.random.default_rng(config.seed)
     members = histories["member_id"].to_numpy()
-    held_out = set(members[rng.random(len(members)) < config.eval_fraction].tolist())
+    held_out = _held_out(rng, members, config.eval_fraction)
     stats = {"members": len(members), "too_short": 0, "unknown_cluster": 0, "eval_members": len(held_out)}
 
     by_key: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)

@@ -148,17 +148,33 @@ class BulkPipeline:
         self.stages.append(name)
 
     def sample(
-        self, model: str | Path, sampling: SamplingConfig, catalog_signature: str, *, share_gpu: bool = False
+        self,
+        model: str | Path,
+        sampling: SamplingConfig,
+        catalog_signature: str,
+        *,
+        share_gpu: bool = False,
+        rag: bool = False,
+        retrieval: str | Path | None = None,
     ) -> BulkPipeline:
         """n constrained samples per key from the novelty model folder, in vLLM actors; `share_gpu`: a scorer
-        follows and shares the GPU (vLLM then takes half of one by default)."""
+        follows and shares the GPU (vLLM then takes half of one by default); `rag`, `retrieval`: prompts with
+        retrieved clusters (NoveltySampler's arguments)."""
         r = self.resources
         self.novelty_gpus = self._gpus(r.novelty_gpus, share=share_gpu)
         kwargs = {
             "model": str(Path(model).resolve()),
-            "sampling": {"n": sampling.n, "temperature": sampling.temperature, "seed": sampling.seed},
+            "sampling": {
+                "n": sampling.n,
+                "temperature": sampling.temperature,
+                "seed": sampling.seed,
+                "top_p": sampling.top_p,
+                "top_k": sampling.top_k,
+            },  # fmt: skip
             "engine": {"kv_cache_memory_bytes": r.kv_cache_mib << 20},
             "catalog_signature": catalog_signature,
+            "rag": rag,
+            "retrieval": None if retrieval is None else str(Path(retrieval).resolve()),
         }
         self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
         return self

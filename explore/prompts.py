@@ -9,6 +9,12 @@ back as a cluster name. A history key (c_1, ..., c_K), oldest first, becomes
         system + user message listing the K descriptions, the assistant's turn  answer: "<name>"
 
 and the model's answer is the name of one cluster, followed by its end-of-sequence token.
+
+With retrieval augmentation (`retrieved` > 0, explore.retrieval) the prompt also lists the clusters
+members most often moved to next from this key in fresh logs, most frequent first:
+
+    plain: "history: <c_1> (...) | <c_2> (...)\nrecent: <name r_1> | ... | <name r_R>\nnext:"
+    chat:  the user message gains "Members with these clusters most often moved next to: r_1, ..., r_R."
 """
 
 from __future__ import annotations
@@ -33,21 +39,47 @@ class PromptFormat:
     Args:
         style: "plain" for models trained here, "chat" for models with a chat template.
         k: history key length K the model reads.
+        retrieved: clusters from the retrieval table listed in the prompt (0: no retrieval augmentation;
+            a model trained with R reads R).
     """
 
     style: str = "plain"
     k: int = 2
+    retrieved: int = 0
 
     def __post_init__(self):
         if self.style not in STYLES:
             raise ValueError(f"PromptFormat.style={self.style!r}: use one of {STYLES}.")
         if self.k < 1:
             raise ValueError(f"PromptFormat.k={self.k}: must be >= 1.")
+        if self.retrieved < 0:
+            raise ValueError(f"PromptFormat.retrieved={self.retrieved}: must be >= 0 (0: no retrieval).")
 
-    def prompt(self, vocab: ClusterVocabulary, key: Sequence[int], tokenizer=None) -> str:
-        """The prompt text for a checked history key; chat style needs the tokenizer's template."""
+    @property
+    def rag(self) -> bool:
+        return self.retrieved > 0
+
+    def prompt(
+        self,
+        vocab: ClusterVocabulary,
+        key: Sequence[int],
+        tokenizer=None,
+        retrieved: Sequence[int] | None = None,
+    ) -> str:
+        """The prompt text for a checked history key; chat style needs the tokenizer's template.
+        `retrieved`: the retrieval table's clusters for the key (at most `self.retrieved`), for a RAG format."""
+        if self.rag and retrieved is None:
+            raise ValueError(
+                f"PromptFormat(retrieved={self.retrieved}): give the key's retrieved clusters (explore.retrieval)."
+            )
+        if not self.rag and retrieved:
+            raise ValueError(
+                "PromptFormat(retrieved=0) reads no retrieved clusters; the model was trained without."
+            )
+        names = [vocab.names[c] for c in (retrieved or ())][: self.retrieved]
         if self.style == "plain":
-            return "history: " + history_text(vocab, key) + "\nnext:"
+            recent = "\nrecent: " + " | ".join(names) if self.rag else ""
+            return "history: " + history_text(vocab, key) + recent + "\nnext:"
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("PromptFormat(style='chat') needs a tokenizer with a chat template.")
         listing = "\n".join(f"{i + 1}. {vocab.names[c]}: {vocab.descriptions[c]}" for i, c in enumerate(key))
@@ -56,7 +88,12 @@ class PromptFormat:
             {
                 "role": "user",
                 "content": f"The member's last {len(key)} interest clusters, oldest first:\n{listing}\n"
-                "Answer with the name of one new cluster only.",
+                + (
+                    f"Members with these clusters most often moved next to: {', '.join(names)}.\n"
+                    if self.rag
+                    else ""
+                )
+                + "Answer with the name of one new cluster only.",
             },
         ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -66,7 +103,8 @@ class PromptFormat:
         return " " + name if self.style == "plain" else name
 
     def to_dict(self) -> dict:
-        return {"style": self.style, "k": self.k}
+        d = {"style": self.style, "k": self.k}
+        return {**d, "retrieved": self.retrieved} if self.rag else d  # older readers know style and k only
 
 
 def tokenizer_texts(vocab: ClusterVocabulary) -> list[str]:

@@ -10,6 +10,12 @@ own log-probability of the name and its end token, before temperature and the co
     sampler = NoveltySampler("runs/.../novelty")
     out = sampler.sample([(3, 17), (0, 9)], SamplingConfig(n=20, temperature=1.5, seed=0))
     out[0].candidates, out[0].counts, out[0].n_in_history
+
+A model trained with retrieval augmentation (jobs.train_novelty --rag) is sampled with `rag=True`: each
+prompt lists the key's clusters from a retrieval table (explore.retrieval), by default the one saved with
+the model, or a fresher one (`retrieval=`, built by jobs.build_retrieval). A RAG model sampled without
+`rag`, or a model trained without retrieval sampled with it, is refused (ValueError): its prompts would
+not be the ones it learnt to read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pyarrow as pa
 from catalog.schemas import NOVELTY_CANDIDATES
 from catalog.vocabulary import ClusterVocabulary
 from explore.model_info import read_model_info
+from explore.retrieval import RetrievalTable
 from explore.tokenizer import check_expressible, encode_prompt
 
 
@@ -33,18 +40,24 @@ class SamplingConfig:
     n: int = 20  # samples per history key; the papers use about 5x the slots to fill
     temperature: float = 1.5  # high, for diverse novel proposals
     top_p: float = 1.0
+    top_k: int = (
+        0  # sample among the k most likely next tokens only (0: all); per token, after the constraint
+    )
     seed: int = 0  # base seed; each key's seed derives from it and the key
     constrained: bool = True  # each sample is a valid cluster name (structured outputs)
 
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"SamplingConfig.n={self.n}: must be >= 1.")
-        if self.temperature <= 0:
+        if not 0 < self.temperature <= 2:
             raise ValueError(
-                f"SamplingConfig.temperature={self.temperature}: must be > 0 (sampling, not greedy)."
+                f"SamplingConfig.temperature={self.temperature}: must be in (0, 2] (> 0: sampling, not greedy; "
+                "vLLM accepts at most 2)."
             )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1].")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0 (0: no top-k truncation).")
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,34 @@ def make_llm(model_dir: str | os.PathLike, engine: EngineConfig, context: int):
     return LLM(**kwargs)
 
 
+def resolve_retrieval(model_dir: Path, info, rag: bool, retrieval) -> RetrievalTable | None:
+    """The retrieval table a model is sampled with: None without RAG; a ValueError when `rag` and the way
+    the model was trained disagree, or when the table does not fit the model (K, clusters)."""
+    if info.rag and not rag:
+        raise ValueError(
+            f"novelty model {str(model_dir)!r} was trained with retrieval augmentation (its prompts list "
+            f"{info.prompt_format.retrieved} retrieved clusters, table {info.retrieval.get('version')}): sample it "
+            "with --rag (rag=True), with the table saved beside it or a fresher one (--retrieval DIR, from "
+            "`python -m jobs.build_retrieval`)."
+        )
+    if rag and not info.rag:
+        raise ValueError(
+            f"--rag: novelty model {str(model_dir)!r} was trained without retrieval augmentation (its novelty.json "
+            "has no 'retrieval'), so it never read retrieved clusters in a prompt. Drop --rag, or retrain it with "
+            "`python -m jobs.train_novelty --rag`."
+        )
+    if not rag:
+        if retrieval is not None:
+            raise ValueError("--retrieval is given without --rag: a retrieval table is read only with --rag.")
+        return None
+    source = str(retrieval if isinstance(retrieval, (str, os.PathLike)) else model_dir)
+    if isinstance(retrieval, RetrievalTable):
+        table = retrieval
+    else:
+        table = RetrievalTable.read(model_dir if retrieval is None else retrieval)
+    return table.check_for(k=info.prompt_format.k, catalog_signature=info.vocab.signature(), source=source)
+
+
 class NoveltySampler:
     """A novelty model folder (trained by explore.sft) behind a vLLM engine.
 
@@ -214,6 +255,8 @@ class NoveltySampler:
         model: the model folder (weights, tokenizer, novelty.json).
         vocab: the catalog's clusters; when given, they must be the clusters the model was trained on.
         engine: vLLM settings.
+        rag: prompt with retrieved clusters; required for a model trained with --rag, refused for others.
+        retrieval: the retrieval table (a table folder, or the table) when `rag`; None: the model's own.
     """
 
     def __init__(
@@ -222,6 +265,8 @@ class NoveltySampler:
         *,
         vocab: ClusterVocabulary | None = None,
         engine: EngineConfig | None = None,
+        rag: bool = False,
+        retrieval: str | os.PathLike | RetrievalTable | None = None,
     ):
         self.model_dir = Path(model)
         info = read_model_info(self.model_dir)
@@ -238,6 +283,7 @@ class NoveltySampler:
             )
         self.format = info.prompt_format
         self.info = info  # NoveltyModelInfo
+        self.retrieval = resolve_retrieval(self.model_dir, info, rag, retrieval)
         self.engine = engine or EngineConfig()
 
         from transformers import AutoConfig, AutoTokenizer
@@ -258,9 +304,15 @@ class NoveltySampler:
     def k(self) -> int:
         return self.format.k
 
+    def retrieved(self, key: tuple[int, ...]) -> list[int] | None:
+        """The key's clusters from the retrieval table, as its prompt lists them (None without RAG)."""
+        return None if self.retrieval is None else self.retrieval.lookup(key, self.format.retrieved)
+
     def prompt_ids(self, key: tuple[int, ...]) -> list[int]:
         if key not in self._prompts:
-            self._prompts[key] = encode_prompt(self.tokenizer, self.format, self.vocab, key)
+            self._prompts[key] = encode_prompt(
+                self.tokenizer, self.format, self.vocab, key, self.retrieved(key)
+            )
         return self._prompts[key]
 
     def _params(self, config: SamplingConfig, seed: int):
@@ -277,6 +329,7 @@ class NoveltySampler:
             n=config.n,
             temperature=config.temperature,
             top_p=config.top_p,
+            top_k=config.top_k,
             seed=seed,
             max_tokens=max_tokens,
             logprobs=0,  # the sampled tokens' log-probabilities, for the candidates' scores

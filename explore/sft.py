@@ -5,6 +5,13 @@ of the answer tokens only. The `tiny` preset trains every weight from scratch; p
 LoRA adapters (peft) on their attention and MLP projections, merged back into plain weights at the end,
 so the saved folder is an ordinary Hugging Face model that vLLM loads directly.
 
+Retrieval augmentation (`rag_top` > 0, explore.retrieval): each prompt also lists the `rag_top` clusters
+that training members most often moved to next from the key (back-off to its suffixes, then overall).
+The table is built from the training members' histories only; each example's list leaves out its own
+member's transitions, as a held-out member's are absent at evaluation. The table is saved in the folder
+(retrieval.parquet, retrieval.json) and recorded in novelty.json; jobs.build_retrieval refreshes it from
+fresh logs without retraining.
+
 The saved folder holds the weights (safetensors), config.json, the tokenizer, and novelty.json
 (explore.model_info.NoveltyModelInfo): the prompt format, the cluster names it was trained on (vLLM's
 output is matched against them), the training and LoRA config, the example counts and the held-out losses.
@@ -26,9 +33,10 @@ from pathlib import Path
 from catalog.io import replace_folder, staging_folder
 from catalog.outputs import check_output_folder
 from catalog.vocabulary import ClusterVocabulary
-from explore.examples import ExampleConfig, NoveltyExamples, build_examples
+from explore.examples import ExampleConfig, NoveltyExamples, build_examples, held_out_members
 from explore.model_info import INFO_FILE, NoveltyModelInfo
 from explore.prompts import PromptFormat, tokenizer_texts
+from explore.retrieval import RetrievalTable, build_table
 from explore.tokenizer import answer_token_ids, check_expressible, encode_prompt
 from lm.info import config_kwargs
 from lm.loop import FitResult, adamw_warmup_cosine, check_trainer_config, fit_steps, total_steps
@@ -50,9 +58,14 @@ class SFTConfig:
     max_eval_examples: int = 2000  # held-out examples used for the loss
     tiny: TinyLMConfig = field(default_factory=TinyLMConfig)
     seed: int = 0
+    rag_top: int = 0  # retrieved clusters listed in each prompt (explore.retrieval); 0: no retrieval
 
     def __post_init__(self):
         check_trainer_config(self)
+        if self.rag_top < 0:
+            raise ValueError(
+                f"SFTConfig.rag_top={self.rag_top}: must be >= 0 (0: no retrieval augmentation)."
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> SFTConfig:
@@ -68,24 +81,34 @@ class SFTConfig:
         return self.lr or (3e-3 if self.method == "full" else 2e-4)
 
 
-def prompt_format_for(tokenizer, base: str, k: int) -> PromptFormat:
+def prompt_format_for(tokenizer, base: str, k: int, retrieved: int = 0) -> PromptFormat:
     """Chat style where the tokenizer has a chat template (instruction-tuned bases), plain otherwise."""
     chat = base != "tiny" and bool(getattr(tokenizer, "chat_template", None))
-    return PromptFormat("chat" if chat else "plain", k)
+    return PromptFormat("chat" if chat else "plain", k, retrieved)
 
 
 class _Encoder:
-    """Caches prompt and answer ids (keys and targets repeat across examples)."""
+    """Caches prompt and answer ids (keys and targets repeat across examples). With a retrieval table the
+    prompt lists the key's retrieved clusters, the example's own member left out."""
 
-    def __init__(self, tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary):
-        self.tokenizer, self.fmt, self.vocab = tokenizer, fmt, vocab
-        self._prompts: dict[tuple[int, ...], list[int]] = {}
+    def __init__(
+        self, tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary, retrieval: RetrievalTable | None
+    ):
+        self.tokenizer, self.fmt, self.vocab, self.retrieval = tokenizer, fmt, vocab, retrieval
+        self._prompts: dict[tuple, list[int]] = {}
         self._answers = [answer_token_ids(tokenizer, fmt, n) for n in vocab.names]
 
-    def __call__(self, key: tuple[int, ...], target: int) -> tuple[list[int], list[int]]:
-        if key not in self._prompts:
-            self._prompts[key] = encode_prompt(self.tokenizer, self.fmt, self.vocab, key)
-        return self._prompts[key], self._answers[target]
+    def __call__(
+        self, key: tuple[int, ...], target: int, member: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        if self.retrieval is None:
+            cache_key, retrieved = key, None
+        else:
+            retrieved = tuple(self.retrieval.lookup(key, self.fmt.retrieved, member=member))
+            cache_key = (key, retrieved)
+        if cache_key not in self._prompts:
+            self._prompts[cache_key] = encode_prompt(self.tokenizer, self.fmt, self.vocab, key, retrieved)
+        return self._prompts[cache_key], self._answers[target]
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int):
@@ -147,16 +170,24 @@ class NoveltyTrainer:
     ):
         self.vocab, self.config, self.examples, self.progress = vocab, config, examples, progress
         self.model = self.tokenizer = self.format = self.encoder = None
+        self.retrieval: RetrievalTable | None = None
         self.max_answer_tokens = 0
 
     def split(self, histories) -> NoveltySplit:
-        """Training and held-out examples of the histories' novelty transitions (held out by member)."""
+        """Training and held-out examples of the histories' novelty transitions (held out by member). With
+        rag_top, also the retrieval table of the training members' transitions (held-out members excluded)."""
         train, evals, stats = build_examples(histories, self.examples, self.vocab.size)
         if not len(train) or not len(evals):
             raise ValueError(
                 f"no {'training' if not len(train) else 'held-out'} examples: {stats}. Histories need at least "
                 f"K+1={self.examples.k + 1} distinct runs; use more members or a smaller eval_fraction."
             )
+        if self.config.rag_top:
+            self.retrieval = build_table(
+                k=self.examples.k, n_clusters=self.vocab.size, catalog_signature=self.vocab.signature(),
+                histories=histories, sources=["histories (training members)"],
+                exclude_members=held_out_members(histories, self.examples), track_members=True,
+            )  # fmt: skip
         return NoveltySplit(train, evals.subset(range(min(len(evals), self.config.max_eval_examples))), stats)
 
     def build(self) -> None:
@@ -169,9 +200,11 @@ class NoveltyTrainer:
             model, self.tokenizer = build_tiny(self.vocab, config.tiny, tokenizer_texts(self.vocab))
         else:
             model, self.tokenizer = load_pretrained(resolve_base(config.base))
-        self.format = prompt_format_for(self.tokenizer, config.base, self.examples.k)
+        if config.rag_top and self.retrieval is None:
+            raise ValueError("SFTConfig.rag_top > 0: run split() first, it builds the retrieval table.")
+        self.format = prompt_format_for(self.tokenizer, config.base, self.examples.k, config.rag_top)
         self.max_answer_tokens = check_expressible(self.tokenizer, self.vocab, self.format)
-        self.encoder = _Encoder(self.tokenizer, self.format, self.vocab)
+        self.encoder = _Encoder(self.tokenizer, self.format, self.vocab, self.retrieval)
         if config.method == "lora":
             model = apply_lora(model, config.base, config.lora, task_type="CAUSAL_LM")
         self.model = model
@@ -181,7 +214,7 @@ class NoveltyTrainer:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _batch_loss(self, train: NoveltyExamples, idx) -> tuple:
-        pairs = [self.encoder(train.keys[i], train.targets[i]) for i in idx]
+        pairs = [self.encoder(train.keys[i], train.targets[i], train.members[i]) for i in idx]
         ids, mask, labels = collate(pairs, self.tokenizer.pad_token_id)
         loss, _ = answer_loss(self.model, ids, mask, labels)
         return loss, int(mask.sum())
@@ -227,6 +260,7 @@ class NoveltyTrainer:
             base=config.base, method=config.method, vocab=self.vocab, config=asdict(config),
             lora=config.lora if config.method == "lora" else None, report=report,
             prompt_format=self.format, example_config=asdict(self.examples),
+            retrieval=self.retrieval.to_dict(config.rag_top) if self.retrieval is not None else None,
         )  # fmt: skip
 
     def save(self, out: str | os.PathLike, report: dict) -> None:
@@ -243,6 +277,8 @@ class NoveltyTrainer:
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            if self.retrieval is not None:
+                self.retrieval.write(tmp)
             self.info(report).write(tmp)
             replace_folder(tmp, out)
         finally:
@@ -279,6 +315,7 @@ def train_novelty(
         "base": config.base,
         "method": config.method,
         "prompt_format": trainer.format.to_dict(),
+        "retrieval": trainer.retrieval.to_dict(config.rag_top) if trainer.retrieval is not None else None,
         "examples": split.stats,
         "heldout_loss_before": round(loss_before, 4),
         "heldout_loss_after": round(loss_after, 4),

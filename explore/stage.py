@@ -5,7 +5,8 @@
 
 Input batches need `history_key` (list of K cluster ids) and `member_id` (nullable int). Output
 batches are NOVELTY_CANDIDATES rows (catalog.schemas), one per input row, in input order, every one of
-the n samples counted (unlike ray.data.llm, which keeps the first of n). The class runs without Ray
+the n samples counted (unlike ray.data.llm, which keeps the first of n). `rag` and `retrieval`: as
+NoveltySampler's (a model trained with --rag is sampled with rag=True, its own table or a fresher folder). The class runs without Ray
 too: `NoveltyStage(model=DIR)(table)`.
 """
 
@@ -25,8 +26,12 @@ class NoveltyStage:
         sampling: dict | None = None,
         engine: dict | None = None,
         catalog_signature: str | None = None,
+        rag: bool = False,
+        retrieval: str | None = None,
     ):
-        self.sampler = NoveltySampler(model, engine=EngineConfig(**(engine or {})))
+        self.sampler = NoveltySampler(
+            model, engine=EngineConfig(**(engine or {})), rag=rag, retrieval=retrieval
+        )
         if catalog_signature is not None and catalog_signature != self.sampler.vocab.signature():
             raise ValueError(
                 f"model={model!r} was trained on other clusters than the catalog's (signature "

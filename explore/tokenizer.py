@@ -41,6 +41,7 @@ def check_expressible(tokenizer, vocab: ClusterVocabulary, fmt: PromptFormat) ->
     return longest
 
 
-def encode_prompt(tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary, key) -> list[int]:
-    """Prompt token ids; the same function feeds training and vLLM, so both see identical tokens."""
-    return tokenizer(fmt.prompt(vocab, key, tokenizer), add_special_tokens=False)["input_ids"]
+def encode_prompt(tokenizer, fmt: PromptFormat, vocab: ClusterVocabulary, key, retrieved=None) -> list[int]:
+    """Prompt token ids; the same function feeds training and vLLM, so both see identical tokens.
+    `retrieved`: the key's retrieved clusters, for a retrieval-augmented format (explore.retrieval)."""
+    return tokenizer(fmt.prompt(vocab, key, tokenizer, retrieved), add_special_tokens=False)["input_ids"]

@@ -17,6 +17,17 @@ leaves the previous version live (the partial one expires by itself).
 Outputs in --out: selected/*.parquet (catalog.schemas.BEST_OF_N, one row per key: samples, scores,
 what was cached; for audit), quarantine.parquet (key rows that were not K known ids), summary.json.
 With REDIS_URL unset a local redis-server is started for the run and stopped after it.
+
+Release gates (checked before anything is written, so a refusal leaves the live version as it is), from
+the evaluations recorded with the models:
+    novelty_validity       free-generation validity at t=1 (novelty.json report.evaluation.validity_free)
+                           >= --min-novelty-validity (default 0.90, the papers' production gate)
+    novelty_recall         recall@n of the next novel cluster minus the per-key frequency baseline's, measured
+                           in the same evaluation, >= --novelty-recall-margin (default 0: at or above it)
+    alignment_auc          held-out AUC of the alignment model minus the global-positive-rate baseline's
+                           (alignment.json report.evaluation) >= --alignment-auc-margin (default 0: at or above)
+A model without a recorded evaluation fails its gates. --force publishes anyway; the version's meta and
+summary.json record the gates, their values and that they were forced.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -58,6 +70,28 @@ class BestOfNFields(SamplingOptions):
     allow_evictable_redis: bool = Field(
         False, description="publish into a Redis whose maxmemory-policy (allkeys-*) may evict live keys"
     )
+    min_novelty_validity: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="release gate: the novelty model's recorded free-generation validity at t=1",
+    )
+    novelty_recall_margin: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="release gate: novelty recall@n minus its frequency baseline's, at least",
+    )
+    alignment_auc_margin: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="release gate: alignment held-out AUC minus the global-rate baseline's, at least",
+    )
+    force: bool = Field(
+        False,
+        description="publish even when a release gate fails (recorded in the version's meta and summary)",
+    )
     alignment_actors: int = Field(1, ge=1, description="scoring replicas")
     alignment_gpus: float | None = Field(
         None, ge=0, description="GPUs per scoring actor (default 0.5 with CUDA, sharing with vLLM)"
@@ -71,6 +105,101 @@ class BestOfNConfig(BestOfNFields):
 def model_version(folder: str | Path, info_file: str) -> str:
     """A short id of a trained model: the hash of its info file, which holds its config and report."""
     return hashlib.sha256((Path(folder) / info_file).read_bytes()).hexdigest()[:12]
+
+
+class ReleaseGateError(ValueError):
+    """The main job refused to publish: a model's recorded quality is below a release gate."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One release gate: `value` (None: not recorded) must be >= `threshold`."""
+
+    name: str
+    what: str  # the recorded figure, in words
+    value: float | None
+    threshold: float
+    flag: str  # the option that sets the threshold
+    source: str  # the file it was read from
+    fix: str
+
+    @property
+    def passed(self) -> bool:
+        return self.value is not None and self.value >= self.threshold - 1e-9
+
+    def message(self) -> str:
+        got = "not recorded" if self.value is None else f"{self.value:.4f}"
+        return (
+            f"release gate {self.name}: {self.what} is {got}, below the threshold {self.threshold:.4f} "
+            f"({self.flag}; read from {self.source}). Fix: {self.fix}"
+        )
+
+
+def _get(d: dict, *path):
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
+def release_gates(cfg: BestOfNFields, novelty_dir: str | Path, novelty_report: dict, align_dir: str | Path,
+                  alignment_report: dict) -> list[Gate]:  # fmt: skip
+    """The gates of the novelty and alignment models, from the evaluations recorded in their info files."""
+    ev = novelty_report.get("evaluation") or {}
+    validity = _get(ev, "validity_free", "t=1")
+    recall, base = ev.get("recall_at_n"), ev.get("recall_frequency_baseline")
+    aev = alignment_report.get("evaluation") or {}
+    auc, auc_base = _get(aev, "model", "auc"), _get(aev, "global_positive_rate", "auc")
+    nov_src, align_src = str(Path(novelty_dir) / "novelty.json"), str(Path(align_dir) / "alignment.json")
+    validity_fix = (
+        "retrain the novelty model with retrieval augmentation and more steps, evaluated (`python -m "
+        "jobs.train_novelty --catalog DIR --rag --max-steps 1000 --out DIR` reached 95.8% here), or publish "
+        "anyway with --force"
+    )
+    recall_fix = (
+        "retrain and evaluate the novelty model (`python -m jobs.train_novelty`; the tiny recipes measured so "
+        "far stay below the frequency baseline, see README), lower --novelty-recall-margin deliberately, or "
+        "publish anyway with --force"
+    )
+    return [
+        Gate("novelty_validity", "the novelty model's free-generation validity at t=1", validity,
+             cfg.min_novelty_validity, "--min-novelty-validity", nov_src, validity_fix),
+        Gate("novelty_recall", "the novelty model's recall@n minus the frequency baseline's",
+             None if recall is None or base is None else round(recall - base, 4),
+             cfg.novelty_recall_margin, "--novelty-recall-margin", nov_src, recall_fix),
+        Gate("alignment_auc", "the alignment model's held-out AUC minus the global-positive-rate baseline's",
+             None if auc is None or auc_base is None else round(auc - auc_base, 4),
+             cfg.alignment_auc_margin, "--alignment-auc-margin", align_src,
+             "retrain the alignment model on more feedback or for longer (`python -m jobs.train_alignment`), "
+             "or publish anyway with --force"),
+    ]  # fmt: skip
+
+
+def check_release_gates(gates: list[Gate], *, force: bool) -> dict:
+    """The gates' record for the summary; a ReleaseGateError naming each failed gate unless `force`."""
+    failed = [g for g in gates if not g.passed]
+    if failed and not force:
+        raise ReleaseGateError(
+            "refusing to publish; the live cache version stays as it is.\n"
+            + "\n".join("  " + g.message() for g in failed)
+        )
+    return {
+        "passed": not failed,
+        "forced": bool(failed) and force,
+        "failed": [g.name for g in failed],
+        "gates": {g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed} for g in gates},
+    }
+
+
+def gate_meta(record: dict) -> dict:
+    """The gates as flat cache meta fields (Redis hash values are strings and numbers)."""
+    meta = {
+        "gates": "forced" if record["forced"] else "passed",
+        "gates_failed": ",".join(record["failed"]),
+    }
+    for name, g in record["gates"].items():
+        meta[f"gate_{name}"] = "" if g["value"] is None else g["value"]
+        meta[f"gate_{name}_min"] = g["threshold"]
+    return meta
 
 
 def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
@@ -93,12 +222,18 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     align_dir = alignment_model_folder(cfg.alignment).resolve()
-    checked_model_info(
+    novelty_info = checked_model_info(
         "--novelty", read_model_info(cfg.novelty), vocab, cfg.catalog, "python -m jobs.train_novelty"
     )
-    checked_model_info(
+    align_info = checked_model_info(
         "--alignment", read_alignment_info(align_dir), vocab, cfg.catalog, "python -m jobs.train_alignment"
     )
+    # before anything is written: a refused version leaves the live one as it is
+    gates = check_release_gates(
+        release_gates(cfg, Path(cfg.novelty).resolve(), novelty_info.report, align_dir, align_info.report),
+        force=cfg.force,
+    )
+    retrieval_version = cfg.retrieval_version(cfg.novelty)
     selection = SelectionConfig(cfg.slots, cfg.min_score)
     keys, quarantined = load_keys(
         cfg.keys, catalog.histories, catalog.history_k, catalog.n_clusters, limit=cfg.limit, per_member=False
@@ -110,6 +245,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "slots": cfg.slots,
         "samples_per_key": cfg.samples_per_key,
         "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
         "min_score": cfg.min_score,
         "seed": cfg.seed,
         "keys": keys.num_rows,
@@ -118,6 +254,8 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "alignment_model": model_version(align_dir, AlignmentModelInfo.FILE),
         "alignment_path": str(align_dir),
         "catalog_signature": vocab.signature(),
+        "novelty_retrieval": retrieval_version or "",
+        **gate_meta(gates),
     }
     client = redis.Redis.from_url(redis_url)
     writer = CacheWriter(client, cfg.namespace, staging_ttl_s=cfg.staging_ttl_s)
@@ -127,7 +265,14 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         pipe = BulkPipeline(
             keys, cfg.resources(scorer_actors=cfg.alignment_actors, scorer_gpus=cfg.alignment_gpus)
         )
-        pipe.sample(novelty_dir, cfg.sampling(), vocab.signature(), share_gpu=True)
+        pipe.sample(
+            novelty_dir,
+            cfg.sampling(),
+            vocab.signature(),
+            share_gpu=True,
+            rag=cfg.rag,
+            retrieval=cfg.retrieval,
+        )
         pipe.score(AlignmentStage, {"model": str(align_dir), "catalog_signature": vocab.signature()})
         pipe.select(selection)
         pipe.publish(
@@ -186,6 +331,8 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "keys_per_s": round(table.num_rows / wall_s, 2),
         "novelty_model": meta["novelty_model"],
         "alignment_model": meta["alignment_model"],
+        "novelty_retrieval": retrieval_version,
+        "release_gates": gates,
         "gpus_per_actor": {"novelty": pipe.novelty_gpus, "alignment": pipe.scorer_gpus},
         "out": str(selected_dir),
     }
@@ -247,7 +394,19 @@ def summary_lines(s: dict) -> list[str]:
         f"{s['wall_s']:.1f}s, {s['keys_per_s']} keys/s; stage busy time: sampling {b['sample']:.1f}s, scoring "
         f"{b['score']:.1f}s, writing {b['write']:.2f}s; models novelty {s['novelty_model']}, alignment "
         f"{s['alignment_model']}; audit table in {s['out']}",
+        gates_line(s["release_gates"]),
     ]
+
+
+def gates_line(record: dict) -> str:
+    """'release gates: passed (novelty_validity 0.93 >= 0.90, ...)' or which were forced."""
+    parts = ", ".join(
+        f"{name} {'n/a' if g['value'] is None else format(g['value'], '.3f')} "
+        f"{'>=' if g['passed'] else '<'} {g['threshold']:.3f}"
+        for name, g in record["gates"].items()
+    )
+    state = "passed" if record["passed"] else f"FAILED {', '.join(record['failed'])}, published with --force"
+    return f"release gates: {state} ({parts})"
 
 
 def main(argv: list[str] | None = None) -> None:

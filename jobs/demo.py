@@ -61,6 +61,16 @@ class DemoConfig(CatalogFields):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
     novelty_steps: int = Field(300, ge=1, description="SFT steps of the tiny novelty LLM")
     novelty_eval_examples: int = Field(500, ge=1, description="held-out transitions in its evaluation")
+    novelty_rag: bool = Field(
+        False,
+        description="train and sample the novelty LLM with retrieval-augmented prompts (jobs.train_novelty --rag)",
+    )
+    novelty_rag_top: int = Field(10, ge=1, description="retrieved clusters per novelty prompt (with RAG)")
+    force_gates: bool = Field(
+        True,
+        description="publish the demo's cache even when a release gate fails (recorded in the version's meta; "
+        "--no-force-gates: refuse as the main job does)",
+    )
     slots: int = Field(4, ge=1, description="novel clusters per key to fill; the sampler draws 5x as many")
     traffic_rounds: int = Field(
         24, ge=1, description="rounds of uniform exploration traffic logged for alignment"
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
                     eval_n=5 * cfg.slots,
                     eval_examples=cfg.novelty_eval_examples,
                     seed=cfg.seed,
+                    rag=cfg.novelty_rag,
+                    rag_top=cfg.novelty_rag_top,
                 ),
                 novelty_dir,
                 progress=False,
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                     slots=cfg.slots,
                     seed=cfg.seed,
                     limit=cfg.key_limit,
+                    rag=cfg.novelty_rag,
                 ),
                 run_dir / "candidates",
             )
@@ -360,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
                     n=cfg.samples,
                     seed=cfg.seed,
                     limit=cfg.key_limit,
+                    rag=cfg.novelty_rag,
+                    # the demo's small models may miss a release gate: it publishes anyway, and the version's
+                    # meta and the summary record which gates failed (release_gates.forced)
+                    force=cfg.force_gates,
                 ),
                 run_dir / "best-of-n",
                 redis_h.url,

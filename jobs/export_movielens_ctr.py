@@ -49,10 +49,8 @@ def export(cfg: ExportConfig) -> Path:
     import pyarrow as pa
     import yaml
 
-    from catalog import build_movielens_catalog, check_output_folder, write_table
-    from catalog.movielens import load_movielens_100k
-    from ranking.datasets import movielens_ctr
-    from ranking.spec import spec_dict
+    from catalog import build_movielens_catalog, check_output_folder, load_movielens_100k, write_table
+    from ranking import movielens_ctr, spec_dict
 
     check_output_folder(cfg.out, OWN_FILES, job="jobs.export_movielens_ctr", what="exported dataset")
     examples = movielens_ctr(

@@ -83,6 +83,11 @@ class LoopConfig(BaseModel):
         "(<run>/ablation), the report's pointwise-vs-pairwise and ablation sections",
     )
     report: bool = Field(True, description="write <run>/report/ (jobs.report) after the rounds")
+    force_gates: bool = Field(
+        True,
+        description="publish each round's cache even when a release gate of jobs.best_of_n fails (recorded in "
+        "the version's meta; --no-force-gates: refuse as the main job does)",
+    )
     key_limit: int | None = Field(
         None, ge=1, description="the main job samples only the first N keys (smoke runs)"
     )
@@ -346,6 +351,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
     """One round (see the module docstring); returns its summary (also round-NN/summary.json)."""
     import numpy as np
 
+    from explore import read_model_info
     from jobs.best_of_n import BestOfNFields
     from jobs.best_of_n import run as run_best_of_n
     from jobs.simulate import rates
@@ -418,6 +424,8 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             n=cfg.samples,
             seed=cfg.seed + r,
             limit=cfg.key_limit,
+            rag=read_model_info(run / "novelty").rag,  # sampled as it was trained (jobs.train_novelty --rag or not)
+            force=cfg.force_gates,
         ),  # fmt: skip
         out / "best-of-n",
         ctx["redis_url"],

@@ -4,11 +4,14 @@
     python -m jobs.sample_novelty ... --keys all            # every M^K tuple
     python -m jobs.sample_novelty ... --keys members        # one key per member (member_id kept)
     python -m jobs.sample_novelty ... --keys my_keys.parquet  # a history_key column (+ member_id)
+    python -m jobs.sample_novelty ... --rag                 # a model trained with --rag, its own table
+    python -m jobs.sample_novelty ... --rag --retrieval runs/retrieval-fresh   # a table from jobs.build_retrieval
     RAY_ADDRESS=ray://head:10001 python -m jobs.sample_novelty ...   # on a cluster (paths on shared storage)
 
 Each key gets n samples (default 5 x --slots) at --temperature, each a valid cluster name; the engine
 lives in Ray actors (fractional CPUs here, one GPU each where CUDA is present), built by
-explore.pipeline.BulkPipeline, the same pipeline jobs.best_of_n runs. Outputs in --out:
+explore.pipeline.BulkPipeline, the same pipeline jobs.best_of_n runs. A model trained with --rag
+(retrieval-augmented prompts) must be sampled with --rag, and one trained without is refused with it. Outputs in --out:
 candidates/*.parquet (catalog.schemas.NOVELTY_CANDIDATES, one row per key, every sample counted),
 quarantine.parquet (key rows that were not K known cluster ids, with the reason), summary.json. An
 --out that holds files but no candidates/ folder (not an earlier run of this job) is refused at the start.
@@ -38,7 +41,12 @@ class SamplingOptions(BaseModel):
     )
     slots: int = Field(4, ge=1, description="novel clusters the cache will hold per key")
     n: int | None = Field(None, ge=1, description="samples per key (default 5 x slots)")
-    temperature: float = Field(1.5, gt=0, description="sampling temperature")
+    temperature: float = Field(1.5, gt=0, le=2, description="sampling temperature (vLLM accepts at most 2)")
+    top_k: int = Field(
+        0,
+        ge=0,
+        description="sample among the k most likely next tokens only, after the name constraint (0: all)",
+    )
     seed: int = Field(0, description="base seed; each key's seed derives from it and the key")
     batch_size: int = Field(64, ge=1, description="keys per vLLM call (and per scoring call)")
     novelty_actors: int = Field(1, ge=1, description="vLLM engine replicas")
@@ -55,6 +63,22 @@ class SamplingOptions(BaseModel):
         description="torch threads per CPU actor (0: this machine's cores / actors; set it on a cluster)",
     )
     limit: int | None = Field(None, ge=1, description="only the first N keys (smoke runs)")
+    rag: bool = Field(
+        False,
+        description="retrieval-augmented prompts (required for a model trained with --rag, refused otherwise)",
+    )
+    retrieval: str | None = Field(
+        None,
+        description="with --rag: a table folder from jobs.build_retrieval (default: the model's own table)",
+    )
+
+    def retrieval_version(self, model: str) -> str | None:
+        """The version of the table the prompts will read (None without --rag); checks --rag against the
+        model (explore.sampler.resolve_retrieval) before any Ray work."""
+        from explore import read_model_info, resolve_retrieval
+
+        table = resolve_retrieval(Path(model), read_model_info(model), self.rag, self.retrieval)
+        return None if table is None else table.version
 
     @property
     def samples_per_key(self) -> int:
@@ -63,7 +87,9 @@ class SamplingOptions(BaseModel):
     def sampling(self):
         from explore import SamplingConfig
 
-        return SamplingConfig(n=self.samples_per_key, temperature=self.temperature, seed=self.seed)
+        return SamplingConfig(
+            n=self.samples_per_key, temperature=self.temperature, top_k=self.top_k, seed=self.seed
+        )
 
     def resources(self, **more):
         from explore import Resources
@@ -106,13 +132,16 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
     checked_model_info(
         "--model", read_model_info(cfg.model), vocab, cfg.catalog, "python -m jobs.train_novelty"
     )
+    retrieval_version = cfg.retrieval_version(cfg.model)
     keys, quarantined = load_keys(
         cfg.keys, catalog.histories, catalog.history_k, catalog.n_clusters, limit=cfg.limit
     )
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    pipe = BulkPipeline(keys, cfg.resources()).sample(cfg.model, cfg.sampling(), vocab.signature())
+    pipe = BulkPipeline(keys, cfg.resources()).sample(
+        cfg.model, cfg.sampling(), vocab.signature(), rag=cfg.rag, retrieval=cfg.retrieval
+    )
     result = pipe.run()
     cand_dir = result.save(out / "candidates")
     wall_s = time.perf_counter() - t0
@@ -131,6 +160,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
         "samples": n_samples,
         "samples_per_key": cfg.samples_per_key,
         "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
         "valid_share": round(1 - invalid / n_samples, 4) if n_samples else None,
         "in_history_share": round(in_hist / n_samples, 4) if n_samples else None,
         "mean_distinct_candidates": round(sum(distinct) / len(distinct), 2) if distinct else 0,
@@ -141,6 +171,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
         "num_gpus_per_actor": pipe.novelty_gpus,
         "stage_busy_s": {k: round(v, 3) for k, v in result.busy_s.items()},
         "model": str(Path(cfg.model).resolve()),
+        "retrieval": retrieval_version,
         "out": str(cand_dir),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -154,7 +185,8 @@ def summary_lines(s: dict) -> list[str]:
         f"{s['mean_distinct_candidates']} distinct novel candidates per key "
         f"({s['keys_with_fewer_candidates_than_slots']} keys with fewer than the slots)",
         f"{s['wall_s']:.1f}s on {s['actors']} actor(s), {s['samples_per_s']:.0f} samples/s; "
-        f"{s['quarantined_keys']} key rows quarantined; candidates in {s['out']}",
+        f"{s['quarantined_keys']} key rows quarantined; candidates in {s['out']}"
+        + (f"; retrieval table {s['retrieval']}" if s.get("retrieval") else ""),
     ]
 
 

@@ -3,6 +3,12 @@
     python -m jobs.train_novelty --catalog runs/<demo>/catalog --out runs/novelty            # tiny preset
     python -m jobs.train_novelty --catalog DIR --base smollm2-135m --max-steps 200 --out runs/nov-smol
     python -m jobs.train_novelty --catalog DIR --base /models/my-causal-lm --out runs/nov-mine  # LoRA
+    python -m jobs.train_novelty --catalog DIR --rag --out runs/nov-rag   # retrieval-augmented prompts
+
+With --rag each prompt also lists the --rag-top clusters that training members most often moved to next
+from the key (explore.retrieval); the table is saved in the folder (retrieval.parquet, retrieval.json)
+and refreshed from fresh logs by `python -m jobs.build_retrieval` without retraining. Such a model is
+sampled with --rag; one trained without it is refused with --rag.
 
 Outputs in --out: a plain Hugging Face folder vLLM loads (config.json, model.safetensors, tokenizer) and
 novelty.json (prompt format, cluster names, training report, evaluation). The evaluation on held-out
@@ -39,9 +45,20 @@ class NoveltyTrainFields(BaseModel):
         True, description="evaluate with vLLM on the held-out members (--no-evaluate: skip)"
     )
     eval_n: int = Field(20, ge=1, description="samples per key for recall@n")
-    eval_temperature: float = Field(1.5, gt=0, description="sampling temperature of the evaluation")
+    eval_temperature: float = Field(
+        1.5, gt=0, le=2, description="sampling temperature of the evaluation (at most 2)"
+    )
+    eval_top_k: int = Field(
+        0,
+        ge=0,
+        description="top-k of the evaluation's constrained samples, as the bulk jobs' --top-k (0: all)",
+    )
     eval_examples: int = Field(1000, ge=1, description="held-out transitions evaluated")
     seed: int = Field(0, description="seed of the split, the initialisation and the sampling")
+    rag: bool = Field(
+        False, description="retrieval augmentation: prompts list the key's most frequent next clusters"
+    )
+    rag_top: int = Field(10, ge=1, description="with --rag: retrieved clusters listed in each prompt")
 
 
 class NoveltyTrainConfig(NoveltyTrainFields):
@@ -76,14 +93,17 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
         lr=cfg.lr,
         lora=LoraSettings(r=cfg.lora_r),
         seed=cfg.seed,
+        rag_top=cfg.rag_top if cfg.rag else 0,
     )
     report = train_novelty(vocab, catalog.histories, out, sft, examples, progress=progress)
     if cfg.evaluate:
         from explore import NoveltySampler, SamplingConfig, evaluate_novelty
 
         train_ex, eval_ex, _ = build_examples(catalog.histories, examples, vocab.size)
-        sampler = NoveltySampler(out, vocab=vocab)
-        sampling = SamplingConfig(n=cfg.eval_n, temperature=cfg.eval_temperature, seed=cfg.seed)
+        sampler = NoveltySampler(out, vocab=vocab, rag=cfg.rag)
+        sampling = SamplingConfig(
+            n=cfg.eval_n, temperature=cfg.eval_temperature, top_k=cfg.eval_top_k, seed=cfg.seed
+        )
         report["evaluation"] = evaluate_novelty(
             sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples
         )
@@ -109,11 +129,24 @@ def summary_lines(report: dict) -> list[str]:
         lines += [
             f"format validity of free generations: {validity} (gate >= 90%); constrained "
             f"{ev['validity_constrained']:.0%}",
-            f"recall@{ev['n']} of the next novel cluster: {ev['recall_at_n']:.3f} (frequency baseline "
-            f"{ev['recall_frequency_baseline']:.3f}, random {ev['recall_random_baseline']:.3f}; "
-            f"{ev['mean_distinct_candidates']} distinct candidates per key), novelty {ev['novelty']:.1%}, "
+            f"recall@{ev['n']} of the next novel cluster (T={ev['temperature']:g}"
+            + (f", top-k {ev['top_k']}" if ev.get("top_k") else "")
+            + f"): {ev['recall_at_n']:.3f} (frequency baseline "
+            f"{ev['recall_frequency_baseline']:.3f}, random {ev['recall_random_baseline']:.3f}"
+            + (
+                f", its retrieval table {ev['recall_retrieval_baseline']:.3f}"
+                if "recall_retrieval_baseline" in ev
+                else ""
+            )
+            + f"; {ev['mean_distinct_candidates']} distinct candidates per key), novelty {ev['novelty']:.1%}, "
             f"{ev['examples']} held-out transitions",
         ]
+    rag = report.get("retrieval")
+    if rag:
+        lines.append(
+            f"retrieval augmentation: {rag['top']} retrieved clusters per prompt, table {rag['version']} "
+            f"({rag.get('transitions', 0):,} transitions of {rag.get('keys', 0):,} keys) saved with the model"
+        )
     lines.append(f"model folder: {report['out']}")
     return lines
 

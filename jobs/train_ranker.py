@@ -159,7 +159,7 @@ def load_examples(cfg, catalog, checked=None):
 
 def files_examples(cfg):
     """--dataset files: the user's parquet read by their feature spec."""
-    from ranking.spec import load_spec, user_examples
+    from ranking import load_spec, user_examples
 
     if not cfg.spec:
         raise ValueError(

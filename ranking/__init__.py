@@ -8,7 +8,10 @@ Public API:
     Trainer                            the training recipe
     IncrementalPrior, empirical_fisher incremental training (ranking.incremental: from_checkpoint)
     Ranker                             the serving interface (scores, Thompson sampling, save/load)
-    movielens_ctr, feedback_examples   example tables from catalog tables and feedback logs
+    movielens_ctr, feedback_examples   example tables from catalog tables and feedback logs (train/valid/test)
+    load_spec, user_examples,          a user's parquet read by a feature spec file (ranking.spec)
+    spec_dict
+    DNNBaseline, build_dnn             the embeddings + MLP baseline the ranker is measured against
     feedback_features                  a feedback log's rows with the catalog's features
     popularity_scores                  the popularity baseline
     train_and_evaluate, evaluate,      one training run, its test metrics (calibrated), metrics per slice
@@ -29,6 +32,7 @@ Public API:
 from catalog.device import pick_device
 from ranking.ablation import STEPS as ABLATION_STEPS
 from ranking.ablation import markdown_table, multitask_steps, run_ablation
+from ranking.baseline import DNNBaseline, build_dnn
 from ranking.bandit import BayesianLastLayer
 from ranking.checkpoint import OWN_FILES as CHECKPOINT_FILES
 from ranking.checkpoint import export_serving, read_checkpoint_config
@@ -43,6 +47,7 @@ from ranking.metrics import reliability_diagram, task_metrics
 from ranking.model import LiRankModel, build_model, count_flops
 from ranking.ranker import Ranker
 from ranking.schema import FeatureSchema
+from ranking.spec import load_spec, spec_dict, user_examples
 from ranking.train import TrainConfig, Trainer, predict
 
 __all__ = [
@@ -85,4 +90,9 @@ __all__ = [
     "movielens_ctr",
     "popularity_scores",
     "predict",
+    "DNNBaseline",
+    "build_dnn",
+    "load_spec",
+    "spec_dict",
+    "user_examples",
 ]

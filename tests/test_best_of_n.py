@@ -72,7 +72,8 @@ def published(world, ray_local, redis_server):
     from jobs.best_of_n import run
 
     out = world["root"] / "run1"
-    return out, run(config(world), out, redis_server.url)
+    # the tiny world's novelty model has no recorded evaluation: its gates fail, so the first version is forced
+    return out, run(config(world, force=True), out, redis_server.url)
 
 
 def test_job_publishes_what_it_selected(published, redis_server):
@@ -108,6 +109,44 @@ def test_job_publishes_what_it_selected(published, redis_server):
     client.close()
 
 
+def test_forced_gates_are_recorded_in_the_version_meta_and_summary(published, redis_server):
+    _, s = published
+    g = s["release_gates"]
+    assert g["forced"] and not g["passed"] and "novelty_validity" in g["failed"]
+    assert g["gates"]["novelty_validity"] == {"value": None, "threshold": 0.9, "passed": False}
+    auc = s["release_gates"]["gates"]["alignment_auc"]["value"]
+    assert isinstance(auc, float)  # the alignment job recorded its held-out AUC and baseline
+    client = redis.Redis.from_url(redis_server.url)
+    meta = version_meta(client, "explore", s["version"])
+    assert meta["gates"] == "forced" and "novelty_validity" in meta["gates_failed"].split(",")
+    assert float(meta["gate_novelty_validity_min"]) == 0.9 and meta["gate_novelty_validity"] == ""
+    assert float(meta["gate_alignment_auc"]) == pytest.approx(auc)
+    client.close()
+
+
+def test_a_failed_gate_refuses_the_publish_and_leaves_the_live_version(
+    published, world, redis_server, tmp_path
+):
+    from jobs.best_of_n import ReleaseGateError, run
+
+    _, s = published
+    with pytest.raises(ReleaseGateError) as err:
+        run(config(world, limit=8, alignment_auc_margin=0.5), tmp_path / "refused", redis_server.url)
+    text = str(err.value)
+    assert "live cache version stays" in text
+    assert (
+        "release gate novelty_validity" in text
+        and "not recorded" in text
+        and "--min-novelty-validity" in text
+    )
+    assert "release gate alignment_auc" in text and "threshold 0.5000 (--alignment-auc-margin" in text
+    assert "--force" in text and "novelty.json" in text and "alignment.json" in text
+    client = redis.Redis.from_url(redis_server.url)
+    assert live_version(client) == s["version"] and {v for v, _ in list_versions(client)} == {s["version"]}
+    client.close()
+    assert not (tmp_path / "refused" / "selected").exists()
+
+
 def test_failed_run_leaves_the_live_version_and_no_partial_keys(published, world, redis_server, tmp_path):
     from jobs.best_of_n import run
 
@@ -116,7 +155,7 @@ def test_failed_run_leaves_the_live_version_and_no_partial_keys(published, world
     shutil.copytree(world["root"] / "alignment" / "model", broken)
     (broken / "head.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(Exception):  # noqa: B017  (whatever the actor raises, the publish must not happen)
-        run(config(world, alignment=str(broken), limit=8), tmp_path / "run2", redis_server.url)
+        run(config(world, alignment=str(broken), limit=8, force=True), tmp_path / "run2", redis_server.url)
     client = redis.Redis.from_url(redis_server.url)
     assert live_version(client) == s["version"]
     versions = {v for v, _ in list_versions(client)}

@@ -15,6 +15,8 @@ JOB_MODELS = {
     "jobs.simulate": "SimulateJobConfig",
     "jobs.demo": "DemoConfig",
     "jobs.sample_novelty": "SampleNoveltyConfig",
+    "jobs.build_retrieval": "RetrievalConfig",
+    "jobs.export_movielens_ctr": "ExportConfig",
     "jobs.best_of_n": "BestOfNConfig",
     "jobs.serve": "ServeJobConfig",
     "jobs.train_novelty": "NoveltyTrainConfig",

@@ -260,3 +260,188 @@ def test_the_first_n_samples_are_a_smaller_draw_with_the_same_seed():
     for n in (0, 9):
         with pytest.raises(ValueError, match=f"n={n}: this key has 8 samples"):
             full.first(n)
+
+
+# --- retrieval augmentation (explore.retrieval) -----------------------------------------------------------
+
+
+def _timed_histories(rows):
+    """HISTORIES-like rows (member, clusters); run j of a history starts at unix second 1000 * (j + 1)."""
+    return pa.table(
+        {
+            "member_id": pa.array([m for m, _ in rows], pa.int64()),
+            "clusters": pa.array([h for _, h in rows], pa.list_(pa.int32())),
+            "timestamps": pa.array(
+                [[1000 * (j + 1) for j in range(len(h))] for _, h in rows], pa.list_(pa.int64())
+            ),
+        }
+    )
+
+
+def test_retrieval_table_counts_backs_off_and_leaves_a_member_out():
+    from explore.retrieval import build_table
+
+    rows = [(1, [0, 1, 2]), (2, [0, 1, 2]), (3, [0, 1, 3, 4]), (4, [5, 1, 4])]
+    t = build_table(
+        k=2, n_clusters=6, catalog_signature="s", histories=_timed_histories(rows), track_members=True
+    )
+    # transitions: (0,1)->2 x2, (0,1)->3, (1,3)->4, (5,1)->4
+    assert t.counts[(0, 1)] == {2: 2, 3: 1} and t.counts[(1,)] == {2: 2, 3: 1, 4: 1}
+    assert t.counts[()] == {2: 2, 3: 1, 4: 2} and t.meta["transitions"] == 5 and t.meta["keys"] == 3
+    assert t.lookup((0, 1), 2) == [2, 3]
+    assert t.lookup((0, 1), 5) == [2, 3, 4]  # back-off to (1,) then overall fills the list; never 0 or 1
+    assert t.lookup((2, 5), 3) == [4, 3]  # unseen key and suffix: overall, most frequent first, key excluded
+    # member 3's own (0,1)->3 is left out of its list: 3 then comes from (1,) only after 2... and 4 from (1,)
+    assert t.lookup((0, 1), 3, member=3) == [2, 4]
+    assert t.lookup((0, 1), 3, member=1) == [2, 3, 4]  # member 1 still sees member 2's (0,1)->2
+    # a window keeps transitions whose next cluster's run began at or after `since`
+    recent = build_table(
+        k=2, n_clusters=6, catalog_signature="s", histories=_timed_histories(rows), since=4000
+    )
+    assert recent.meta["transitions"] == 1 and recent.counts[(1, 3)] == {4: 1}
+    with pytest.raises(ValueError, match=r"names a cluster outside the catalog \(0\.\.4\)"):
+        build_table(k=2, n_clusters=5, catalog_signature="s", histories=_timed_histories(rows), sources=["h"])
+
+
+def test_retrieval_from_feedback_counts_engaged_clusters_outside_the_key():
+    from explore.retrieval import feedback_transitions
+
+    log = pa.table({
+        "history_key": [[0, 1], [0, 1], [0, 1], [0, 1], [2]],
+        "cluster_id": [3, 1, 4, 5, 3],
+        "member_id": [1, 1, 2, 2, 3],
+        "timestamp": [5_000_000, 5_000_000, 5_000_000, 1_000_000, 5_000_000],
+        "click": [True, True, False, True, True],
+        "like": [False, True, False, False, False],
+        "share": [False, False, False, False, False],
+    })  # fmt: skip
+    # row 2: cluster in the key; row 3: no engagement; row 5: wrong key length
+    assert feedback_transitions(log, 2) == [((0, 1), 3, 1), ((0, 1), 5, 2)]
+    assert feedback_transitions(log, 2, since=2_000) == [((0, 1), 3, 1)]  # since in s, timestamps in ms
+
+
+def test_retrieval_files_round_trip_with_a_version_and_refuse_bad_ones(tmp_path):
+    import pyarrow.parquet as pq
+
+    from explore.retrieval import RETRIEVAL, RetrievalTable, build_table
+
+    rows = [(1, [0, 1, 2]), (2, [0, 1, 3]), (3, [2, 1, 0])]
+    t = build_table(
+        k=2, n_clusters=4, catalog_signature="sig", histories=_timed_histories(rows), sources=["x"]
+    )
+    t.write(tmp_path / "t")
+    back = RetrievalTable.read(tmp_path / "t")
+    assert back.version == t.version and back.counts == t.counts and back.meta["sources"] == ["x"]
+    meta = json.loads((tmp_path / "t" / "retrieval.json").read_text())
+    assert meta["version"] == t.version and meta["k"] == 2 and meta["catalog_signature"] == "sig"
+    assert not list((tmp_path / "t").glob("*.pkl")) and pq.read_schema(
+        tmp_path / "t" / "retrieval.parquet"
+    ).equals(RETRIEVAL, check_metadata=False)
+    other = build_table(k=2, n_clusters=4, catalog_signature="sig", histories=_timed_histories(rows[:2]))
+    assert other.version != t.version  # other counts, another version
+    back.check_for(k=2, catalog_signature="sig", source="m")
+    with pytest.raises(ValueError, match=r"m: retrieval table has K=2, the model reads K=3"):
+        back.check_for(k=3, catalog_signature="sig", source="m")
+    with pytest.raises(ValueError, match=r"built on other clusters \(catalog signature sig\)"):
+        back.check_for(k=2, catalog_signature="other", source="m")
+    # rows from another build than the JSON: refused, not silently read
+    other.write(tmp_path / "o")
+    (tmp_path / "o" / "retrieval.json").write_text((tmp_path / "t" / "retrieval.json").read_text())
+    with pytest.raises(
+        ValueError, match=r"does not match the rows .* different builds.*jobs.build_retrieval"
+    ):
+        RetrievalTable.read(tmp_path / "o")
+    with pytest.raises(ValueError, match=r"no retrieval.parquet and no retrieval.json.*jobs.build_retrieval"):
+        RetrievalTable.read(tmp_path)
+
+
+def test_rag_prompts_list_retrieved_names_and_plain_ones_are_unchanged(vocab):
+    plain = PromptFormat("plain", 2)
+    key = (3, 17)
+    assert plain.prompt(vocab, key) == (
+        f"history: {vocab.names[3]} ({vocab.descriptions[3]}) | {vocab.names[17]} ({vocab.descriptions[17]})\nnext:"
+    )
+    assert plain.to_dict() == {"style": "plain", "k": 2}  # what older readers know
+    rag = PromptFormat("plain", 2, retrieved=3)
+    text = rag.prompt(vocab, key, retrieved=[5, 6, 7, 8])
+    assert text.endswith(f"\nrecent: {vocab.names[5]} | {vocab.names[6]} | {vocab.names[7]}\nnext:")
+    assert PromptFormat(**rag.to_dict()) == rag
+    with pytest.raises(ValueError, match=r"retrieved=3\): give the key's retrieved clusters"):
+        rag.prompt(vocab, key)
+    with pytest.raises(ValueError, match=r"retrieved=0\) reads no retrieved clusters"):
+        plain.prompt(vocab, key, retrieved=[5])
+    with pytest.raises(ValueError, match=r"PromptFormat.retrieved=-1"):
+        PromptFormat("plain", 2, retrieved=-1)
+
+
+def test_a_rag_model_and_its_table_must_go_together(tmp_path):
+    from explore.retrieval import build_table
+    from explore.sampler import resolve_retrieval
+
+    vocab = ClusterVocabulary(("a", "b", "c", "d"), ("w", "x", "y", "z"))
+    table = build_table(k=2, n_clusters=4, catalog_signature=vocab.signature(),
+                        histories=_timed_histories([(1, [0, 1, 2]), (2, [0, 1, 3])]))  # fmt: skip
+
+    def info(retrieved):
+        return NoveltyModelInfo(
+            base="tiny", method="full", vocab=vocab, config={"base": "tiny"}, report={},
+            prompt_format=PromptFormat("plain", 2, retrieved), example_config={},
+            retrieval=table.to_dict(retrieved) if retrieved else None,
+        )  # fmt: skip
+
+    rag, plain = info(3), info(0)
+    table.write(tmp_path / "rag")
+    rag.write(tmp_path / "rag")
+    back = read_model_info(tmp_path / "rag")
+    assert back == rag and back.rag and back.retrieval["version"] == table.version
+    assert resolve_retrieval(tmp_path / "rag", rag, True, None).version == table.version
+    with pytest.raises(ValueError, match=r"trained with retrieval augmentation .* sample it with --rag"):
+        resolve_retrieval(tmp_path / "rag", rag, False, None)
+    with pytest.raises(ValueError, match=r"--rag: novelty model .* trained without retrieval augmentation"):
+        resolve_retrieval(tmp_path / "plain", plain, True, None)
+    with pytest.raises(ValueError, match=r"--retrieval is given without --rag"):
+        resolve_retrieval(tmp_path / "plain", plain, False, tmp_path / "rag")
+    assert resolve_retrieval(tmp_path / "plain", plain, False, None) is None
+    # a fresher table from another catalog is refused
+    foreign = build_table(
+        k=2, n_clusters=4, catalog_signature="0" * 16, histories=_timed_histories([(1, [0, 1, 2])])
+    )
+    foreign.write(tmp_path / "foreign")
+    with pytest.raises(ValueError, match=r"built on other clusters"):
+        resolve_retrieval(tmp_path / "rag", rag, True, tmp_path / "foreign")
+    with pytest.raises(ValueError, match=r"prompt_format.retrieved=3 but retrieval is missing"):
+        NoveltyModelInfo(base="tiny", method="full", vocab=vocab, config={}, report={},
+                         prompt_format=PromptFormat("plain", 2, 3), example_config={})  # fmt: skip
+
+
+def test_build_retrieval_job_writes_a_versioned_table_and_checks_the_model(ml_catalog, tmp_path):
+    from explore.retrieval import RetrievalTable
+    from jobs.build_retrieval import RetrievalFields, build, summary_lines
+
+    ml_catalog.save(tmp_path / "catalog")
+    s = build(RetrievalFields(catalog=str(tmp_path / "catalog")), tmp_path / "table")
+    table = RetrievalTable.read(tmp_path / "table")
+    assert s["version"] == table.version and s["transitions"] > 1000 and table.k == ml_catalog.history_k
+    assert json.loads((tmp_path / "table" / "summary.json").read_text())["version"] == table.version
+    assert any("retrieval table" in line for line in summary_lines(s))
+    again = build(RetrievalFields(catalog=str(tmp_path / "catalog")), tmp_path / "table")
+    assert again["version"] == s["version"]  # same logs, same version
+    newest = max(max(t) for t in ml_catalog.histories["timestamps"].to_pylist() if t)
+    recent = build(
+        RetrievalFields(catalog=str(tmp_path / "catalog"), since=newest - 30 * 86_400), tmp_path / "r"
+    )
+    assert 0 < recent["transitions"] < s["transitions"] and recent["version"] != s["version"]
+    with pytest.raises(ValueError, match=r"--no-histories without --logs"):
+        build(RetrievalFields(catalog=str(tmp_path / "catalog"), histories=False), tmp_path / "x")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "novelty.json").write_text(
+        json.dumps(_legacy_novelty_json(ClusterVocabulary.from_clusters(ml_catalog.clusters)))
+    )
+    with pytest.raises(ValueError, match=r"--model .*trained without retrieval augmentation"):
+        build(
+            RetrievalFields(catalog=str(tmp_path / "catalog"), model=str(tmp_path / "plain")), tmp_path / "y"
+        )
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        build(RetrievalFields(catalog=str(tmp_path / "catalog")), tmp_path / "busy")

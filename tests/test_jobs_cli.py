@@ -35,6 +35,8 @@ def _dead_port() -> int:
         "jobs.simulate",
         "jobs.train_novelty",
         "jobs.sample_novelty",
+        "jobs.build_retrieval",
+        "jobs.export_movielens_ctr",
         "jobs.train_alignment",
         "jobs.best_of_n",
         "jobs.cache",

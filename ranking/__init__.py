@@ -32,8 +32,8 @@ Public API:
 from catalog.device import pick_device
 from ranking.ablation import STEPS as ABLATION_STEPS
 from ranking.ablation import markdown_table, multitask_steps, run_ablation
-from ranking.baseline import DNNBaseline, build_dnn
 from ranking.bandit import BayesianLastLayer
+from ranking.baseline import DNNBaseline, build_dnn
 from ranking.checkpoint import OWN_FILES as CHECKPOINT_FILES
 from ranking.checkpoint import export_serving, read_checkpoint_config
 from ranking.config import PRESETS, RankerConfig

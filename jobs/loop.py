@@ -424,7 +424,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             n=cfg.samples,
             seed=cfg.seed + r,
             limit=cfg.key_limit,
-            rag=read_model_info(run / "novelty").rag,  # sampled as it was trained (jobs.train_novelty --rag or not)
+            rag=read_model_info(run / "novelty").rag,  # as trained: --rag or not
             force=cfg.force_gates,
         ),  # fmt: skip
         out / "best-of-n",

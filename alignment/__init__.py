@@ -9,12 +9,16 @@ Public API:
     AlignmentTrainer                       its steps: split, build, fit, evaluate, save
     check_alignment_base, check_alignment_out   a --base and an --out checked before any work
     AlignmentModelInfo, read_alignment_info   a model folder's alignment.json, typed
+    AlignmentPrior                         the fixed logit a residual model corrects (prior.safetensors)
+    training_global_rate                   the global-positive-rate baseline's per-cluster table
     AlignmentScorer                        batch scoring of (key, candidate) pairs, CPU or CUDA
     AlignmentStage                         the scorer as a Ray Data stage
 """
 
 from alignment.aggregate import AggregationConfig, aggregate_logs, resolve_engine
+from alignment.evaluate import training_global_rate
 from alignment.info import AlignmentModelInfo, alignment_model_folder, read_alignment_info
+from alignment.prior import AlignmentPrior
 from alignment.train import (
     AlignmentConfig,
     AlignmentTrainer,
@@ -26,8 +30,8 @@ from alignment.train import (
 __all__ = [
     "alignment_model_folder",
     "check_alignment_base", "check_alignment_out", "resolve_engine",
-    "AggregationConfig", "AlignmentConfig", "AlignmentModelInfo", "AlignmentScorer", "AlignmentStage",
-    "AlignmentTrainer", "aggregate_logs", "read_alignment_info", "train_alignment",
+    "AggregationConfig", "AlignmentConfig", "AlignmentModelInfo", "AlignmentPrior", "AlignmentScorer", "AlignmentStage",
+    "AlignmentTrainer", "aggregate_logs", "read_alignment_info", "train_alignment", "training_global_rate",
 ]  # fmt: skip
 
 

@@ -6,7 +6,12 @@ A (history key, candidate cluster) pair is read as text,
 
 and scored from the backbone's last hidden state at the final token:
 
-    s(h, c) = w^T z_L(h, c) + b,      P(members of key h engage with c) = sigmoid(s)
+    s(h, c) = w^T z_L(h, c) + b + prior(h, c),      P(members of key h engage with c) = sigmoid(s)
+
+prior(h, c) (residual training, AlignmentConfig.prior; alignment.prior) is a fixed table fitted on the
+training pairs: the logit of candidate c's smoothed global positive rate (plus the key's fitted offset for
+"key_offset"). The model starts at that baseline and the LM learns the correction. Without one (and in
+folders saved before it existed) prior(h, c) = 0.
 
 Backbones are the novelty model's presets: `tiny` (trained from scratch here), `smollm2-135m`, any
 local Hugging Face causal-LM folder (a trained novelty model folder included: its weights already know
@@ -18,6 +23,7 @@ Saved folder:
     backbone/           full training: the backbone's config.json + model.safetensors
     adapter/            LoRA: the peft adapter (the base is resolved again at load time)
     head.safetensors    the projection: weight (1, D), bias (1,)
+    prior.safetensors   residual models only: alignment.prior.AlignmentPrior (logit (M,), key_ids, key_logit)
     tokenizer files
 """
 
@@ -32,6 +38,7 @@ import torch
 from torch import nn
 
 from alignment.info import INFO_FILE, AlignmentModelInfo, read_alignment_info
+from alignment.prior import AlignmentPrior
 from catalog.vocabulary import ClusterVocabulary, history_text
 
 __all__ = [
@@ -43,27 +50,46 @@ HEAD_FILE = "head.safetensors"
 
 
 class AlignmentModel(nn.Module):
-    """s = w^T z_L + b on the final token's hidden state (the papers' LM + linear projection).
+    """s = w^T z_L + b + prior(h, c) on the final token's hidden state (the papers' LM + linear projection,
+    plus a fixed logit when trained as a residual of a baseline).
 
     Args:
         backbone: a transformers base model (no LM head) whose output has `last_hidden_state`.
         hidden_size: D, the backbone's width.
+        prior: alignment.prior.AlignmentPrior or None (prior = 0); a fixed table, never trained.
 
-    forward(input_ids (B, S), attention_mask (B, S), right-padded) -> logits (B,)
+    forward(input_ids (B, S), attention_mask (B, S), right-padded, offset (B,)) -> logits (B,); offset is
+    prior(h, c) of each row (self.offsets), None for a model without a prior.
     """
 
-    def __init__(self, backbone: nn.Module, hidden_size: int):
+    def __init__(self, backbone: nn.Module, hidden_size: int, prior: AlignmentPrior | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        self.prior = prior
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def offsets(self, keys, candidates, device) -> torch.Tensor | None:
+        """(N,) prior(h, c) of the pairs on `device`, or None without a prior."""
+        if self.prior is None:
+            return None
+        return torch.from_numpy(self.prior.offsets(keys, candidates)).to(device)
+
+    def _project(self, z_last: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+        s = self.head(z_last.float()).squeeze(-1)  # (B,)
+        assert (offset is None) == (self.prior is None), (
+            "pass offset = self.offsets(...) exactly when a prior exists"
+        )
+        return s if offset is None else s + offset
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
         z = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
         last = attention_mask.sum(1) - 1  # (B,) index of each row's final token
         z_last = z[torch.arange(z.shape[0], device=z.device), last]  # (B, D)
-        return self.head(z_last.float()).squeeze(-1)  # (B,)
+        return self._project(z_last, offset)  # (B,)
 
     def forward_shared(
         self,
@@ -72,11 +98,12 @@ class AlignmentModel(nn.Module):
         rows: torch.Tensor,
         suffix_ids: torch.Tensor,
         suffix_mask: torch.Tensor,
+        offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The logits of forward(prefix + suffix), each history key's prefix computed once.
 
         prefix_ids, prefix_mask (P, Lp) right-padded; rows (N,) the prefix of each pair; suffix_ids,
-        suffix_mask (N, Ls) right-padded -> logits (N,). The prefixes' KV cache is gathered per pair and
+        suffix_mask (N, Ls) right-padded; offset (N,) the pairs' prior, as in forward -> logits (N,). The prefixes' KV cache is gathered per pair and
         the suffixes continue at each prefix's true length, so positions and attention match the
         concatenated sequence exactly (padding slots are masked out).
         """
@@ -91,7 +118,7 @@ class AlignmentModel(nn.Module):
             input_ids=suffix_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache
         ).last_hidden_state  # (N, Ls, D)
         last = suffix_mask.sum(1) - 1
-        return self.head(z[torch.arange(z.shape[0], device=z.device), last].float()).squeeze(-1)  # (N,)
+        return self._project(z[torch.arange(z.shape[0], device=z.device), last], offset)  # (N,)
 
 
 class PairEncoder:
@@ -159,7 +186,8 @@ def build_backbone(base: str, vocab: ClusterVocabulary, tiny=None):
 
 def save_alignment(folder: Path, model: AlignmentModel, tokenizer, info: AlignmentModelInfo) -> None:
     """Write an alignment model folder's contents into `folder` (a staging folder swapped in by the caller):
-    the adapter (info.method == "lora") or the whole backbone, the head, the tokenizer, alignment.json."""
+    the adapter (info.method == "lora") or the whole backbone, the head, the prior (if any), the tokenizer,
+    alignment.json."""
     from safetensors.torch import save_file
 
     if info.method == "lora":
@@ -168,6 +196,8 @@ def save_alignment(folder: Path, model: AlignmentModel, tokenizer, info: Alignme
         model.backbone.save_pretrained(folder / "backbone", safe_serialization=True)
     head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(head, str(folder / HEAD_FILE))
+    if model.prior is not None:
+        model.prior.save(folder)
     tokenizer.save_pretrained(folder)
     info.write(folder)
 
@@ -203,7 +233,9 @@ def load_alignment(folder: str | os.PathLike, device: str | torch.device = "cpu"
     else:
         check_weight_files(folder / "backbone", fix)
         backbone = AutoModel.from_pretrained(folder / "backbone", dtype=torch.float32)
-    model = AlignmentModel(backbone, backbone.config.hidden_size)
+    model = AlignmentModel(
+        backbone, backbone.config.hidden_size, AlignmentPrior.load(folder, info.vocab.size, fix)
+    )
     try:
         model.head.load_state_dict(head)
     except RuntimeError as exc:  # a head of another width

@@ -32,7 +32,7 @@ def score_logits(
     device: torch.device | str = "cpu",
     share_prefix: bool = True,
 ) -> np.ndarray:
-    """Logits s(h, c) for each pair, in input order.
+    """Logits s(h, c) for each pair, in input order (the model's prior(h, c) included when it has one).
 
     share_prefix: the pairs of one key share its history text, so it is run once and its KV cache reused
     by each candidate (the candidates of a key are many); False runs every pair's whole text.
@@ -43,16 +43,18 @@ def score_logits(
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
     for idx, chunk_keys in _batches(encoder, keys, batch_size, share_prefix):
+        offset = model.offsets([keys[i] for i in idx], [int(candidates[i]) for i in idx], device)
         with autocast:
             if share_prefix:
                 prefix_ids, prefix_mask = encoder.collate([encoder.key_ids(k) for k in chunk_keys], device)
                 slot = {k: j for j, k in enumerate(chunk_keys)}
                 rows = torch.tensor([slot[tuple(keys[i])] for i in idx], device=device)
                 suffix = encoder.collate([encoder.candidate_ids(int(candidates[i])) for i in idx], device)
-                logits = model.forward_shared(prefix_ids, prefix_mask, rows, *suffix)
+                logits = model.forward_shared(prefix_ids, prefix_mask, rows, *suffix, offset)
             else:
                 logits = model(
-                    *encoder.collate([encoder(tuple(keys[i]), int(candidates[i])) for i in idx], device)
+                    *encoder.collate([encoder(tuple(keys[i]), int(candidates[i])) for i in idx], device),
+                    offset,
                 )
         out[idx] = logits.float().cpu().numpy()
     return out

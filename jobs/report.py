@@ -11,8 +11,11 @@ Sections:
   intervals over members. Policies: a random novel cluster, the most frequent next cluster (shown wherever
   it is), the novelty LLM alone (its first sample, n = 1), best-of-n for n in --ns (the clusters the first n
   samples of one draw of the largest n proposed, the one the alignment model scores highest: same seeds, no
-  re-sampling), the oracle (the simulator's own best novel cluster, judged by the item the slate shows from
-  it: the ceiling), and best-of-n of each
+  re-sampling), best-of-n with the global-rate scorer for n in --global-rate-ns (the same samples, the
+  candidate with the highest global positive rate chosen instead: the rate table of the alignment
+  evaluation's global_positive_rate baseline, from the demo's aggregated feedback and its training split;
+  what the alignment model has to beat at equal novelty), the oracle (the simulator's own best novel
+  cluster, judged by the item the slate shows from it: the ceiling), and best-of-n of each
   loop round (its own draw, scored by that round's alignment model). Each member gets one explore slot in
   a slate of 10 from each policy; the simulator answers --repeats times. The answered impressions are kept
   under report/curve/<policy>/ (FEEDBACK_LOG parts), so every point can be recomputed from them.
@@ -51,6 +54,11 @@ class ReportConfig(BaseModel):
     )
     ns: list[int] = Field(
         [1, 2, 4, 8, 16, 32], description="best-of-n sizes on the operating curve (1: the novelty LLM alone)"
+    )
+    global_rate_ns: list[int] = Field(
+        [32],
+        description="best-of-n sizes also run with the global-rate scorer instead of the alignment model "
+        "(the baseline policy; [] for none)",
     )
     seed: int = Field(0, description="seed of the slates and the simulator's answers")
     replay_top: int = Field(
@@ -92,9 +100,15 @@ def curve_point(log: pa.Table, histories: dict[int, list[int]]) -> dict:
     }
 
 
-def best_of_n_lists(table: pa.Table, n: int, *, source: str) -> dict[tuple, list[int]]:
+def best_of_n_lists(
+    table: pa.Table, n: int, *, source: str, rates: np.ndarray | None = None
+) -> dict[tuple, list[int]]:
     """history key -> the clusters the first n samples of the key's draw proposed, best alignment score
-    first (n = 1: the first sample alone, unscored)."""
+    first (n = 1: the first sample alone, unscored). With `rates` ((M,) per cluster id), best rate first
+    instead: the same samples under the global-rate scorer (ties keep the candidates' order: most sampled
+    first)."""
+    if rates is not None:
+        rates = np.asarray(rates, np.float64)
     from explore import KeyCandidates
 
     out = {}
@@ -106,7 +120,16 @@ def best_of_n_lists(table: pa.Table, n: int, *, source: str) -> dict[tuple, list
                 f"{source}: key {row['history_key']} has {len(row['samples'] or [])} samples in draw order, "
                 f"the curve needs {n}; rerun jobs.best_of_n with --n {n} (or `make demo`)."
             )
-        score = dict(zip(row["candidates"], row["scores"], strict=True))
+        if rates is not None:
+            bad = [c for c in row["candidates"] if not 0 <= c < len(rates)]
+            if bad:
+                raise ValueError(
+                    f"{source}: key {row['history_key']} has candidate(s) {bad[:5]} outside the rate table's "
+                    f"{len(rates)} clusters; score it with the rates of this catalog's aggregated feedback."
+                )
+            score = {c: float(rates[c]) for c in row["candidates"]}
+        else:
+            score = dict(zip(row["candidates"], row["scores"], strict=True))
         kc = KeyCandidates(tuple(row["history_key"]), samples=row["samples"],
                            sample_logprobs=row["sample_logprobs"]).first(n)  # fmt: skip
         ranked = kc.candidates if n == 1 else sorted(kc.candidates, key=lambda c: -score[c])
@@ -114,9 +137,38 @@ def best_of_n_lists(table: pa.Table, n: int, *, source: str) -> dict[tuple, list
     return out
 
 
-def operating_curve(catalog, simulator, tables: dict[str, pa.Table], out: Path, cfg: ReportConfig) -> dict:
+def global_rate_scorer(alignment_dir: Path, n_clusters: int) -> np.ndarray:
+    """(M,) the global-rate scorer: each cluster's impression-weighted mean label over the training pairs of
+    the alignment job in `alignment_dir` (its pairs.parquet, split as its model's config split it), the
+    global_positive_rate baseline of its evaluation."""
+    from alignment import read_alignment_info, training_global_rate
+    from catalog import read_table, schemas
+
+    pairs_path = alignment_dir / "pairs.parquet"
+    if not pairs_path.is_file():
+        raise FileNotFoundError(
+            f"{pairs_path}: no aggregated feedback for the global-rate scorer; run jobs.train_alignment with "
+            f"--out {alignment_dir} (the demo does), or set global_rate_ns: [] in a --config file to leave the policy out."
+        )
+    model = alignment_dir / "model"
+    config = read_alignment_info(model).config if model.is_dir() else {}
+    return training_global_rate(
+        read_table(pairs_path, schemas.FEEDBACK_PAIRS), n_clusters,
+        eval_fraction=config.get("eval_fraction", 0.2), seed=config.get("seed", 0),
+    )  # fmt: skip
+
+
+def operating_curve(
+    catalog,
+    simulator,
+    tables: dict[str, pa.Table],
+    out: Path,
+    cfg: ReportConfig,
+    rates: np.ndarray | None = None,
+) -> dict:
     """The curve's points (see the module docstring); `tables`: BEST_OF_N tables, the demo's first ("demo")
-    then each loop round's. Each point's answered impressions go to out/<policy>/."""
+    then each loop round's; `rates`: the global-rate scorer's (M,) table (global_rate_scorer), needed when
+    cfg.global_rate_ns is not empty. Each point's answered impressions go to out/<policy>/."""
     from catalog import FeedbackLogWriter
     from sim import (
         MostFrequentNextCluster,
@@ -141,6 +193,14 @@ def operating_curve(catalog, simulator, tables: dict[str, pa.Table], out: Path, 
     for n in cfg.ns:
         name = "novelty LLM (n=1)" if n == 1 else f"best-of-{n}"
         policies[name] = ranked(best_of_n_lists(tables["demo"], n, source="the demo's best-of-n table"))
+    for n in cfg.global_rate_ns:
+        if rates is None:
+            raise ValueError(
+                "operating_curve: global_rate_ns is set but no rates were given (global_rate_scorer)."
+            )
+        policies[f"best-of-{n}, global-rate scorer"] = ranked(
+            best_of_n_lists(tables["demo"], n, source="the demo's best-of-n table", rates=rates)
+        )
     policies["oracle"] = OracleNovelCluster(simulator, catalog)
     for name, table in tables.items():
         if name != "demo":
@@ -259,7 +319,7 @@ def plot_curve(curve: dict, path: Path) -> Path:
 
     pts = curve["points"]
     fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=120)
-    bon = [n for n in pts if n.startswith("best-of-") and "round" not in n]
+    bon = [n for n in pts if n.startswith("best-of-") and "," not in n]  # the alignment-scored line
     line = ["novelty LLM (n=1)", *bon] if "novelty LLM (n=1)" in pts else bon
     ax.plot(
         [pts[n]["novelty"] for n in line],
@@ -270,7 +330,8 @@ def plot_curve(curve: dict, path: Path) -> Path:
     )
     for name, p in pts.items():
         color = ("tab:blue" if name in line else "tab:green" if "round" in name
-                 else "black" if name == "oracle" else "tab:grey")  # fmt: skip
+                 else "tab:orange" if "global-rate" in name else "black" if name == "oracle"
+                 else "tab:grey")  # fmt: skip
         ax.errorbar(p["novelty"], p["like_novel"], xerr=p["novelty_ci"], yerr=p["like_novel_ci"], fmt="o", ms=4,
                     color=color, capsize=2)  # fmt: skip
         ax.annotate(
@@ -320,7 +381,8 @@ def build_report(cfg: ReportConfig) -> dict:
             run / "loop" / f"round-{s['round']:02d}" / "best-of-n" / "selected", schemas.BEST_OF_N
         )
     simulator = MemberSimulator.for_catalog(catalog, SimConfig(seed=cfg.seed + 11))
-    curve = operating_curve(catalog, simulator, tables, out / "curve", cfg)
+    rates = global_rate_scorer(run / "alignment", catalog.n_clusters) if cfg.global_rate_ns else None
+    curve = operating_curve(catalog, simulator, tables, out / "curve", cfg, rates)
     plot_curve(curve, out / "operating-curve.png")
 
     alignment = [{"round": 0, "warm_start": None, **_alignment_row(summary["alignment"]["model"]["evaluation"]),
@@ -381,11 +443,17 @@ def build_report(cfg: ReportConfig) -> dict:
 
 
 def _alignment_row(ev: dict) -> dict:
-    freq = ev.get("novelty_sample_frequency") or {}
+    """One alignment evaluation's figures; evaluations written before the key_offset baseline existed give
+    None for it (shown as n/a)."""
+    freq, key = ev.get("novelty_sample_frequency") or {}, ev.get("key_offset") or {}
     return {"heldout_pairs": ev["heldout_pairs"], "auc": ev["model"]["auc"], "logloss": ev["model"]["logloss"],
+            "key_auc": ev["model"].get("key_auc"),
             "global_rate_auc": ev["global_positive_rate"]["auc"],
             "global_rate_logloss": ev["global_positive_rate"]["logloss"],
-            "frequency_auc": freq.get("auc"), "frequency_logloss": freq.get("logloss")}  # fmt: skip
+            "global_rate_key_auc": ev["global_positive_rate"].get("key_auc"),
+            "key_offset_auc": key.get("auc"), "key_offset_logloss": key.get("logloss"),
+            "frequency_auc": freq.get("auc"), "frequency_logloss": freq.get("logloss"),
+            "best_baseline": ev.get("best_baseline")}  # fmt: skip
 
 
 def markdown(report: dict, ablation: Path) -> list[str]:
@@ -461,9 +529,13 @@ def markdown(report: dict, ablation: Path) -> list[str]:
             "held-out pairs",
             "AUC",
             "global rate AUC",
+            "key offset AUC",
             "sample frequency AUC",
             "logloss",
             "global rate logloss",
+            "key offset logloss",
+            "within-key AUC",
+            "global rate within-key AUC",
         ],
         [
             [
@@ -472,13 +544,20 @@ def markdown(report: dict, ablation: Path) -> list[str]:
                 a["heldout_pairs"],
                 _f(a["auc"]),
                 _f(a["global_rate_auc"]),
+                _f(a.get("key_offset_auc")),
                 _f(a["frequency_auc"]),
                 _f(a["logloss"]),
                 _f(a["global_rate_logloss"]),
+                _f(a.get("key_offset_logloss")),
+                _f(a.get("key_auc")),
+                _f(a.get("global_rate_key_auc")),
             ]
             for a in report["alignment"]
         ],  # fmt: skip
     )
+    lines += ["", "Key offset: the global rate plus one fitted logit offset per history key (alignment.evaluate); "
+              "within-key AUC: the AUC among each key's own candidates, averaged over keys (what best-of-n "
+              "selection uses: a key-level offset moves the AUC, not this)."]  # fmt: skip
     lines += ["", "Pointwise against pairwise (the same pairs, split, steps and base; the pairwise model is scored "
               "by its logit, so its logloss is not a calibrated one):", ""]  # fmt: skip
     if len(report["alignment_objectives"]) > 1:
@@ -578,7 +657,7 @@ def summary_lines(report: dict) -> list[str]:
     ]
     for name, p in curve["points"].items():
         lines.append(
-            f"  {name:<26} novelty {p['novelty']:.3f} ± {p['novelty_ci']:.3f}, like rate of the new clusters "
+            f"  {name:<30} novelty {p['novelty']:.3f} ± {p['novelty_ci']:.3f}, like rate of the new clusters "
             f"{p['like_novel']:.3f} ± {p['like_novel_ci']:.3f} (all shown {p['like']:.3f})"
         )
     for a in report["alignment"][1:]:

@@ -59,6 +59,24 @@ class AlignmentTrainFields(BaseModel):
     lr: float = Field(0.0, ge=0, description="learning rate (0: 3e-3 tiny, 1e-3 full warm start, 2e-4 LoRA)")
     lora_r: int = Field(16, ge=1, description="LoRA rank (alpha and dropout keep their defaults)")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of pairs held out")
+    prior: Literal["none", "candidate", "key_offset"] = Field(
+        "none",
+        description="the fixed logit the LM corrects (residual training): candidate = the candidate's "
+        "smoothed global positive rate, key_offset = plus the key's fitted offset, none = the LM alone",
+    )
+    prior_strength: float = Field(
+        100.0, ge=0, description="prior: pseudo-impressions shrinking each candidate's rate to the mean"
+    )
+    valid_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the training pairs kept for early stopping (0: none)"
+    )
+    eval_every: int = Field(0, ge=0, description="validate every N steps (0: total steps / 15, at least 10)")
+    patience: int = Field(
+        4, ge=0, description="validations without improvement before stopping (0: run every step)"
+    )
+    pairwise_weight: float = Field(
+        0.0, ge=0, description="weight of an auxiliary Bradley-Terry loss on the preferences (pointwise)"
+    )
     warm_start: str | None = Field(
         None,
         description="a previous alignment model (its folder, or a jobs.train_alignment output folder): "
@@ -118,6 +136,12 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         lr=cfg.lr,
         lora=LoraSettings(r=cfg.lora_r),
         eval_fraction=cfg.eval_fraction,
+        prior=cfg.prior,
+        prior_strength=cfg.prior_strength,
+        valid_fraction=cfg.valid_fraction,
+        eval_every=cfg.eval_every,
+        patience=cfg.patience,
+        pairwise_weight=cfg.pairwise_weight,
         seed=cfg.seed,
         warm_start=str(alignment_model_folder(cfg.warm_start)) if cfg.warm_start else None,
     )  # checked before the logs are read
@@ -171,15 +195,27 @@ def summary_lines(s: dict) -> list[str]:
             r = ev.get(name)
             return "n/a (no --candidates)" if r is None else f"AUC {r['auc']}, logloss {r['logloss']}"
 
+        best = ev.get("best_baseline")
+        valid = (
+            f"; best validated step {m['best_step']} ({m['valid_pairs']} validation pairs)"
+            if m.get("valid_pairs")
+            else ""
+        )
         lines += [
-            f"alignment model: {m['base']} ({m['method']}, {m['objective']}), {m['trainable_params']:,} trainable "
-            f"parameters; {m['train_pairs']} training pairs, {m['steps']} steps ({m['examples_per_s']} examples/s)",
+            f"alignment model: {m['base']} ({m['method']}, {m['objective']}, prior {m.get('prior', 'none')}), "
+            f"{m['trainable_params']:,} trainable parameters; {m['train_pairs']} training pairs, {m['steps']} steps "
+            f"({m['examples_per_s']} examples/s){valid}",
             f"held-out logloss {m['heldout_loss_before']:.4f} -> {m['heldout_loss_after']:.4f} on "
             f"{ev['heldout_pairs']} pairs",
             f"held-out: model {fmt('model')} | global positive rate {fmt('global_positive_rate')} | "
+            f"key offset {fmt('key_offset')} | history-cluster rate {fmt('history_cluster_rate')} | "
             f"novelty sample frequency {fmt('novelty_sample_frequency')}",
-            f"model folder: {m['out']}",
         ]
+        if best:
+            gap = ev["model"]["auc"] - ev[best]["auc"]
+            lines.append(f"model vs the best baseline ({best}): AUC {gap:+.4f}, logloss "
+                         f"{ev['model']['logloss'] - ev[best]['logloss']:+.4f}")  # fmt: skip
+        lines.append(f"model folder: {m['out']}")
     lines.append(f"tables and summary in {s['out']}")
     return lines
 

@@ -338,7 +338,7 @@ def test_saved_model_scores_like_the_trained_one(pointwise, world):
     labels = pairs["label"].to_numpy().astype(float)
     median = r["evaluation"]["label_median"]
     # another batch size pads other rows: float noise can move a metric's 4th rounded decimal, no more
-    again = pair_metrics(labels[held], probs, median)
+    again = pair_metrics(labels[held], probs, median, [k for k, h in zip(keys, held, strict=True) if h])
     assert again.keys() == r["evaluation"]["model"].keys()
     assert again == pytest.approx(r["evaluation"]["model"], abs=2e-4)
     with pytest.raises(ValueError, match="keys\\[0\\]"):
@@ -481,3 +481,187 @@ def test_warm_start_continues_from_the_previous_model(pointwise, world, tmp_path
     other = ClusterVocabulary(tuple(f"{n}-x" for n in vocab.names), vocab.descriptions)
     with pytest.raises(ValueError, match="trained on other clusters than this catalog"):
         train_alignment(other, pairs, prefs, tmp_path / "x", cfg, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# residual training, early stopping, the stronger baselines (issue 16)
+
+
+def test_split_keeps_a_validation_part_apart_from_training_and_evaluation(world):
+    from alignment.pairs import split_pairs
+
+    _, pairs, prefs = world
+    split = split_pairs(pairs, prefs, eval_fraction=0.2, seed=0, objective="pointwise", valid_fraction=0.25)
+    as_set = lambda ps: set(zip(ps.keys, ps.candidates.tolist(), strict=True))  # noqa: E731
+    fit, valid, evals = as_set(split.fit), as_set(split.valid), as_set(split.evals)
+    assert fit | valid == as_set(split.train) and not fit & valid and not (fit | valid) & evals
+    assert 0.2 < len(valid) / len(split.train) < 0.3
+    # preferences only between fitted pairs: early stopping never sees a gradient from a validation pair
+    assert all((k, a) in fit and (k, b) in fit
+               for k, a, b in zip(split.pref_keys, split.pref_a.tolist(), split.pref_b.tolist(), strict=True))  # fmt: skip
+    plain = split_pairs(pairs, prefs, eval_fraction=0.2, seed=0, objective="pointwise")
+    assert plain.valid is None and plain.fit is plain.train and as_set(plain.evals) == evals
+    with pytest.raises(ValueError, match="valid_fraction=1e-06.*Set valid_fraction=0"):
+        split_pairs(
+            pairs.slice(0, 40), prefs, eval_fraction=0.2, seed=0, objective="pointwise", valid_fraction=1e-6
+        )
+
+
+def test_key_offset_and_key_auc_against_hand_computed_answers():
+    from alignment.evaluate import key_auc, key_offsets, logit, sigmoid
+
+    # one key, offsets all 0: the ridge-free answer is logit(mean label); a ridge shrinks it towards 0
+    keys = [(0, 1)] * 4 + [(2, 3)] * 2
+    offset = np.array([0.0, 0.0, 0.0, 0.0, 1.0, -1.0])
+    y = np.array([0.9, 0.7, 0.8, 0.6, 0.5, 0.5])
+    a = key_offsets(keys, offset, y, ridge=1e-9)
+    assert a[(0, 1)] == pytest.approx(float(logit(0.75)), abs=1e-6)
+    assert a[(2, 3)] == pytest.approx(0.0, abs=1e-6)  # symmetric offsets around a label of 0.5
+    shrunk = key_offsets(keys, offset, y, ridge=2.0)[(0, 1)]
+    assert 0 < shrunk < a[(0, 1)]
+    # the ridge optimum's first-order condition: sum(p - y) + ridge * a = 0
+    p = sigmoid(offset[:4] + shrunk)
+    assert float((p - y[:4]).sum() + 2.0 * shrunk) == pytest.approx(0.0, abs=1e-8)
+    # key_auc: key A ranks its 2 pairs right (AUC 1), key B its 4 pairs half right (AUC 0.5), key C has one class
+    keys = ["A", "A", "B", "B", "B", "B", "C", "C"]
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)
+    p = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.5, 0.5])
+    assert key_auc(keys, y, p) == pytest.approx((2 * 1.0 + 4 * 0.5) / 6)
+    assert np.isnan(key_auc(["C", "C"], y[6:], p[6:]))
+
+
+def test_the_key_offset_baseline_sees_the_key_effect_the_global_rate_misses():
+    """Pairs whose label is the candidate's level plus the key's appetite: held-out pairs of seen keys are
+    ranked better by the key offset than by the candidate's rate alone, and within a key the two agree."""
+    from alignment.evaluate import heldout_evaluation
+    from alignment.pairs import PairSet
+
+    rng = np.random.default_rng(0)
+    keys = [(a, b) for a in range(8) for b in range(8) if a != b]
+    appetite = {k: rng.normal(0, 1.0) for k in keys}
+    level = rng.normal(0, 1.0, 10)
+    rows = [(k, c) for k in keys for c in range(10)]
+    y = np.array([1 / (1 + np.exp(-(level[c] + appetite[k]))) for k, c in rows])
+    held = rng.random(len(rows)) < 0.2
+    ps = PairSet(
+        [k for k, _ in rows], np.array([c for _, c in rows]), np.round(y, 1), np.full(len(rows), 10.0)
+    )
+    train, evals = ps.take(np.flatnonzero(~held)), ps.take(np.flatnonzero(held))
+    ev = heldout_evaluation(train, evals, np.full(len(evals), 0.5), 10, None)
+    assert ev["key_offset"]["auc"] > ev["global_positive_rate"]["auc"] + 0.1, ev
+    assert ev["key_offset"]["logloss"] < ev["global_positive_rate"]["logloss"], ev
+    assert ev["key_offset"]["key_auc"] == pytest.approx(ev["global_positive_rate"]["key_auc"], abs=1e-9)
+    assert ev["best_baseline"] == "key_offset"
+
+
+def test_residual_model_saves_its_prior_and_old_folders_score_without_one(world, tmp_path):
+    """A key_offset-prior model's prior is the logit of the smoothed global rate of its training pairs plus
+    the key's fitted offset (0 for a key without feedback), saved in prior.safetensors and added at scoring;
+    a folder without the file (every model saved before) scores by the LM alone, as before; a prior that
+    does not fit the clusters is refused with the file named."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from alignment.evaluate import key_offsets, logit, smoothed_rate
+    from alignment.model import load_alignment
+    from alignment.pairs import split_pairs
+    from alignment.score import AlignmentScorer
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    out = tmp_path / "residual"
+    cfg = AlignmentConfig(max_steps=10, batch_size=32, tiny=SMALL, prior="key_offset", prior_strength=50.0)
+    report = train_alignment(vocab, pairs, prefs, out, cfg, progress=False)
+    assert report["prior"] == "key_offset"
+    split = split_pairs(pairs, prefs, eval_fraction=0.2, seed=0, objective="pointwise")
+    saved = load_file(str(out / "prior.safetensors"))
+    candidate = logit(smoothed_rate(split.train, vocab.size, 50.0))
+    assert np.allclose(saved["logit"].numpy(), candidate, atol=1e-5)
+    a_h = key_offsets(split.train.keys, candidate[split.train.candidates], split.train.labels)
+    assert len(saved["key_ids"]) == len(a_h) == 132
+    for k, a in zip(saved["key_ids"].tolist(), saved["key_logit"].tolist(), strict=True):
+        assert a == pytest.approx(a_h[tuple(k)], abs=1e-5)
+    prior = load_alignment(out)[0].prior
+    assert prior.offsets([(0, 1), (7, 7)], [2, 3]).tolist() == pytest.approx(
+        [candidate[2] + a_h[(0, 1)], candidate[3]], abs=1e-5
+    )  # (7, 7) has no feedback: no offset
+    keys, cands = [(0, 1), (0, 1), (5, 9)], [2, 7, 3]
+    with_prior = AlignmentScorer(out, device="cpu").score(keys, cands)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "prior.safetensors").unlink()
+    without = AlignmentScorer(old, device="cpu").score(keys, cands)
+    as_logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert np.allclose(as_logit(with_prior) - as_logit(without), prior.offsets(keys, cands), atol=1e-4)
+    save_file({"logit": torch.zeros(3)}, str(old / "prior.safetensors"))  # a prior of another catalog
+    with pytest.raises(ValueError, match=r"prior.safetensors: 'logit' has shape \(3,\).*\(12,\) tensor"):
+        AlignmentScorer(old, device="cpu")
+    save_file({"logit": torch.zeros(12), "key_ids": torch.tensor([[0, 12]])}, str(old / "prior.safetensors"))
+    with pytest.raises(ValueError, match=r"'key_ids' has shape \(1, 2\).*cluster ids below 12"):
+        AlignmentScorer(old, device="cpu")
+
+
+def test_early_stopping_restores_the_best_validated_step(world, tmp_path):
+    """A learning rate far too high: validation gets worse after the first steps, training stops after
+    `patience` validations without a better one, and the saved model is the best step's (its validation
+    loss, recomputed from the folder, is the curve's minimum)."""
+    from alignment.evaluate import logloss
+    from alignment.pairs import split_pairs
+    from alignment.score import AlignmentScorer
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    cfg = AlignmentConfig(max_steps=400, batch_size=32, tiny=SMALL, lr=0.05, valid_fraction=0.2, eval_every=5,
+                          patience=3)  # fmt: skip
+    r = train_alignment(vocab, pairs, prefs, tmp_path / "es", cfg, progress=False)
+    curve = r["validation"]
+    assert r["steps"] < 400 and r["steps"] == curve[-1][0] and curve[0][0] == 0, curve
+    best = min(curve, key=lambda sv: sv[1])
+    assert r["best_step"] == best[0] and r["steps"] - r["best_step"] == 3 * 5, curve
+    split = split_pairs(pairs, prefs, eval_fraction=0.2, seed=0, objective="pointwise", valid_fraction=0.2)
+    probs = AlignmentScorer(tmp_path / "es", device="cpu").score(split.valid.keys, split.valid.candidates)
+    assert logloss(split.valid.labels, probs) == pytest.approx(best[1], abs=2e-4)
+    assert r["valid_pairs"] == len(split.valid) and r["train_pairs"] == len(split.fit)
+    with pytest.raises(ValueError, match="pairwise_weight=0.5 is an auxiliary loss of the pointwise"):
+        AlignmentConfig(objective="pairwise", pairwise_weight=0.5)
+    with pytest.raises(ValueError, match=r"valid_fraction=1.0: must be in \[0, 1\)"):
+        AlignmentConfig(valid_fraction=1.0)
+
+
+def test_pairwise_auxiliary_loss_is_the_pointwise_loss_plus_weighted_bradley_terry(world):
+    """One batch's loss with pairwise_weight w, against the formula on whole-text logits: the cross-entropy
+    of the batch's pairs plus w x -log sigmoid(s_a - s_b) over as many preferences drawn by the same
+    generator."""
+    import torch
+    import torch.nn.functional as F
+
+    from alignment.score import score_logits
+    from alignment.train import AlignmentConfig, AlignmentTrainer
+
+    vocab, pairs, prefs = world
+    trainer = AlignmentTrainer(
+        vocab, AlignmentConfig(tiny=SMALL, pairwise_weight=0.5, max_steps=1), progress=False
+    )
+    split = trainer.split(pairs, prefs)
+    trainer.build(split.fit)
+    trainer.model.eval()
+    idx = np.arange(8)
+    trainer._aux_gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        loss = float(trainer._batch_loss(split, idx)[0])
+    drawn = torch.randint(len(split.pref_keys), (8,), generator=torch.Generator().manual_seed(7)).numpy()
+    fit = split.fit
+    s = score_logits(
+        trainer.model, trainer.encoder, [fit.keys[i] for i in idx], fit.candidates[idx], share_prefix=False
+    )
+    pointwise = F.binary_cross_entropy_with_logits(
+        torch.tensor(s), torch.tensor(fit.labels[idx], dtype=torch.float32)
+    )
+    keys = [split.pref_keys[i] for i in drawn]
+    s_a = score_logits(trainer.model, trainer.encoder, keys, split.pref_a[drawn], share_prefix=False)
+    s_b = score_logits(trainer.model, trainer.encoder, keys, split.pref_b[drawn], share_prefix=False)
+    bt = -F.logsigmoid(torch.tensor(s_a - s_b)).mean()
+    assert loss == pytest.approx(float(pointwise + 0.5 * bt), abs=1e-4)
+    assert float(bt) > 0.1  # the auxiliary term is there to be seen

@@ -100,3 +100,50 @@ def test_curve_point_novelty_and_like_rates_with_member_level_intervals():
     assert p["novelty"] == 0.75 and p["like_novel"] == pytest.approx(2 / 3) and p["like"] == 0.75
     # per member novelty 0.5 and 1.0: sd 0.354, half-width 1.96 * 0.354 / sqrt(2)
     assert p["novelty_ci"] == pytest.approx(1.96 * np.std([0.5, 1.0], ddof=1) / np.sqrt(2))
+
+
+def test_best_of_n_with_the_global_rate_scorer_ranks_the_same_samples_by_rate():
+    row = dict(history_key=[1, 2], member_id=None, candidates=[5, 7, 9], counts=[2, 1, 1], logprobs=[-1.0] * 3,
+               n_samples=5, n_in_history=1, n_invalid=0, seed=3, samples=[7, 1, 5, 5, 9],
+               sample_logprobs=[-1.0] * 5, scores=[0.2, 0.1, 0.9], selected=[9], selected_scores=[0.9],
+               cached=True)  # fmt: skip
+    table = pa.Table.from_pylist([row], schema=BEST_OF_N)
+    rates = np.zeros(10)
+    rates[[5, 7, 9]] = [0.1, 0.6, 0.3]  # the alignment scores' order reversed: 7 > 9 > 5
+    assert best_of_n_lists(table, 5, source="t", rates=rates) == {(1, 2): [7, 9, 5]}
+    assert best_of_n_lists(table, 5, source="t") == {(1, 2): [9, 5, 7]}  # the model's order is untouched
+    assert best_of_n_lists(table, 3, source="t", rates=rates) == {(1, 2): [7, 5]}  # only the first 3 samples
+    rates[[7, 9]] = 0.1  # a tie of all three keeps the candidates' order: most sampled (5, twice) first
+    assert best_of_n_lists(table, 5, source="t", rates=rates) == {(1, 2): [5, 7, 9]}
+    with pytest.raises(ValueError, match=r"candidate\(s\) \[9\] outside the rate table's 8 clusters"):
+        best_of_n_lists(table, 5, source="t", rates=np.zeros(8))
+
+
+def test_global_rate_scorer_is_the_training_pairs_impression_weighted_rate(tmp_path):
+    from alignment.pairs import heldout_mask
+    from catalog import write_table
+    from catalog.schemas import FEEDBACK_PAIRS
+    from jobs.report import global_rate_scorer
+
+    rng = np.random.default_rng(0)
+    rows = [dict(history_key=[int(a), int(b)], cluster_id=int(c), impressions=int(rng.integers(5, 20)), clicks=0,
+                 likes=0, shares=0, skips=0, dwell_clicks=0, engagement=0.0, label=float(rng.integers(0, 11)) / 10)
+            for a, b, c in rng.integers(0, 6, size=(200, 3))]  # fmt: skip
+    write_table(pa.Table.from_pylist(rows, schema=FEEDBACK_PAIRS), tmp_path / "pairs.parquet", FEEDBACK_PAIRS)
+    rates = global_rate_scorer(tmp_path, 7)  # no model folder: the default split (0.2, seed 0)
+    held = heldout_mask(
+        [tuple(r["history_key"]) for r in rows], np.array([r["cluster_id"] for r in rows]), 0.2, 0
+    )
+    for c in range(6):  # a hand loop over the training rows of each cluster
+        num = sum(
+            r["impressions"] * r["label"]
+            for r, h in zip(rows, held, strict=True)
+            if not h and r["cluster_id"] == c
+        )
+        den = sum(r["impressions"] for r, h in zip(rows, held, strict=True) if not h and r["cluster_id"] == c)
+        assert rates[c] == pytest.approx(num / den)
+    train = [r for r, h in zip(rows, held, strict=True) if not h]
+    overall = sum(r["impressions"] * r["label"] for r in train) / sum(r["impressions"] for r in train)
+    assert rates[6] == pytest.approx(overall)  # a cluster without pairs gets the overall rate
+    with pytest.raises(FileNotFoundError, match="no aggregated feedback for the global-rate scorer"):
+        global_rate_scorer(tmp_path / "missing", 7)

@@ -77,6 +77,11 @@ class DemoConfig(CatalogFields):
     )
     traffic_explore_slots: int = Field(8, ge=1, description="explore slots per slate in that traffic")
     alignment_steps: int = Field(300, ge=1, description="training steps of the alignment model")
+    alignment_prior: Literal["none", "candidate", "key_offset"] = Field(
+        "key_offset",
+        description="the baseline the alignment LM corrects (jobs.train_alignment --prior; key_offset: the "
+        "candidate's global rate plus the key's offset)",
+    )
     round1_explore_slots: int = Field(
         4, ge=1, description="explore slots per slate when the policies are compared"
     )
@@ -354,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                     base=str(novelty_dir),
                     method="full",
                     max_steps=cfg.alignment_steps,
+                    prior=cfg.alignment_prior,
                     seed=cfg.seed,
                 ),
                 run_dir / "alignment",
@@ -450,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
                     members=cfg.loop_members,
                     slots=cfg.round1_explore_slots,
                     alignment_steps=cfg.loop_alignment_steps,
+                    alignment_prior=cfg.alignment_prior,
                     samples=cfg.samples,
                     comparisons=False,  # the pairwise model and the ablation: `python -m jobs.loop` (budget)
                     key_limit=cfg.key_limit,

@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +61,11 @@ class LoopConfig(BaseModel):
     slots: int = Field(4, ge=1, description="explore slots per slate, and clusters cached per key")
     clients: int = Field(4, ge=1, description="concurrent HTTP clients of the traffic and the feedback")
     alignment_steps: int = Field(100, ge=1, description="warm-started alignment training steps per round")
+    alignment_prior: Literal["none", "candidate", "key_offset"] = Field(
+        "key_offset",
+        description="the baseline the alignment LM corrects, refitted on all explore feedback each round "
+        "(jobs.train_alignment --prior)",
+    )
     ranker_epochs: int = Field(1, ge=1, description="incremental ranker epochs per round")
     samples: int = Field(
         32,
@@ -403,6 +409,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             logs=explore_logs,
             warm_start=str(models["alignment"]),
             max_steps=cfg.alignment_steps,
+            prior=cfg.alignment_prior,
             seed=cfg.seed,  # one held-out split (a hash of key and cluster under this seed) for every round
         ),  # fmt: skip
         out / "alignment",

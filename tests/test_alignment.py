@@ -665,3 +665,25 @@ def test_pairwise_auxiliary_loss_is_the_pointwise_loss_plus_weighted_bradley_ter
     bt = -F.logsigmoid(torch.tensor(s_a - s_b)).mean()
     assert loss == pytest.approx(float(pointwise + 0.5 * bt), abs=1e-4)
     assert float(bt) > 0.1  # the auxiliary term is there to be seen
+
+
+def test_warm_start_refits_the_prior_on_the_new_pairs(world, tmp_path):
+    """The loop warm-starts each round with prior key_offset: the new folder's prior is fitted on this
+    round's training pairs (not copied from the previous model), and the model scores with it."""
+    from safetensors.torch import load_file
+
+    from alignment.score import AlignmentScorer
+    from alignment.train import AlignmentConfig, train_alignment
+
+    vocab, pairs, prefs = world
+    first = tmp_path / "r1"
+    cfg = AlignmentConfig(max_steps=5, batch_size=32, tiny=SMALL, prior="key_offset")
+    train_alignment(vocab, pairs.slice(0, pairs.num_rows // 2), prefs, first, cfg, progress=False)
+    second = tmp_path / "r2"
+    warm = AlignmentConfig(max_steps=5, batch_size=32, tiny=SMALL, prior="key_offset", warm_start=str(first))
+    report = train_alignment(vocab, pairs, prefs, second, warm, progress=False)
+    assert report["prior"] == "key_offset" and report["warm_start"] == str(first)
+    a, b = load_file(str(first / "prior.safetensors")), load_file(str(second / "prior.safetensors"))
+    assert len(b["key_ids"]) > len(a["key_ids"])  # more keys with feedback in the second round's pairs
+    p = AlignmentScorer(second, device="cpu").score([(0, 1), (2, 3)], [4, 5])
+    assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()

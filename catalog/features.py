@@ -31,6 +31,14 @@ def member_features(catalog) -> dict[str, np.ndarray]:
     }
 
 
+def _object_array(values: list) -> np.ndarray:
+    """A 1-D object array of `values` (lists stay lists: np.asarray would make a 2-D or ragged array)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
 def item_features(catalog) -> dict[str, np.ndarray]:
     """Item features in catalog item order. The cluster's level-1 group and popularity still describe a
     cluster the ranker never saw in training (where exploration lands), unlike its id."""
@@ -48,7 +56,7 @@ def item_features(catalog) -> dict[str, np.ndarray]:
         "cluster_id": cluster,
         "year": np.where(items["year"].to_numpy() > 0, items["year"].to_numpy(), np.nan).astype(np.float32),
         "genre": np.asarray([g[0] if g else "unknown" for g in genres], dtype=object),
-        "genres": genres,
+        "genres": _object_array(genres),  # each row a list of genre names
         "n_ratings": n_ratings,
         "cluster_group": group[cluster],
         "cluster_n_ratings": cluster_pop[cluster],

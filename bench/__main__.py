@@ -25,6 +25,7 @@ BENCHMARKS = {
     "sim": "bench.bench_sim",
     "ranker": "bench.bench_ranker",
     "ranker-quality": "bench.bench_ranker_quality",
+    "ranker-train": "bench.bench_ranker_train",
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
     "best-of-n": "bench.bench_best_of_n",

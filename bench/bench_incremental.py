@@ -24,7 +24,10 @@ def run(quick: bool = False) -> list[dict]:
     tcfg = TrainConfig(epochs=1 if quick else 2)
     first = train_and_evaluate(p1, config, tcfg, CPU)
     fisher = empirical_fisher(
-        first.model, ExampleStream(p1.train, Featurizer(ex.schema), batch_size=512), tcfg.fisher_batches, CPU
+        first.model,
+        ExampleStream(p1.train, Featurizer(ex.schema), batch_size=512, cache=False),
+        tcfg.fisher_batches,
+        CPU,
     )
     fisher_mean = float(sum(v.sum() for v in fisher.values()) / sum(v.numel() for v in fisher.values()))
     w1 = {k: v.detach().clone().float() for k, v in first.model.state_dict().items()}

@@ -328,7 +328,7 @@ def _train_into(cfg: TrainJobConfig, stage: Path, out: Path) -> dict:
     featurizer = Featurizer(schema, history=config.history)
     fisher = empirical_fisher(
         model,
-        ExampleStream(paths["train"], featurizer, batch_size=tcfg.batch_size),
+        ExampleStream(paths["train"], featurizer, batch_size=tcfg.batch_size, cache=False),
         tcfg.fisher_batches,
         device,
     )

@@ -1,5 +1,9 @@
-"""Streaming example readers: parquet (or an in-memory table) -> featurized `Batch`es, prepared on a
-background thread while the model trains, and copied to the GPU ahead of use when there is one."""
+"""Example readers: parquet (or an in-memory table) -> featurized `Batch`es.
+
+A source that fits the cache budget is featurized once, on first use, and kept as tensors (on the
+training device): every epoch after that only reshuffles and slices them, with no Arrow work and no
+thread. A larger source is streamed: batches are featurized on a background thread while the model
+trains, and copied to the GPU ahead of use when there is one."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,10 @@ import torch
 from ranking.features import Batch, Featurizer
 
 _END = object()
+# featurized examples kept in memory per stream when `cache` is left to decide (bytes); a larger source
+# is streamed from its files every epoch
+CACHE_BYTES = 2 << 30
+_FEATURIZE_ROWS = 1 << 16  # rows featurized per call when filling the cache
 
 
 def parquet_files(source) -> list[Path]:
@@ -90,7 +99,10 @@ class ExampleStream:
         featurizer: turns row batches into tensors.
         batch_size: rows per batch.  shuffle: shuffle rows each epoch (seeded by `seed` + epoch).
         device: where batches go; on CUDA they are pinned and copied on a side stream.
-        prefetch: batches kept ready ahead of the consumer.
+        prefetch: batches kept ready ahead of the consumer (streaming only).
+        cache: keep the featurized examples as tensors after the first pass (True), stream every epoch
+            (False), or None: cache when they fit in `cache_bytes`. A cached stream shuffles all its
+            rows each epoch; a streamed parquet source shuffles within row groups.
     """
 
     def __init__(
@@ -103,6 +115,8 @@ class ExampleStream:
         seed: int = 0,
         device: torch.device | str = "cpu",
         prefetch: int = 4,
+        cache: bool | None = None,
+        cache_bytes: int = CACHE_BYTES,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1.")
@@ -111,15 +125,71 @@ class ExampleStream:
         self.device = torch.device(device)
         self.prefetch = prefetch
         self.epoch = 0
+        self.cache, self.cache_bytes = cache, cache_bytes
+        self._cached: Batch | None = None
+        self._rows: int | None = None
 
     @property
     def num_rows(self) -> int:
-        if isinstance(self.source, pa.Table):
-            return self.source.num_rows
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(self.source))
+        if self._rows is None:
+            if isinstance(self.source, pa.Table):
+                self._rows = self.source.num_rows
+            else:
+                self._rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(self.source))
+        return self._rows
+
+    def row_bytes(self) -> int:
+        """Bytes one featurized example takes (its Batch row)."""
+        fz, s = self.featurizer, self.featurizer.schema
+        hist = s.history.length if fz.use_history else 0
+        labels = len(s.tasks) if fz.with_labels else 0
+        return (
+            8 * sum(f.width for f in s.sparse)
+            + 4 * len(s.dense)
+            + 17 * hist
+            + 8 * len(s.calibration)
+            + 4 * labels
+        )
+
+    @property
+    def cached(self) -> bool:
+        """Whether the stream keeps its featurized examples (decided once, from `cache` and the budget)."""
+        if self.cache is None:
+            self.cache = self.num_rows * self.row_bytes() <= self.cache_bytes
+        return self.cache
+
+    def _fill_cache(self) -> Batch | None:
+        """Featurize the whole source once, in large chunks; None for an empty source."""
+        parts = [self.featurizer(t) for t in _row_batches(self.source, _FEATURIZE_ROWS, False, 0)]
+        if not parts:
+            return None
+        full = concat_batches(parts)
+        self._rows = len(full)
+        return full.to(self.device) if self.device.type == "cuda" else full
+
+    def _cached_batches(self) -> Iterator[Batch]:
+        if self._cached is None:
+            self._cached = self._fill_cache()
+        full = self._cached
+        if full is None:
+            return
+        n, b = len(full), self.batch_size
+        bounds = [(s, min(s + b, n)) for s in range(0, n, b)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:  # fold a trailing single row
+            bounds[-2:] = [(bounds[-2][0], n)]
+        if not self.shuffle:
+            for s, e in bounds:
+                yield full.slice(s, e)
+            return
+        # the same permutation as the streamed in-memory table gets, so both paths see the same batches
+        order = torch.from_numpy(np.random.default_rng(self.seed + self.epoch).permutation(n))
+        order = order.to(full.sparse.device)
+        for s, e in bounds:
+            yield full.select(order[s:e])
 
     def __len__(self) -> int:
-        """Batches per epoch: exact for in-memory tables, an estimate for parquet (each file ends a batch)."""
+        """Batches per epoch: exact for in-memory tables and cached streams, an estimate for streamed parquet
+        (each file ends a batch)."""
         n, b = self.num_rows, self.batch_size
         return -(-n // b) - (b > 1 and n > 1 and n % b == 1)
 
@@ -138,6 +208,12 @@ class ExampleStream:
             q.put(_END)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.cached:
+            try:
+                yield from self._cached_batches()
+            finally:
+                self.epoch += 1
+            return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         worker = threading.Thread(target=self._produce, args=(q, stop), daemon=True)
@@ -174,3 +250,14 @@ class ExampleStream:
                 except queue.Empty:
                     worker.join(timeout=0.05)
             self.epoch += 1
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    """One Batch holding the rows of `parts`, in order."""
+    first = parts[0]
+    return Batch(
+        **{
+            f.name: None if getattr(first, f.name) is None else torch.cat([getattr(p, f.name) for p in parts])
+            for f in dataclass_fields(Batch)
+        }
+    )

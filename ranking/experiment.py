@@ -39,8 +39,8 @@ def evaluate(
 ) -> tuple[dict, dict]:
     """Per-task metrics of calibrated probabilities on `test` (a table or parquet path)."""
     stream = ExampleStream(
-        test, Featurizer(schema, history=config.history), batch_size=batch_size, device=device
-    )
+        test, Featurizer(schema, history=config.history), batch_size=batch_size, device=device, cache=False
+    )  # one pass: nothing to cache
     preds = predict(model, stream, device)
     metrics = {
         t: task_metrics(preds["labels"][:, i], preds["probs"][:, i]) for i, t in enumerate(schema.tasks)

@@ -54,12 +54,28 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(**{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows start..stop-1 (views, no copy)."""
+        return Batch(**{f.name: _part(getattr(self, f.name), slice(start, stop)) for f in fields(self)})
+
+    def select(self, rows: torch.Tensor) -> Batch:
+        """The rows at `rows` (an int64 index tensor on the batch's device), copied."""
+        return Batch(**{f.name: _take(getattr(self, f.name), rows) for f in fields(self)})
+
     def pin_memory(self) -> Batch:
         return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
 
 
 def _move(t, device, non_blocking):
     return None if t is None else t.to(device, non_blocking=non_blocking)
+
+
+def _part(t, rows: slice):
+    return None if t is None else t[rows]
+
+
+def _take(t, rows: torch.Tensor):
+    return None if t is None else t.index_select(0, rows)
 
 
 def _pin(t):

@@ -141,7 +141,9 @@ class Ranker:
         if self.bandit is None:
             self.bandit = BayesianLastLayer(self.config.tower_width, prior_precision, noise)
         n = 0
-        for batch in ExampleStream(examples, featurizer, batch_size=batch_size, device=self.device):
+        for batch in ExampleStream(
+            examples, featurizer, batch_size=batch_size, device=self.device, cache=False
+        ):
             out = self.model.run(batch)
             self.bandit.update(out.phi[:, self.task_index], batch.labels[:, self.task_index])
             n += len(batch)

@@ -214,15 +214,41 @@ def test_parquet_stream_matches_table(ml_examples, tmp_path):
 
     path = write_table(ml_examples.test, tmp_path / "test.parquet", ml_examples.test.schema)
     f = Featurizer(ml_examples.schema)
-    from_table = list(ExampleStream(ml_examples.test, f, batch_size=1000))
-    from_file = list(ExampleStream(path, f, batch_size=1000, prefetch=2))
-    assert len(from_table) == len(from_file) == 16
-    assert all(
-        torch.equal(a.sparse, b.sparse) and torch.equal(a.hist_items, b.hist_items)
-        for a, b in zip(from_table, from_file, strict=True)
-    )
+    runs = {
+        (src, cache): list(ExampleStream(source, f, batch_size=1000, prefetch=2, cache=cache))
+        for src, source in (("table", ml_examples.test), ("file", path))
+        for cache in (True, False)
+    }
+    reference = runs["table", False]
+    assert len(reference) == 16
+    for batches in runs.values():
+        assert len(batches) == 16
+        assert all(
+            torch.equal(a.sparse, b.sparse) and torch.equal(a.hist_items, b.hist_items)
+            for a, b in zip(reference, batches, strict=True)
+        )
     with pytest.raises(FileNotFoundError, match="no parquet files"):
         list(ExampleStream(tmp_path / "nothing", f))
+
+
+def test_a_cached_stream_featurizes_once_and_shuffles_like_the_streamed_one(ml_examples):
+    """The cache keeps the tensors of the first pass: later epochs see the same batches as a stream that
+    featurizes every epoch (same permutation per epoch), and the featurizer runs over the rows once."""
+    train = ml_examples.train.slice(0, 3001)  # 3001 = 3 x 1000 + 1: the trailing row folds
+    cached_f, streamed_f = Featurizer(ml_examples.schema), Featurizer(ml_examples.schema)
+    cached = ExampleStream(train, cached_f, batch_size=1000, shuffle=True, seed=3, cache=True)
+    streamed = ExampleStream(train, streamed_f, batch_size=1000, shuffle=True, seed=3, cache=False)
+    epochs = [(list(cached), list(streamed)) for _ in range(2)]
+    for a_epoch, b_epoch in epochs:
+        assert [len(b) for b in a_epoch] == [len(b) for b in b_epoch] == [1000, 1000, 1001]
+        for a, b in zip(a_epoch, b_epoch, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a.inputs(), b.inputs(), strict=True))
+            assert torch.equal(a.labels, b.labels)
+    assert not torch.equal(epochs[0][0][0].sparse, epochs[1][0][0].sparse)  # reshuffled per epoch
+    assert cached_f.stats["rows"] == 3001 and streamed_f.stats["rows"] == 2 * 3001
+    # left to decide, the stream caches what fits in its budget and streams the rest
+    assert ExampleStream(train, cached_f).cached
+    assert not ExampleStream(train, cached_f, cache_bytes=1000).cached
 
 
 def test_feedback_log_multitask_with_groups_and_mmoe(ml_catalog, tmp_path):
@@ -348,10 +374,11 @@ def test_single_row_batches_fold_into_their_neighbour(tmp_path):
 
     schema, t = _tiny_data(9)
     f = Featurizer(schema)
-    stream = ExampleStream(t, f, batch_size=4)
-    assert [len(b) for b in stream] == [4, 5] and len(stream) == 2
     path = write_table(t, tmp_path / "t.parquet", t.schema)
-    assert [len(b) for b in ExampleStream(path, f, batch_size=4)] == [4, 5]
+    for cache in (True, False):
+        stream = ExampleStream(t, f, batch_size=4, cache=cache)
+        assert [len(b) for b in stream] == [4, 5] and len(stream) == 2
+        assert [len(b) for b in ExampleStream(path, f, batch_size=4, cache=cache)] == [4, 5]
     # batch norm trains on every batch (a trailing 1-row batch used to fail)
     model = build_model(schema, tiny())
     shuffled = ExampleStream(t, f, batch_size=4, shuffle=True)
@@ -405,8 +432,9 @@ def test_predict_refuses_an_empty_stream():
 
     schema, t = _tiny_data()
     model = build_model(schema, tiny())
-    with pytest.raises(ValueError, match="the stream yielded no rows"):
-        predict(model, ExampleStream(t.slice(0, 0), Featurizer(schema)), CPU)
+    for cache in (True, False):
+        with pytest.raises(ValueError, match="the stream yielded no rows"):
+            predict(model, ExampleStream(t.slice(0, 0), Featurizer(schema), cache=cache), CPU)
 
 
 # --- the train job's checks -------------------------------------------------------------------

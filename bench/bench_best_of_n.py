@@ -6,8 +6,10 @@
 - cache_publish: CacheWriter.write (Lua-checked HSET chunks of 1,000 fields) of real-sized entries,
   plus the atomic commit, against redis-benchmark -P 16 SET with values of the same size, same server.
 - best_of_n_job: history keys per second of jobs.best_of_n (Ray Data: vLLM sampling -> alignment
-  scoring -> selection -> Redis), actor start-up included, with each stage's busy seconds; against the
-  same steps run one after another in this process (sampler, scorer, selection, writer).
+  scoring -> selection -> Redis), actor start-up included, with each stage's busy seconds, as it runs by
+  default here (without a GPU: sampling and scoring fused in one actor stage); against the same steps run
+  one after another in this process (sampler, scorer, selection, writer). Goal: >= 0.9. The separate-stage
+  layout (one actor per model, the GPU cluster layout) is run too, for its figures.
 """
 
 from __future__ import annotations
@@ -202,18 +204,26 @@ def run(quick: bool = False) -> list[dict]:
             s = run_job(cfg, tmp / "job", r.url)
             job_s = time.perf_counter() - t0
             seq_s = _sequential(tmp, vocab, keys, r.url, n, slots)
+            separate = cfg.model_copy(update={"fuse_stages": "off", "namespace": "separate"})
+            t0 = time.perf_counter()
+            s_sep = run_job(separate, tmp / "job-separate", r.url)
+            sep_s = time.perf_counter() - t0
     busy = s["stage_busy_s"]
     total_busy = sum(busy.values())
     share = {k: round(v / total_busy, 3) for k, v in busy.items()}
     print(
         f"  best-of-n job: {len(keys) / job_s:.2f} keys/s ({job_s:.1f}s, start-up included) vs {len(keys) / seq_s:.2f} "
-        f"keys/s in one process ({seq_s:.1f}s); stage busy seconds {busy}, publish {s['publish_s']}s"
+        f"keys/s in one process ({seq_s:.1f}s); stage busy seconds {busy}, publish {s['publish_s']}s, Ray Data run {s['run_s']}s, save {s['save_s']}s, fused "
+        f"{s['fused_stages']}; separate stages {len(keys) / sep_s:.2f} keys/s ({sep_s:.1f}s, busy {s_sep['stage_busy_s']})"
     )
     rows.append(
         {"name": "best_of_n_job", "value": len(keys) / job_s, "unit": "keys/s",
          "baseline": "the same steps one after another in one process", "baseline_value": len(keys) / seq_s,
-         "ratio": seq_s / job_s, "ratio_meaning": "speed-up over the baseline",
+         "ratio": seq_s / job_s, "ratio_meaning": "speed over the one-process run (goal >= 0.9)",
          "detail": {"keys": len(keys), "n": n, "slots": slots, "stage_busy_s": busy, "stage_share": share,
-                    "publish_s": s["publish_s"], "job_wall_s": job_s, "sequential_s": seq_s}}
+                    "publish_s": s["publish_s"], "job_wall_s": job_s, "sequential_s": seq_s,
+                    "fused_stages": s["fused_stages"], "separate_stages_wall_s": sep_s,
+                    "job_ray_data_run_s": s["run_s"], "job_save_s": s["save_s"], "job_pipeline_wall_s": s["wall_s"],
+                    "separate_stages_busy_s": s_sep["stage_busy_s"]}}
     )  # fmt: skip
     return rows

@@ -12,6 +12,11 @@ One Ray Data dataset, lazily built; `run` materializes it once. jobs.sample_nove
 model lives in alignment/, which explore/ does not import): any callable class that adds a `scores`
 column (list<float32>, one per candidate) to NOVELTY_CANDIDATES rows fits.
 
+Without a GPU the sampler and the scorer run fused by default: one actor stage that samples a batch and
+then scores it (SampleScoreStage), each model using all the actor's threads in turn, because two model
+actors on the same few cores only take cycles from each other. With CUDA (or `Resources.fuse=False`)
+they are separate stages with their own actors and GPU shares, overlapping batches.
+
 Keys are cut into blocks of `batch_size` on the driver (a repartition task would need a whole CPU that
 the actors' fractional shares leave free on a small machine). Each model stage runs in actors that load
 their model once; each output row carries its share of the batch's seconds in a `_<stage>_s` column
@@ -30,7 +35,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog.io import replace_folder, staging_folder
+from catalog.io import replace_folder, staging_folder, write_parquet_synced
 from explore.best_of_n import SelectionConfig, select_batch
 from explore.sampler import SamplingConfig
 from explore.stage import CacheWriteStage, NoveltyStage
@@ -53,6 +58,8 @@ class Resources:
     scorer_actors: int = 1
     scorer_gpus: float | None = None
     env: dict = field(default_factory=dict)  # extra environment for every actor (e.g. log routing)
+    # sample and score in one actor stage (novelty_actors of them): None = when there is no GPU
+    fuse: bool | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "novelty_actors", "scorer_actors"):
@@ -69,19 +76,20 @@ class PipelineResult:
     dataset: object  # the materialized ray.data.Dataset (with the timing columns)
     wall_s: float
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the rows as a parquet folder, built beside `folder` and swapped in whole (Ray appends to an
-        existing folder; a rerun must never mix runs)."""
+    def save(self, folder: str | Path, rows_per_file: int = 1_000_000) -> Path:
+        """Write `table` as a parquet folder (part-NNNNN.parquet, fsynced), from the driver, which holds
+        the rows already (a Ray write job would ship them back out), built beside `folder` and swapped in
+        whole: a rerun never mixes runs."""
         folder = Path(folder)
         staging = staging_folder(folder)
         try:
-            self.dataset.drop_columns(list(self._timing_columns())).write_parquet(str(staging.resolve()))
+            staging.mkdir(parents=True)
+            for part, start in enumerate(range(0, max(self.table.num_rows, 1), rows_per_file)):
+                rows = self.table.slice(start, rows_per_file)
+                write_parquet_synced(rows, staging / f"part-{part:05d}.parquet")
             return replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-    def _timing_columns(self) -> list[str]:
-        return [f"_{stage}_s" for stage in self.busy_s]
 
 
 class Timed:
@@ -95,6 +103,26 @@ class Timed:
         out = self.stage(batch)
         per_row = (time.perf_counter() - t0) / max(out.num_rows, 1)
         return out.append_column(self.column, pa.array([per_row] * out.num_rows, pa.float64()))
+
+
+class SampleScoreStage:
+    """The novelty sampler and a scorer stage in one actor: each batch is sampled, then scored, and its rows
+    carry both stages' seconds (`_sample_s`, `_score_s`), as the separate stages' would."""
+
+    def __init__(self, novelty: dict, scorer: type, scorer_kwargs: dict):
+        self.sample = NoveltyStage(**novelty)
+        self.score = scorer(**scorer_kwargs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        candidates = self.sample(batch)
+        t1 = time.perf_counter()
+        out = self.score(candidates)
+        t2 = time.perf_counter()
+        n = max(out.num_rows, 1)
+        for column, seconds in (("_sample_s", t1 - t0), ("_score_s", t2 - t1)):
+            out = out.append_column(column, pa.array([seconds / n] * out.num_rows, pa.float64()))
+        return out
 
 
 def timed(stage: type) -> type:
@@ -121,6 +149,7 @@ class BulkPipeline:
         self.keys = keys
         self.stages: list[str] = []
         self._cuda = _cuda()
+        self._pending_sample: dict | None = None  # the sampler's arguments while a scorer may fuse with it
         blocks = [keys.slice(i, r.batch_size) for i in range(0, keys.num_rows, r.batch_size)]
         self.ds = ray.data.from_arrow(blocks)
 
@@ -129,15 +158,23 @@ class BulkPipeline:
             return given
         return (0.5 if share else 1.0) if self._cuda else 0.0
 
-    def _actors(self, stage_cls: type, name: str, kwargs: dict, actors: int, gpus: float) -> None:
+    @property
+    def fused(self) -> bool:
+        """Whether a scorer added after `sample` shares the sampler's actors (Resources.fuse)."""
+        return not self._cuda if self.resources.fuse is None else self.resources.fuse
+
+    def _actors(
+        self, stage_cls: type, name: str, kwargs: dict, actors: int, gpus: float, *, wrap: bool = True
+    ) -> None:
         import ray
 
         r = self.resources
         threads = r.threads or (0 if gpus else max(1, (os.cpu_count() or 1) // actors))
         env = {**ENGINE_ENV, **r.env, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        timed_kwargs = {"stage": stage_cls, "column": f"_{name}_s", "kwargs": kwargs}
         self.ds = self.ds.map_batches(
-            timed(stage_cls),
-            fn_constructor_kwargs={"stage": stage_cls, "column": f"_{name}_s", "kwargs": kwargs},
+            timed(stage_cls) if wrap else stage_cls,
+            fn_constructor_kwargs=timed_kwargs if wrap else kwargs,
             batch_size=r.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -176,18 +213,38 @@ class BulkPipeline:
             "rag": rag,
             "retrieval": None if retrieval is None else str(Path(retrieval).resolve()),
         }
-        self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
+        if self.fused and share_gpu:  # a scorer follows: added with it, in the same actors
+            self._pending_sample = kwargs
+        else:
+            self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
         return self
 
+    def _flush_sample(self) -> None:
+        """Add a held-back sampler as its own stage (no scorer came to fuse with it)."""
+        if self._pending_sample is not None:
+            kwargs, self._pending_sample = self._pending_sample, None
+            r = self.resources
+            self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
+
     def score(self, stage: type, kwargs: dict) -> BulkPipeline:
-        """Scores of each key's candidates by `stage(**kwargs)` (e.g. alignment.stage.AlignmentStage)."""
+        """Scores of each key's candidates by `stage(**kwargs)` (e.g. alignment.stage.AlignmentStage); fused
+        with the sampler in its actors (novelty_actors, the sampler's GPU share) when `fused`."""
         r = self.resources
+        if self._pending_sample is not None:
+            fused = {"novelty": self._pending_sample, "scorer": stage, "scorer_kwargs": kwargs}
+            self._pending_sample = None
+            self.scorer_gpus = 0.0
+            self.novelty_gpus = self._gpus(r.novelty_gpus, share=False)
+            self._actors(SampleScoreStage, "sample", fused, r.novelty_actors, self.novelty_gpus, wrap=False)
+            self.stages.append("score")
+            return self
         self.scorer_gpus = self._gpus(r.scorer_gpus, share=True)
         self._actors(stage, "score", kwargs, r.scorer_actors, self.scorer_gpus)
         return self
 
     def select(self, selection: SelectionConfig) -> BulkPipeline:
         """The top `top_k` scored candidates per key, at or above min_score (explore.best_of_n)."""
+        self._flush_sample()
         self.ds = self.ds.map_batches(
             select_batch,
             fn_kwargs={"top_k": selection.top_k, "min_score": selection.min_score},
@@ -202,6 +259,7 @@ class BulkPipeline:
         commits it); `url` is a SecretURL, so Ray never shows the password in an actor's arguments."""
         import ray
 
+        self._flush_sample()
         kwargs = {"url": url, "version": version, "namespace": namespace, "staging_ttl_s": staging_ttl_s}
         self.ds = self.ds.map_batches(
             timed(CacheWriteStage),
@@ -218,6 +276,7 @@ class BulkPipeline:
         """Materialize the dataset; its rows come back to the driver once, as one table."""
         import ray
 
+        self._flush_sample()
         t0 = time.perf_counter()
         ds = self.ds.materialize()
         table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")

@@ -38,6 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -92,7 +93,11 @@ class BestOfNFields(SamplingOptions):
         False,
         description="publish even when a release gate fails (recorded in the version's meta and summary)",
     )
-    alignment_actors: int = Field(1, ge=1, description="scoring replicas")
+    fuse_stages: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="sample and score in one actor stage: auto (when there is no GPU), on, off",
+    )
+    alignment_actors: int = Field(1, ge=1, description="scoring replicas (separate stages only)")
     alignment_gpus: float | None = Field(
         None, ge=0, description="GPUs per scoring actor (default 0.5 with CUDA, sharing with vLLM)"
     )
@@ -263,7 +268,12 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
     t0 = time.perf_counter()
     try:
         pipe = BulkPipeline(
-            keys, cfg.resources(scorer_actors=cfg.alignment_actors, scorer_gpus=cfg.alignment_gpus)
+            keys,
+            cfg.resources(
+                scorer_actors=cfg.alignment_actors,
+                scorer_gpus=cfg.alignment_gpus,
+                fuse={"auto": None, "on": True, "off": False}[cfg.fuse_stages],
+            ),
         )
         pipe.sample(
             novelty_dir,
@@ -279,7 +289,9 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
             SecretURL(redis_url), writer.version, namespace=cfg.namespace, staging_ttl_s=cfg.staging_ttl_s
         )
         result = pipe.run()
+        t_save = time.perf_counter()
         selected_dir = result.save(out / "selected")
+        save_s = time.perf_counter() - t_save
         # after the swap: a run that failed before leaves no file that would make a rerun refuse --out
         write_table(quarantined, out / "quarantine.parquet", schemas.KEY_QUARANTINE)
         pipeline_s = time.perf_counter() - t0
@@ -326,7 +338,9 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "namespace": cfg.namespace,
         "publish_s": round(result.busy_s["write"] + finish_s, 3),
         "stage_busy_s": {k: round(v, 3) for k, v in result.busy_s.items()},
-        "pipeline_s": round(pipeline_s, 2),
+        "pipeline_s": round(pipeline_s, 2),  # the Ray Data run (actor start-up included) and the saves
+        "run_s": round(result.wall_s, 2),  # of which the Ray Data run
+        "save_s": round(save_s, 2),
         "wall_s": round(wall_s, 2),
         "keys_per_s": round(table.num_rows / wall_s, 2),
         "novelty_model": meta["novelty_model"],
@@ -334,6 +348,7 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "novelty_retrieval": retrieval_version,
         "release_gates": gates,
         "gpus_per_actor": {"novelty": pipe.novelty_gpus, "alignment": pipe.scorer_gpus},
+        "fused_stages": pipe.fused,
         "out": str(selected_dir),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -391,7 +406,7 @@ def summary_lines(s: dict) -> list[str]:
         f"published version {s['version']} to Redis namespace {s['namespace']!r}: {s['keys_cached']} key entries + "
         f"{s['backoff_entries']} back-off entries in {s['publish_s']:.2f}s; previous version "
         f"{s['previous_version']} kept for rollback",
-        f"{s['wall_s']:.1f}s, {s['keys_per_s']} keys/s; stage busy time: sampling {b['sample']:.1f}s, scoring "
+        f"{s['wall_s']:.1f}s, {s['keys_per_s']} keys/s; stage busy time ({'one fused stage' if s.get('fused_stages') else 'separate stages'}): sampling {b['sample']:.1f}s, scoring "
         f"{b['score']:.1f}s, writing {b['write']:.2f}s; models novelty {s['novelty_model']}, alignment "
         f"{s['alignment_model']}; audit table in {s['out']}",
         gates_line(s["release_gates"]),

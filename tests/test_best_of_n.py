@@ -109,6 +109,32 @@ def test_job_publishes_what_it_selected(published, redis_server):
     client.close()
 
 
+def test_fused_and_separate_stages_select_the_same_clusters(published, world, redis_server, tmp_path):
+    """Sampling and scoring in one actor (the default without a GPU) or in two actor stages is a matter of
+    resources only: the same keys get the same samples, scores and selection either way."""
+    import torch
+
+    from jobs.best_of_n import run
+
+    out, s = published
+    assert s["fused_stages"] == (not torch.cuda.is_available())
+    other = "on" if not s["fused_stages"] else "off"
+    t = run(
+        config(world, limit=16, force=True, fuse_stages=other, namespace="explore-other"),
+        tmp_path / "other",
+        redis_server.url,
+    )
+    assert t["fused_stages"] == (other == "on") and set(t["stage_busy_s"]) == {"sample", "score", "write"}
+    assert t["stage_busy_s"]["sample"] > 0 and t["stage_busy_s"]["score"] > 0
+    first = {tuple(r["history_key"]): r for r in read_table(out / "selected", BEST_OF_N).to_pylist()}
+    again = read_table(tmp_path / "other" / "selected", BEST_OF_N).to_pylist()
+    assert len(again) == 16
+    for row in again:
+        ref = first[tuple(row["history_key"])]
+        assert row["candidates"] == ref["candidates"] and row["selected"] == ref["selected"]
+        assert row["scores"] == pytest.approx(ref["scores"], abs=1e-4)
+
+
 def test_forced_gates_are_recorded_in_the_version_meta_and_summary(published, redis_server):
     _, s = published
     g = s["release_gates"]

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "ranker": "bench.bench_ranker",
     "ranker-quality": "bench.bench_ranker_quality",
     "ranker-train": "bench.bench_ranker_train",
+    "cost-growth": "bench.bench_cost_growth",
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
     "best-of-n": "bench.bench_best_of_n",

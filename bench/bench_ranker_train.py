@@ -109,7 +109,7 @@ def run(quick: bool = False) -> list[dict]:
     config, tcfg = RankerConfig(), TrainConfig()
     stream = ExampleStream(train, Featurizer(schema), batch_size=tcfg.batch_size, shuffle=True, cache=True)
     t0 = time.perf_counter()
-    full = stream._fill_cache()
+    full = stream.featurized()
     fill_s = time.perf_counter() - t0
     torch.manual_seed(0)
     fit = _fit(build_model(schema, config), stream, tcfg, epochs)
@@ -149,7 +149,7 @@ def run(quick: bool = False) -> list[dict]:
         torch.manual_seed(0)
         results[batch] = _fit(build_model(schema, small), s, tcfg.replace(batch_size=batch), epochs)
     plain = Featurizer(schema, history=False)
-    full_plain = ExampleStream(train, plain, batch_size=base_batch, cache=True)._fill_cache()
+    full_plain = ExampleStream(train, plain, batch_size=base_batch, cache=True).featurized()
     torch.manual_seed(0)
     loader = _dataloader_loop(build_model(schema, small), full_plain, base_batch, epochs)
     best = max(results.values())

@@ -167,10 +167,15 @@ class ExampleStream:
         self._rows = len(full)
         return full.to(self.device) if self.device.type == "cuda" else full
 
-    def _cached_batches(self) -> Iterator[Batch]:
+    def featurized(self) -> Batch | None:
+        """Every row of the source as one Batch, in source order (None when empty): the cache, filled on
+        first use whatever `cache` says."""
         if self._cached is None:
             self._cached = self._fill_cache()
-        full = self._cached
+        return self._cached
+
+    def _cached_batches(self) -> Iterator[Batch]:
+        full = self.featurized()
         if full is None:
             return
         n, b = len(full), self.batch_size

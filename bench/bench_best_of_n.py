@@ -174,42 +174,23 @@ def _plain_loop(tmp: Path, keys, n: int, slots: int, temperature: float = 1.5) -
     from collections import Counter
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from alignment.score import AlignmentScorer
+    from bench.hf_baseline import ConstrainedGenerate
     from explore import read_model_info
     from explore.best_of_n import SelectionConfig, best_of_n
-    from explore.tokenizer import answer_token_ids, encode_prompt
+    from explore.tokenizer import encode_prompt
 
     t0 = time.perf_counter()
     info = read_model_info(tmp / "novelty")
     tok = AutoTokenizer.from_pretrained(tmp / "novelty")
-    model = AutoModelForCausalLM.from_pretrained(tmp / "novelty", dtype=torch.float32).eval()
+    hf = ConstrainedGenerate(tmp / "novelty", tok, info.prompt_format, info.vocab)
     scorer = AlignmentScorer(tmp / "alignment", device="cpu")
-    fmt, vocab = info.prompt_format, info.vocab
-    answers = [tuple(answer_token_ids(tok, fmt, name)) for name in vocab.names]
-    cluster_of = {a[:-1]: c for c, a in enumerate(answers)}  # an answer's tokens, its final eos dropped
-    trie: dict[tuple[int, ...], set[int]] = {}
-    for a in answers:
-        for i in range(len(a)):
-            trie.setdefault(a[:i], set()).add(a[i])
-    stop = {tok.eos_token_id, tok.pad_token_id}
     loaded = time.perf_counter()
     decoded = drawn = 0
     for key in keys:
-        prompt = encode_prompt(tok, fmt, vocab, key)
-        plen = len(prompt)
-
-        def allowed(_batch_id, ids, plen=plen):
-            return sorted(trie.get(tuple(ids[plen:].tolist()), {tok.eos_token_id}))
-
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]), do_sample=True, temperature=temperature, top_k=0, num_return_sequences=n,
-                max_new_tokens=max(len(a) for a in answers), prefix_allowed_tokens_fn=allowed,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            )  # fmt: skip
-        samples = [cluster_of.get(tuple(t for t in row if t not in stop)) for row in out[:, plen:].tolist()]
+        samples = hf.sample(encode_prompt(tok, info.prompt_format, info.vocab, key), n, temperature)
         decoded += sum(c is not None for c in samples)
         drawn += len(samples)
         counts = Counter(c for c in samples if c is not None and c not in key)

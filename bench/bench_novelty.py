@@ -22,40 +22,13 @@ def _flops_per_token(config, context: int) -> float:
 
 
 def _hf_constrained(model_dir: Path, sampler, keys, n: int, temperature: float) -> tuple[float, int]:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from bench.hf_baseline import ConstrainedGenerate
 
-    from explore.tokenizer import answer_token_ids
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok, fmt, vocab = sampler.tokenizer, sampler.format, sampler.vocab
-    answers = [answer_token_ids(tok, fmt, name) for name in vocab.names]
-    trie: dict[tuple[int, ...], set[int]] = {}
-    for a in answers:
-        for i in range(len(a)):
-            trie.setdefault(tuple(a[:i]), set()).add(a[i])
+    hf = ConstrainedGenerate(model_dir, sampler.tokenizer, sampler.format, sampler.vocab)
     samples = 0
     t0 = time.perf_counter()
     for key in keys:
-        prompt = sampler.prompt_ids(key)
-        plen = len(prompt)
-
-        def allowed(_batch_id, ids, plen=plen):
-            return sorted(trie.get(tuple(ids[plen:].tolist()), {tok.eos_token_id}))
-
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]),
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                num_return_sequences=n,
-                max_new_tokens=max(len(a) for a in answers),
-                prefix_allowed_tokens_fn=allowed,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-        samples += out.shape[0]
+        samples += len(hf.sample(sampler.prompt_ids(key), n, temperature))
     return time.perf_counter() - t0, samples
 
 

@@ -73,7 +73,6 @@ class Resources:
 class PipelineResult:
     table: pa.Table  # one row per key: what the last stage emitted, timing columns dropped
     busy_s: dict[str, float]  # stage -> actor seconds spent in it
-    dataset: object  # the materialized ray.data.Dataset (with the timing columns)
     wall_s: float
 
     def save(self, folder: str | Path, rows_per_file: int = 1_000_000) -> Path:
@@ -283,4 +282,4 @@ class BulkPipeline:
         timed = [s for s in self.stages if f"_{s}_s" in table.column_names]
         busy = {s: float(pc.sum(table[f"_{s}_s"]).as_py() or 0.0) for s in timed}
         table = table.drop_columns([f"_{s}_s" for s in timed])
-        return PipelineResult(table, busy, ds, time.perf_counter() - t0)
+        return PipelineResult(table, busy, time.perf_counter() - t0)

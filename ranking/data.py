@@ -120,6 +120,8 @@ class ExampleStream:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1.")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes={cache_bytes}: must be >= 0 (0 streams every source).")
         self.source, self.featurizer = source, featurizer
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device = torch.device(device)

@@ -249,6 +249,8 @@ def test_a_cached_stream_featurizes_once_and_shuffles_like_the_streamed_one(ml_e
     # left to decide, the stream caches what fits in its budget and streams the rest
     assert ExampleStream(train, cached_f).cached
     assert not ExampleStream(train, cached_f, cache_bytes=1000).cached
+    with pytest.raises(ValueError, match="cache_bytes=-1"):
+        ExampleStream(train, cached_f, cache_bytes=-1)
 
 
 def test_feedback_log_multitask_with_groups_and_mmoe(ml_catalog, tmp_path):

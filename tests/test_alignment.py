@@ -3,6 +3,8 @@ alignment model (training on a set whose answer is known, save/load, LoRA, pairw
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
@@ -242,13 +244,23 @@ def novelty_candidates(
     return pa.Table.from_pylist(rows, schema=NOVELTY_CANDIDATES)
 
 
+# the pointwise fixture's training. With SMALL's 2 heads at the tiny default lr (3e-3, 500 steps) the
+# held-out AUC ranged 0.60-0.79 over seeds 0-5, and 0.65-0.78 over repeated 2-thread runs of seed 0 alone
+# (2-thread torch's float noise decides whether the model leaves its constant-output plateau): CI failed. 4 heads at 1e-3 for 800 steps escaped in all 12
+# runs tried (seeds 0-7, 1 and 2 threads): AUC 0.739-0.822, logloss 0.317-0.326
+POINTWISE = dict(
+    max_steps=800, batch_size=32, lr=1e-3, eval_fraction=0.2,
+    tiny=dataclasses.replace(SMALL, num_attention_heads=4),
+)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def pointwise(world, tmp_path_factory):
     from alignment.train import AlignmentConfig, train_alignment
 
     vocab, pairs, prefs = world
     out = tmp_path_factory.mktemp("alignment") / "model"
-    cfg = AlignmentConfig(max_steps=500, batch_size=32, tiny=SMALL, eval_fraction=0.2)
+    cfg = AlignmentConfig(**POINTWISE)
     report = train_alignment(
         vocab, pairs, prefs, out, cfg, candidates=novelty_candidates(pairs), progress=False
     )
@@ -337,10 +349,22 @@ def test_saved_model_scores_like_the_trained_one(pointwise, world):
     probs = scorer.score([k for k, h in zip(keys, held, strict=True) if h], cands[held])
     labels = pairs["label"].to_numpy().astype(float)
     median = r["evaluation"]["label_median"]
-    # another batch size pads other rows: float noise can move a metric's 4th rounded decimal, no more
+    # another batch size pads other rows: float noise can move the pooled AUC and the logloss by a 4th
+    # rounded decimal, no more. The within-key AUC averages 119 keys of 2-3 held-out pairs whose scores sit
+    # in two tight modes (candidates of one key 8e-8 apart): one near-tie flipped by that noise on another
+    # CPU's kernels moved it by 0.0048 in CI, so it gets the size of two flips, not float tolerance
     again = pair_metrics(labels[held], probs, median, [k for k, h in zip(keys, held, strict=True) if h])
-    assert again.keys() == r["evaluation"]["model"].keys()
-    assert again == pytest.approx(r["evaluation"]["model"], abs=2e-4)
+    want = r["evaluation"]["model"]
+    assert again.keys() == want.keys()
+    assert {m: again[m] for m in ("auc", "logloss")} == pytest.approx(
+        {m: want[m] for m in ("auc", "logloss")}, abs=2e-4
+    )
+    assert again["key_auc"] == pytest.approx(want["key_auc"], abs=0.01)
+    # and the batch size itself changes no score beyond float noise
+    again_64 = AlignmentScorer(out, device="cpu", batch_size=64).score(
+        [k for k, h in zip(keys, held, strict=True) if h], cands[held]
+    )
+    np.testing.assert_allclose(again_64, probs, atol=1e-5)
     with pytest.raises(ValueError, match="keys\\[0\\]"):
         scorer.score([(0, 99)], [1])
     with pytest.raises(ValueError, match="one key per candidate"):
@@ -395,9 +419,7 @@ def test_saved_info_is_typed_and_old_files_still_load(pointwise, world, tmp_path
     info = read_alignment_info(out)
     assert isinstance(info, AlignmentModelInfo) and info.vocab.signature() == vocab.signature()
     assert (info.base, info.method, info.lora, info.report) == ("tiny", "full", None, r)
-    assert AlignmentConfig.from_dict(info.config) == AlignmentConfig(
-        max_steps=500, batch_size=32, tiny=SMALL, eval_fraction=0.2
-    )
+    assert AlignmentConfig.from_dict(info.config) == AlignmentConfig(**POINTWISE)
     # alignment.json as written before the typed info: no lora key, the config's LoRA fields flat
     old = json.loads((out / "alignment.json").read_text())
     del old["lora"]

@@ -52,6 +52,10 @@ class AlignmentTrainFields(BaseModel):
         "tiny", description="tiny, smollm2-135m, or a causal-LM folder (e.g. a trained novelty model)"
     )
     method: Literal["auto", "full", "lora"] = Field("auto", description="auto: full for tiny, LoRA otherwise")
+    tiny_width: int = Field(
+        128, ge=32, multiple_of=32, description="--base tiny: model width D (heads of 32; SwiGLU 3D)"
+    )
+    tiny_layers: int = Field(4, ge=1, description="--base tiny: decoder layers")
     objective: Literal["pointwise", "pairwise"] = Field("pointwise", description="training objective")
     epochs: float = Field(3.0, gt=0, description="passes over the training pairs")
     max_steps: int = Field(0, ge=0, description="stop after N optimizer steps (0: epochs decide)")
@@ -105,6 +109,21 @@ def aggregation_config(cfg: AlignmentTrainFields):
     )
 
 
+def tiny_preset(cfg: AlignmentTrainFields):
+    """The tiny preset at --tiny-width / --tiny-layers (the defaults are TinyLMConfig's own)."""
+    from lm import TinyLMConfig
+
+    if cfg.base != "tiny" and (cfg.tiny_width, cfg.tiny_layers) != (128, 4):
+        raise ValueError(
+            f"--tiny-width {cfg.tiny_width} / --tiny-layers {cfg.tiny_layers} shape the tiny preset; "
+            f"--base is {cfg.base!r}. Use --base tiny, or leave them at 128 / 4."
+        )
+    w = cfg.tiny_width
+    return TinyLMConfig(
+        hidden_size=w, intermediate_size=3 * w, num_hidden_layers=cfg.tiny_layers, num_attention_heads=w // 32
+    )
+
+
 OWN_FILES = ("pairs.parquet",)  # written first by every run: marks an --out as this job's
 
 
@@ -144,6 +163,7 @@ def train(cfg: AlignmentTrainFields, out: str | Path, *, progress: bool = True) 
         pairwise_weight=cfg.pairwise_weight,
         seed=cfg.seed,
         warm_start=str(alignment_model_folder(cfg.warm_start)) if cfg.warm_start else None,
+        tiny=tiny_preset(cfg),
     )  # checked before the logs are read
     if not cfg.aggregate_only:  # a bad --base or --warm-start fails before --out is created
         if model_cfg.warm_start:

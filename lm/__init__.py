@@ -7,5 +7,6 @@ when used.
 
 from lm.info import ModelInfo
 from lm.lora import LoraSettings
+from lm.presets import TinyLMConfig
 
-__all__ = ["LoraSettings", "ModelInfo"]
+__all__ = ["LoraSettings", "ModelInfo", "TinyLMConfig"]

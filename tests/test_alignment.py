@@ -709,3 +709,23 @@ def test_warm_start_refits_the_prior_on_the_new_pairs(world, tmp_path):
     assert len(b["key_ids"]) > len(a["key_ids"])  # more keys with feedback in the second round's pairs
     p = AlignmentScorer(second, device="cpu").score([(0, 1), (2, 3)], [4, 5])
     assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+
+
+def test_tiny_width_and_layers_shape_the_alignment_backbone(world):
+    from pydantic import ValidationError
+
+    from alignment.model import build_backbone
+    from jobs.train_alignment import AlignmentTrainConfig, tiny_preset
+
+    vocab, _, _ = world
+    cfg = AlignmentTrainConfig(catalog="c", logs=["l"], tiny_width=64, tiny_layers=1)
+    backbone, _, width = build_backbone("tiny", vocab, tiny_preset(cfg))
+    assert width == 64 and len(backbone.layers) == 1
+    assert backbone.config.num_attention_heads == 2 and backbone.config.intermediate_size == 192
+    assert tiny_preset(AlignmentTrainConfig(catalog="c", logs=["l"])) == TinyLMConfig()
+    with pytest.raises(ValidationError, match="tiny_width"):
+        AlignmentTrainConfig(catalog="c", logs=["l"], tiny_width=100)
+    with pytest.raises(ValueError, match="--tiny-width 64 / --tiny-layers 1 shape the tiny preset; --base"):
+        tiny_preset(
+            AlignmentTrainConfig(catalog="c", logs=["l"], base="smollm2-135m", tiny_width=64, tiny_layers=1)
+        )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _alignment_model(catalog, vocab, out: Path, steps: int) -> None:
+def speed_alignment_model(catalog, vocab, out: Path, steps: int) -> None:
     """A tiny alignment model trained briefly on random labels: speed does not depend on what it learnt."""
     import pyarrow as pa
 
@@ -234,7 +234,7 @@ def run(quick: bool = False) -> list[dict]:
             SFTConfig(max_steps=30 if quick else 100),
             progress=False,
         )
-        _alignment_model(catalog, vocab, tmp / "alignment", 10)
+        speed_alignment_model(catalog, vocab, tmp / "alignment", 10)
         rows.insert(0, _scoring(tmp / "alignment", keys[: 32 if quick else 128], quick))
         pq.write_table(pa.table({"history_key": [list(k) for k in keys]}), tmp / "keys.parquet")
         n, slots = 20, 4

@@ -8,11 +8,15 @@ distinct (key, cluster) pairs keeps growing with the rows, as in real traffic.
 Each size is aggregated in a fresh process (its peak resident memory is that run's alone) with the
 pyarrow engine; the baseline is reading the same parts with pyarrow (the I/O floor), in the same
 process. Quick mode stops at 10^6.
+
+Then the main job over 10^2 and 10^3 history keys (main_job_growth: a fresh job process per size, wall
+time, stage times and the peak memory of its process tree, fitted exponents; quick mode: 100 and 300).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -87,6 +92,109 @@ def _exponent(x: list[float], y: list[float]) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
+def _tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants (the job, its Ray processes, its Redis)."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # exited between the listing and the read
+            pass
+    return total
+
+
+def _run_sampled(argv: list[str], env: dict) -> tuple[float, int]:
+    """Runs argv to the end; (wall seconds, peak resident bytes of its process tree, sampled every 0.2 s)."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, _tree_rss(proc))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    output = child.stdout.read()
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(argv[:3])} exited {child.returncode}:\n{output[-3000:]}")
+    return wall, peak
+
+
+def main_job_growth(quick: bool) -> dict:
+    """The main job (`python -m jobs.best_of_n`, a fresh process per size, its own Ray and Redis) over
+    10^2 and 10^3 history keys drawn without repetition from the MovieLens catalog's 48 x 47 ordered
+    cluster pairs, tiny models (100 SFT steps; the alignment model of bench best-of-n), n = 20, 4 slots:
+    wall time, the job's own stage times (summary.json) and the peak resident memory of its process tree.
+    10^4 keys do not exist in this catalog (2,256 pairs) and would take about 35 min here."""
+    import pyarrow as pa
+
+    from bench.bench_best_of_n import speed_alignment_model
+    from catalog.build import build_movielens_catalog
+    from catalog.vocabulary import ClusterVocabulary
+    from explore.sft import SFTConfig, train_novelty
+
+    sizes = [100, 300] if quick else [100, 1000]
+    catalog = build_movielens_catalog()
+    vocab = ClusterVocabulary.from_clusters(catalog.clusters)
+    pairs = [(a, b) for a in range(vocab.size) for b in range(vocab.size) if a != b]
+    order = np.random.default_rng(0).permutation(len(pairs))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        catalog.save(tmp / "catalog")
+        train_novelty(
+            vocab,
+            catalog.histories,
+            tmp / "novelty",
+            SFTConfig(max_steps=30 if quick else 100),
+            progress=False,
+        )
+        speed_alignment_model(catalog, vocab, tmp / "alignment", 10)
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
+        for size in sizes:
+            keys = tmp / f"keys-{size}.parquet"
+            pq.write_table(pa.table({"history_key": [list(pairs[i]) for i in order[:size]]}), keys)
+            out = tmp / f"job-{size}"
+            wall, peak = _run_sampled(
+                [sys.executable, "-m", "jobs.best_of_n", "--catalog", str(tmp / "catalog"), "--novelty",
+                 str(tmp / "novelty"), "--alignment", str(tmp / "alignment"), "--keys", str(keys), "--out",
+                 str(out), "--n", "20", "--slots", "4", "--num-cpus", "2", "--force"],
+                env,
+            )  # fmt: skip
+            s = json.loads((out / "summary.json").read_text())
+            r = {"keys": size, "wall_s": wall, "peak_tree_bytes": peak, "job_wall_s": s["wall_s"],
+                 "run_s": s["run_s"], "publish_s": s["publish_s"], "stage_busy_s": s["stage_busy_s"],
+                 "keys_cached": s["keys_cached"]}  # fmt: skip
+            results.append(r)
+            print(
+                f"  main job {size:>6,} keys: {wall:7.1f} s wall ({size / wall:.2f} keys/s; job {s['wall_s']:.1f} s, "
+                f"Ray Data run {s['run_s']:.1f} s, publish {s['publish_s']:.2f} s, busy {s['stage_busy_s']}), "
+                f"peak {peak / 2**20:,.0f} MiB over its processes",
+                flush=True,
+            )
+    xs = [r["keys"] for r in results]
+    time_exp = _exponent(xs, [r["wall_s"] for r in results])
+    work_exp = _exponent(xs, [sum(r["stage_busy_s"].values()) for r in results])
+    mem_exp = _exponent(xs, [r["peak_tree_bytes"] for r in results])
+    print(
+        f"  fitted: wall ~ keys^{time_exp:.2f} (start-up included), stage busy time ~ keys^{work_exp:.2f}, "
+        f"peak memory ~ keys^{mem_exp:.2f}"
+    )
+    last = results[-1]
+    return {
+        "name": "main_job_cost_growth",
+        "value": last["keys"] / last["wall_s"],
+        "unit": f"keys/s at {last['keys']:,}",
+        "baseline": f"the same job at {results[0]['keys']:,} keys",
+        "baseline_value": results[0]["keys"] / results[0]["wall_s"],
+        "ratio": (last["keys"] / last["wall_s"]) / (results[0]["keys"] / results[0]["wall_s"]),
+        "ratio_meaning": "keys/s at the largest size over the smallest (start-up amortised)",
+        "detail": {"sizes": results, "wall_exponent": time_exp, "busy_exponent": work_exp,
+                   "memory_exponent": mem_exp},
+    }  # fmt: skip
+
+
 def run(quick: bool = False) -> list[dict]:
     sizes = [10**5, 10**6] if quick else [10**5, 10**6, 10**7]
     results = []
@@ -127,5 +235,6 @@ def run(quick: bool = False) -> list[dict]:
             "ratio": last["read_s"] / last["seconds"],
             "ratio_meaning": "aggregation speed over the read floor",
             "detail": {"sizes": results, "time_exponent": time_exp, "memory_exponent": mem_exp},
-        }
+        },
+        main_job_growth(quick),
     ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 
-def speed_alignment_model(catalog, vocab, out: Path, steps: int) -> None:
+def _alignment_model(catalog, vocab, out: Path, steps: int) -> None:
     """A tiny alignment model trained briefly on random labels: speed does not depend on what it learnt."""
     import pyarrow as pa
 
@@ -43,6 +43,22 @@ def speed_alignment_model(catalog, vocab, out: Path, steps: int) -> None:
     train_alignment(
         vocab, pairs, preferences(pairs, 0.2), out, AlignmentConfig(max_steps=steps), progress=False
     )
+
+
+def speed_models(catalog, vocab, folder: Path, quick: bool) -> None:
+    """folder/catalog, folder/novelty (tiny, 30 or 100 SFT steps) and folder/alignment (10 steps on random
+    labels): the models the speed benchmarks run the main job with."""
+    from explore.sft import SFTConfig, train_novelty
+
+    catalog.save(folder / "catalog")
+    train_novelty(
+        vocab,
+        catalog.histories,
+        folder / "novelty",
+        SFTConfig(max_steps=30 if quick else 100),
+        progress=False,
+    )
+    _alignment_model(catalog, vocab, folder / "alignment", 10)
 
 
 def _scoring(model_dir: Path, keys, quick: bool) -> dict:
@@ -214,7 +230,6 @@ def run(quick: bool = False) -> list[dict]:
     from catalog.build import build_movielens_catalog
     from catalog.vocabulary import ClusterVocabulary
     from explore.keys import build_key_set
-    from explore.sft import SFTConfig, train_novelty
     from jobs.best_of_n import BestOfNConfig
     from jobs.best_of_n import run as run_job
     from jobs.services import ray_session, redis_service
@@ -226,15 +241,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = [_publish(quick)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        catalog.save(tmp / "catalog")
-        train_novelty(
-            vocab,
-            catalog.histories,
-            tmp / "novelty",
-            SFTConfig(max_steps=30 if quick else 100),
-            progress=False,
-        )
-        speed_alignment_model(catalog, vocab, tmp / "alignment", 10)
+        speed_models(catalog, vocab, tmp, quick)
         rows.insert(0, _scoring(tmp / "alignment", keys[: 32 if quick else 128], quick))
         pq.write_table(pa.table({"history_key": [list(k) for k in keys]}), tmp / "keys.parquet")
         n, slots = 20, 4

@@ -129,10 +129,9 @@ def main_job_growth(quick: bool) -> dict:
     10^4 keys do not exist in this catalog (2,256 pairs) and would take about 35 min here."""
     import pyarrow as pa
 
-    from bench.bench_best_of_n import speed_alignment_model
+    from bench.bench_best_of_n import speed_models
     from catalog.build import build_movielens_catalog
     from catalog.vocabulary import ClusterVocabulary
-    from explore.sft import SFTConfig, train_novelty
 
     sizes = [100, 300] if quick else [100, 1000]
     catalog = build_movielens_catalog()
@@ -142,15 +141,7 @@ def main_job_growth(quick: bool) -> dict:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        catalog.save(tmp / "catalog")
-        train_novelty(
-            vocab,
-            catalog.histories,
-            tmp / "novelty",
-            SFTConfig(max_steps=30 if quick else 100),
-            progress=False,
-        )
-        speed_alignment_model(catalog, vocab, tmp / "alignment", 10)
+        speed_models(catalog, vocab, tmp, quick)
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
         for size in sizes:
             keys = tmp / f"keys-{size}.parquet"

@@ -246,8 +246,9 @@ def novelty_candidates(
 
 # the pointwise fixture's training. With SMALL's 2 heads at the tiny default lr (3e-3, 500 steps) the
 # held-out AUC ranged 0.60-0.79 over seeds 0-5, and 0.65-0.78 over repeated 2-thread runs of seed 0 alone
-# (2-thread torch's float noise decides whether the model leaves its constant-output plateau): CI failed. 4 heads at 1e-3 for 800 steps escaped in all 12
-# runs tried (seeds 0-7, 1 and 2 threads): AUC 0.739-0.822, logloss 0.317-0.326
+# (2-thread torch's float noise decides whether the model leaves its constant-output plateau): CI failed.
+# 4 heads at 1e-3 for 800 steps left the plateau in all 12 runs tried (seeds 0-7, 1 and 2 threads):
+# AUC 0.739-0.822, logloss 0.317-0.326
 POINTWISE = dict(
     max_steps=800, batch_size=32, lr=1e-3, eval_fraction=0.2,
     tiny=dataclasses.replace(SMALL, num_attention_heads=4),

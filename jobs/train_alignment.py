@@ -113,11 +113,15 @@ def tiny_preset(cfg: AlignmentTrainFields):
     """The tiny preset at --tiny-width / --tiny-layers (the defaults are TinyLMConfig's own)."""
     from lm import TinyLMConfig
 
-    if cfg.base != "tiny" and (cfg.tiny_width, cfg.tiny_layers) != (128, 4):
-        raise ValueError(
-            f"--tiny-width {cfg.tiny_width} / --tiny-layers {cfg.tiny_layers} shape the tiny preset; "
-            f"--base is {cfg.base!r}. Use --base tiny, or leave them at 128 / 4."
-        )
+    default = TinyLMConfig()
+    if (cfg.tiny_width, cfg.tiny_layers) != (default.hidden_size, default.num_hidden_layers):
+        other = f"--warm-start {cfg.warm_start}" if cfg.warm_start else f"--base {cfg.base}"
+        if cfg.warm_start or cfg.base != "tiny":
+            raise ValueError(
+                f"--tiny-width {cfg.tiny_width} / --tiny-layers {cfg.tiny_layers} shape a new tiny model; "
+                f"with {other} the model's shape is given. Use --base tiny without --warm-start, or leave "
+                f"them at {default.hidden_size} / {default.num_hidden_layers}."
+            )
     w = cfg.tiny_width
     return TinyLMConfig(
         hidden_size=w, intermediate_size=3 * w, num_hidden_layers=cfg.tiny_layers, num_attention_heads=w // 32

@@ -726,7 +726,11 @@ def test_tiny_width_and_layers_shape_the_alignment_backbone(world):
     assert tiny_preset(AlignmentTrainConfig(catalog="c", logs=["l"])) == TinyLMConfig()
     with pytest.raises(ValidationError, match="tiny_width"):
         AlignmentTrainConfig(catalog="c", logs=["l"], tiny_width=100)
-    with pytest.raises(ValueError, match="--tiny-width 64 / --tiny-layers 1 shape the tiny preset; --base"):
+    with pytest.raises(ValueError, match="with --warm-start prev the model's shape is given"):
+        tiny_preset(AlignmentTrainConfig(catalog="c", logs=["l"], warm_start="prev", tiny_layers=2))
+    with pytest.raises(
+        ValueError, match="--tiny-width 64 / --tiny-layers 1 shape a new tiny model; with --base"
+    ):
         tiny_preset(
             AlignmentTrainConfig(catalog="c", logs=["l"], base="smollm2-135m", tiny_width=64, tiny_layers=1)
         )

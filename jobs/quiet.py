@@ -8,8 +8,8 @@ stderr, tqdm bars of libraries, subprocesses such as the raylet and Redis, C++ g
 log file while the block runs; stdout (the job's stage lines and summaries) is left alone. vLLM logs to
 stdout by default: VLLM_LOGGING_STREAM sends it to stderr, in this process and in the local Ray's workers
 (they inherit the environment; the bulk jobs pass it to their actors in explore.pipeline.Resources.env, for a remote cluster). The lines
-Ray prints on stdout (workers' stdout, the raylet's error messages) go to stderr too
-(`route_ray_worker_output`, after ray.init).
+Ray forwards from its workers (their stdout and stderr) and the raylet's error messages go to file
+descriptor 2 too (`route_ray_worker_output`, after ray.init), also inside terminal_stderr().
 
 On the way out, also on an error, the terminal's stderr comes back before the error is printed, so a
 failing stage shows its error paragraph or traceback; the path of the log is printed with it. The job's
@@ -104,10 +104,32 @@ def terminal_stderr() -> Iterator[None]:
         sys.stderr = previous
 
 
+class _Fd2:
+    """A text sink on file descriptor 2 as it is at each write (the library log inside library_output),
+    whatever `sys.stderr` points at then: Ray's log thread must not follow terminal_stderr() to the
+    terminal."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(2, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 def route_ray_worker_output() -> bool:
-    """Inside library_output, after ray.init: what Ray prints from workers' stdout and the raylet's error
-    messages (both on stdout) go to stderr, the log, like workers' stderr. Undone when the block ends.
-    False where this Ray version's printing hooks are not found (then those lines reach the terminal)."""
+    """Inside library_output, after ray.init: what Ray prints from its workers (stdout and stderr: vLLM in
+    Ray Data actors, Serve replicas' warnings) and the raylet's error messages go to file descriptor 2, the
+    log, also while a terminal_stderr() block has `sys.stderr` on the terminal (Ray prints from a
+    background thread, which would otherwise follow it there). Undone when the block ends. False where this
+    Ray version's printing hooks are not found (then those lines reach the terminal)."""
     if not _terminal:
         return False
     try:
@@ -116,18 +138,26 @@ def route_ray_worker_output() -> bool:
     except ImportError:
         return False
     original = getattr(worker, "print_to_stdstream", None)
-    if original is None or getattr(original, "_to_stderr", False):
-        return original is not None
+    print_logs = getattr(worker, "print_worker_logs", None)
+    dedup = getattr(worker, "stderr_deduplicator", None)
+    if original is None or print_logs is None or dedup is None:
+        return False
+    if getattr(original, "_to_log", False):
+        return True
     if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:
         return False
+    sink = _Fd2()
 
-    def to_stderr(data: dict, ignore_prefix: bool) -> None:
-        original({**data, "is_err": True}, ignore_prefix=ignore_prefix)
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        data = {**data, "is_err": True}
+        batches = dedup.deduplicate(data) if data.get("pid") != "autoscaler" else [data]
+        for batch in batches:
+            print_logs(batch, sink, ignore_prefix)
 
-    to_stderr._to_stderr = True
+    to_log._to_log = True
     ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
     dispatcher.remove_handler("ray_print_logs")  # workers' lines: a handler bound to the original function
-    dispatcher.add_handler("ray_print_logs", functools.partial(to_stderr, ignore_prefix=ignore_prefix))
-    worker.print_to_stdstream = to_stderr  # the raylet's error messages: looked up at each call
+    dispatcher.add_handler("ray_print_logs", functools.partial(to_log, ignore_prefix=ignore_prefix))
+    worker.print_to_stdstream = to_log  # the raylet's error messages: looked up at each call
     _undo.append(lambda: setattr(worker, "print_to_stdstream", original))
     return True

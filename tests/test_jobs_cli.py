@@ -430,6 +430,50 @@ def test_library_output_goes_to_the_log_unless_verbose(tmp_path, verbose):
         assert f"log {log} stream after None" in res.stdout  # the environment restored after it
 
 
+RAY_QUIET_SCRIPT = """
+import logging, sys, time
+import ray
+from jobs.quiet import library_output, route_ray_worker_output, terminal_stderr
+from jobs.services import ray_session
+
+@ray.remote(num_cpus=0.5)
+def chatty():
+    print("worker stdout line", flush=True)
+    logging.getLogger("replica").warning("worker WARNING line")
+    return 1
+
+with library_output(sys.argv[1]) as log, ray_session(num_cpus=1):
+    print("routed", route_ray_worker_output(), flush=True)
+    with terminal_stderr():  # our progress bar is on the terminal while a worker prints
+        print("our progress bar", file=sys.stderr)
+        ray.get(chatty.remote())
+        deadline = time.time() + 30
+        while "worker WARNING line" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+print("done")
+"""
+
+
+def test_ray_worker_lines_reach_the_log_also_inside_terminal_stderr(tmp_path):
+    """A Ray worker's output is forwarded by a driver thread that writes to `sys.stderr`: while a stage's
+    progress bar has that on the terminal (terminal_stderr), the lines must still go to the library log."""
+    log = tmp_path / "library.log"
+    res = subprocess.run(
+        [sys.executable, "-c", RAY_QUIET_SCRIPT, str(log)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "routed True" in res.stdout and "done" in res.stdout and "our progress bar" in res.stderr
+    text = log.read_text()
+    assert "worker stdout line" in text and "worker WARNING line" in text
+    terminal = res.stdout + res.stderr
+    assert "worker stdout line" not in terminal and "worker WARNING line" not in terminal, terminal
+
+
 def test_library_output_shows_the_error_on_the_terminal(tmp_path):
     log = tmp_path / "library.log"
     res = _quiet(log, verbose=False, fail=True)

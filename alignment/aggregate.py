@@ -27,9 +27,9 @@ from, and counted. A part that cannot be read at all is quarantined as a whole (
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,9 @@ class AggregationConfig:
     min_gap: float = 0.2  # pairwise set: label difference for one candidate to count as preferred
     engine: str = "auto"  # auto: pyarrow below ray_threshold_mib of logs, Ray Data above
     ray_threshold_mib: int = 256
+    # pyarrow engine: logs above this many MiB are aggregated in hash partitions spilled to disk (one
+    # partition per this many MiB of logs), so memory stays flat as logs grow; 0: always in memory
+    spill_mib: float = 16.0
     strict_logs: bool = False  # an unreadable log part is an error (default: quarantined whole, rest used)
 
     def __post_init__(self):
@@ -93,6 +96,10 @@ class AggregationConfig:
             )
         if not 0 < self.min_gap <= 1:
             raise ValueError(f"AggregationConfig.min_gap={self.min_gap}: must be in (0, 1].")
+        if self.spill_mib < 0:
+            raise ValueError(
+                f"AggregationConfig.spill_mib={self.spill_mib}: must be >= 0 (0: never spill to disk)."
+            )
         if self.dwell_click_s < 0:
             raise ValueError(f"AggregationConfig.dwell_click_s={self.dwell_click_s}: must be >= 0 seconds.")
 
@@ -199,9 +206,17 @@ def round_to(labels: np.ndarray, interval: float) -> np.ndarray:
 
 def finalize(sums: pa.Table, config: AggregationConfig) -> tuple[pa.Table, dict]:
     """FEEDBACK_PAIRS from partial sums (several rows of one pair are added up), and counts."""
+    return _finalize_reduced(*_reduce(sums, config), config)
+
+
+def _reduce(sums: pa.Table, config: AggregationConfig) -> tuple[pa.Table, int]:
+    """(the pairs of `sums` added up and kept by min_impressions, the number of distinct pairs seen)."""
     t = _sum_by_pair(sums) if sums.num_rows else SUMS.empty_table()
-    n_pairs = t.num_rows
-    t = t.filter(pc.greater_equal(t["impressions"], config.min_impressions))
+    return t.filter(pc.greater_equal(t["impressions"], config.min_impressions)), t.num_rows
+
+
+def _finalize_reduced(t: pa.Table, n_pairs: int, config: AggregationConfig) -> tuple[pa.Table, dict]:
+    """FEEDBACK_PAIRS from summed pairs that passed min_impressions (n_pairs: pairs seen before that)."""
     t = t.sort_by([("key", "ascending"), ("cluster_id", "ascending")])
     counts = np.stack([t[c].to_numpy() for c in COUNTS[1:]], axis=1).astype(np.float64)  # (P, 5)
     impressions = t["impressions"].to_numpy().astype(np.float64)
@@ -230,26 +245,43 @@ def finalize(sums: pa.Table, config: AggregationConfig) -> tuple[pa.Table, dict]
     return pairs, stats
 
 
-def preferences(pairs: pa.Table, min_gap: float) -> pa.Table:
-    """Every two candidates of one key whose labels differ by at least min_gap, the better one first."""
-    by_key: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-    for key, c, label in zip(
-        pairs["history_key"].to_pylist(),
-        pairs["cluster_id"].to_pylist(),
-        pairs["label"].to_pylist(),
-        strict=True,
-    ):
-        by_key[tuple(key)].append((c, label))
-    rows: dict[str, list] = {"history_key": [], "preferred": [], "other": [], "gap": []}
-    for key, cands in by_key.items():
-        for a, la in cands:
-            for b, lb in cands:
-                if la - lb >= min_gap - 1e-9:
-                    rows["history_key"].append(list(key))
-                    rows["preferred"].append(a)
-                    rows["other"].append(b)
-                    rows["gap"].append(la - lb)
-    return pa.table(rows, schema=FEEDBACK_PREFERENCES)
+def preferences(pairs: pa.Table, min_gap: float, *, chunk: int = 1 << 18) -> pa.Table:
+    """Every two candidates of one key whose labels differ by at least min_gap, the better one first.
+
+    Keys in order of first appearance, candidates in their order within the key, the preferred one
+    outer. Vectorised over blocks of about `chunk` candidate comparisons, so memory stays bounded
+    however many candidates a key has."""
+    if pairs.num_rows == 0:
+        return FEEDBACK_PREFERENCES.empty_table()
+    codes = pc.dictionary_encode(key_text(pairs["history_key"])).combine_chunks().indices.to_numpy()
+    order = np.argsort(codes, kind="stable")  # rows of one key together, keys by first appearance
+    sizes = np.bincount(codes)
+    size_of_row = np.repeat(sizes, sizes)  # in that order: the size of each row's key
+    start_of_row = np.repeat(np.cumsum(sizes) - sizes, sizes)  # and where the key's rows start
+    labels = pairs["label"].to_numpy().astype(np.float64)[order]
+    clusters = pairs["cluster_id"].to_numpy()[order]
+    work = np.cumsum(size_of_row)  # comparisons up to and including each row
+    out, row = [], 0
+    while row < len(order):
+        # the rows whose comparisons fit in one block (at least one row)
+        end = max(row + 1, int(np.searchsorted(work, (work[row - 1] if row else 0) + chunk, side="right")))
+        n = size_of_row[row:end]
+        a = np.repeat(np.arange(row, end), n)
+        b = np.repeat(start_of_row[row:end], n) + np.arange(len(a)) - np.repeat(np.cumsum(n) - n, n)
+        gap = labels[a] - labels[b]
+        keep = gap >= min_gap - 1e-9
+        out.append((a[keep], b[keep], gap[keep]))
+        row = end
+    a, b, gap = (np.concatenate(x) for x in zip(*out, strict=True))
+    return pa.table(
+        {
+            "history_key": pairs["history_key"].take(pa.array(order[a])),
+            "preferred": pa.array(clusters[a], pa.int32()),
+            "other": pa.array(clusters[b], pa.int32()),
+            "gap": pa.array(gap, pa.float32()),
+        },
+        schema=FEEDBACK_PREFERENCES,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,6 +296,59 @@ def _pyarrow_sums(files, config, k, n_clusters) -> tuple[pa.Table, pa.Table, int
         quarantined.append(q)
         rows += n
     return pa.concat_tables(sums), pa.concat_tables(quarantined), rows
+
+
+def _bucket_of(sums: pa.Table, buckets: int) -> np.ndarray:
+    """The hash partition of each SUMS row's (key, cluster): a pair always lands in the same one."""
+    ids = pc.list_flatten(pc.cast(pc.split_pattern(sums["key"], ","), pa.list_(pa.int64()))).to_numpy()
+    h = sums["cluster_id"].to_numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for column in ids.reshape(sums.num_rows, -1).T.astype(np.uint64):
+            h = (h * np.uint64(0x100000001B3)) ^ column
+        h ^= h >> np.uint64(33)  # MurmurHash3's 64-bit finalizer: every input bit moves the partition
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def _spilled_pairs(
+    files, config, k, n_clusters, buckets: int, workdir
+) -> tuple[pa.Table, int, pa.Table, int]:
+    """External group-by for large logs in one process: each part's sums are split into `buckets` hash
+    partitions appended to parquet files in a temporary folder, then each partition is added up and
+    filtered alone. Memory: one part plus one partition (logs / buckets), whatever the logs' size.
+    Returns (kept pairs, pairs seen, quarantined rows, rows read)."""
+    quarantined, rows = [], 0
+    with tempfile.TemporaryDirectory(prefix="aggregate-spill-", dir=workdir) as tmp:
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for path in files:
+                sums, q, n = _part_sums(path, config, k, n_clusters, strict=config.strict_logs)
+                quarantined.append(q)
+                rows += n
+                if not sums.num_rows:
+                    continue
+                bucket = _bucket_of(sums, buckets)
+                order = np.argsort(bucket, kind="stable")
+                sums, bucket = sums.take(order), bucket[order]
+                bounds = np.searchsorted(bucket, np.arange(buckets + 1))
+                for b in range(buckets):
+                    if bounds[b + 1] > bounds[b]:
+                        if b not in writers:
+                            writers[b] = pq.ParquetWriter(Path(tmp) / f"bucket-{b:05d}.parquet", SUMS)
+                        writers[b].write_table(sums.slice(bounds[b], bounds[b + 1] - bounds[b]))
+        finally:
+            for w in writers.values():
+                w.close()
+        kept, seen = [], 0
+        for b in sorted(writers):
+            t, n = _reduce(pq.read_table(Path(tmp) / f"bucket-{b:05d}.parquet"), config)
+            kept.append(t)
+            seen += n
+    pairs = pa.concat_tables(kept) if kept else SUMS.empty_table()
+    return pairs, seen, pa.concat_tables(quarantined), rows
 
 
 def _part_task(batch: pa.Table, config: dict, k: int, n_clusters: int, quarantine_dir: str) -> pa.Table:
@@ -331,6 +416,14 @@ def resolve_engine(logs: list[str | os.PathLike], config: AggregationConfig) -> 
     return "ray" if size > config.ray_threshold_mib << 20 else "pyarrow"
 
 
+def spill_partitions(log_bytes: int, config: AggregationConfig) -> int:
+    """Hash partitions the pyarrow engine spills to disk for logs of this size (0: aggregated in memory)."""
+    per = config.spill_mib * 2**20
+    if not per or log_bytes <= per:
+        return 0
+    return math.ceil(log_bytes / per)
+
+
 def aggregate_logs(
     logs: list[str | os.PathLike],
     k: int,
@@ -344,8 +437,9 @@ def aggregate_logs(
     Args:
         logs: folders written by catalog.logs.FeedbackLogWriter, or single part files.
         k, n_clusters: the catalog's history key length and cluster count (rows are checked against them).
-        workdir: where the Ray engine keeps quarantined rows of its tasks (shared storage on a cluster);
-            a temporary folder by default.
+        workdir: where the Ray engine keeps quarantined rows of its tasks (shared storage on a cluster)
+            and the pyarrow engine its spilled partitions (removed at the end); the system's temporary
+            folder by default.
     """
     config = config or AggregationConfig()
     files = log_files(logs)
@@ -356,14 +450,24 @@ def aggregate_logs(
             sums, quarantined, rows = _ray_sums(files, config, k, n_clusters, Path(tmp))
         if config.strict_logs:
             raise_if_unreadable(quarantined)
+        pairs, stats = finalize(sums, config)
+        spill_buckets = 0
     else:
-        sums, quarantined, rows = _pyarrow_sums(files, config, k, n_clusters)
-    pairs, stats = finalize(sums, config)
+        spill_buckets = spill_partitions(size, config)
+        if spill_buckets:
+            kept, seen, quarantined, rows = _spilled_pairs(
+                files, config, k, n_clusters, spill_buckets, workdir
+            )
+            pairs, stats = _finalize_reduced(kept, seen, config)
+        else:
+            sums, quarantined, rows = _pyarrow_sums(files, config, k, n_clusters)
+            pairs, stats = finalize(sums, config)
     prefs = preferences(pairs, config.min_gap)
     quarantined = quarantined.sort_by([("part", "ascending")]) if quarantined.num_rows else quarantined
     stats = {
         "engine": engine,
         "log_bytes": size,
+        "spill_partitions": spill_buckets,
         **quarantine_stats(quarantined, parts=len(files), events=rows),
         **stats,
         "preferences": prefs.num_rows,

@@ -43,6 +43,12 @@ class AlignmentTrainFields(BaseModel):
     )
     engine: Literal["auto", "pyarrow", "ray"] = Field("auto", description="aggregation engine")
     ray_threshold_mib: int = Field(256, ge=0, description="engine auto: Ray above this much log data, MiB")
+    spill_mib: float = Field(
+        16.0,
+        ge=0,
+        description="pyarrow engine: above this much log data, MiB, add up hash partitions spilled to disk, one"
+        " per this many MiB (flat memory); 0: all in memory",
+    )
     strict_logs: bool = Field(
         False, description="stop on an unreadable log part (default: quarantine the part whole, use the rest)"
     )
@@ -105,6 +111,7 @@ def aggregation_config(cfg: AlignmentTrainFields):
         dwell_click_s=cfg.dwell_click_s,
         engine=cfg.engine,
         ray_threshold_mib=cfg.ray_threshold_mib,
+        spill_mib=cfg.spill_mib,
         strict_logs=cfg.strict_logs,
     )
 

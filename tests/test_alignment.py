@@ -158,6 +158,47 @@ def test_ray_data_engine_gives_the_same_tables(log_dir, ray_local):
     assert a.stats["events"] == b.stats["events"] == 48
 
 
+def test_spilled_aggregation_gives_the_in_memory_tables(tmp_path):
+    """Logs above spill_mib are added up in hash partitions on disk: same pairs, preferences and counts as
+    in memory, each pair added up in one partition (pairs of one key spread over several parts), and the
+    spill folder removed."""
+    rng = np.random.default_rng(0)
+    w = FeedbackLogWriter(tmp_path / "log")
+    for _ in range(4):  # every pair appears in several parts
+        rows = []
+        for _ in range(400):
+            a, b = rng.choice(M, 2, replace=False)
+            c = int(rng.integers(M))
+            click = bool(rng.random() < 0.4)
+            rows.append(
+                (
+                    (int(a), int(b)),
+                    c,
+                    "explore",
+                    click,
+                    click and rng.random() < 0.3,
+                    False,
+                    not click and rng.random() < 0.2,
+                    80.0 if click and rng.random() < 0.5 else 0.0,
+                )
+            )
+        w.append(events(rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    mem = aggregate_logs([tmp_path / "log"], K, M, AggregationConfig(engine="pyarrow", spill_mib=0))
+    spilled = aggregate_logs(
+        [tmp_path / "log"], K, M, AggregationConfig(engine="pyarrow", spill_mib=0.002), workdir=work
+    )
+    assert mem.stats["spill_partitions"] == 0 and spilled.stats["spill_partitions"] >= 4
+    assert mem.pairs.num_rows > 50 and mem.stats["pairs_seen"] > mem.pairs.num_rows  # some below the floor
+    assert spilled.pairs.equals(mem.pairs) and spilled.preferences.equals(mem.preferences)
+    for stat in ("pairs_seen", "pairs_kept", "keys_kept", "impressions_kept", "events", "label_mean"):
+        assert spilled.stats[stat] == mem.stats[stat], stat
+    assert list(work.iterdir()) == []  # the spilled partitions are gone, the folder itself is left
+    with pytest.raises(ValueError, match="spill_mib=-1"):
+        AggregationConfig(spill_mib=-1)
+
+
 def test_best_of_n_order_threshold_and_ties():
     cfg = SelectionConfig(top_k=3, min_score=0.2)
     # 7 and 4 tie on score: more samples first; 9 and 2 tie on both: lower id first; 5 is below min_score

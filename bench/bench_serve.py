@@ -6,7 +6,8 @@
   ingress (every stage but the model: feature store, Redis lookup, candidates, slate, impression log),
   measured in the same run;
 - the inner bound: the same requests in process (RankService and the ranker, no Serve, no HTTP), and
-  the bare ranker call on the same candidate rows;
+  the bare ranker call on the same candidate rows; per request, the time and CPU work outside the
+  ranker call (history, cache round trip, candidates, features, slate, log), over the ranker call's;
 - a fixed-rate run (open loop: latency counted from each request's scheduled time) that must end with
   zero errors;
 - with BENCH_SERVE_HAPROXY=1, Ray Serve's throughput-optimized mode with an HAProxy ingress (opt-in: in
@@ -153,27 +154,36 @@ def _in_process(tmp: Path, catalog, bodies: list[dict], redis_url: str) -> dict:
     store = OnlineFeatureStore(catalog)
     settings = ServingSettings(catalog=str(tmp / "catalog"), log_dir=str(tmp / "unused"))
     cache = GuardedCache(redis_url, namespace="explore", k=2)
-    features = []
+    features, scoring = [], []
 
     async def scorer(req: ScoreRequest):
         features.append(req.features)
-        return score_batch(ranker, [req])[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = score_batch(ranker, [req])[0]
+        scoring.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
+        return out
 
     service = RankService(store, cache, scorer, lambda rows: None, settings)
 
     async def go():
         out = []
         for b in bodies:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             answer = await service.rank(RankRequest(**b))
-            out.append(((time.perf_counter() - t0) * 1000, answer["timings_ms"]))
+            out.append(
+                ((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000, answer["timings_ms"])
+            )
         return out
 
     asyncio.run(go())  # warm-up
     features.clear()
+    scoring.clear()
     timed = asyncio.run(go())
-    total = np.array([t for t, _ in timed])
-    stages = {s: float(np.median([t[s] for _, t in timed])) for s in timed[0][1]}
+    total = np.array([t for t, _, _ in timed])
+    stages = {s: float(np.median([t[s] for _, _, t in timed])) for s in timed[0][2]}
+    # per request, everything but the ranker call: wall (the Redis round trip included) and CPU work
+    outside_wall = total - np.array([w for w, _ in scoring])
+    outside_cpu = np.array([c for _, c, _ in timed]) - np.array([c for _, c in scoring])
     model = []
     for table in features:
         t0 = time.perf_counter()
@@ -181,6 +191,8 @@ def _in_process(tmp: Path, catalog, bodies: list[dict], redis_url: str) -> dict:
         model.append((time.perf_counter() - t0) * 1000)
     rows = [t.num_rows for t in features]
     return {"service_p50_ms": float(np.percentile(total, 50)), "ranker_p50_ms": float(np.percentile(model, 50)),
+            "outside_model_p50_ms": float(np.percentile(outside_wall, 50)),
+            "outside_model_cpu_p50_ms": float(np.percentile(outside_cpu, 50)),
             "stages_p50_ms": stages, "candidates_mean": float(np.mean(rows))}  # fmt: skip
 
 
@@ -281,7 +293,8 @@ def run(quick: bool = False) -> list[dict]:
             with ray_session(num_cpus=2, address="local"):
                 inner = _in_process(tmp, catalog, bodies[: 100 if quick else 300], r.url)
                 print(f"  in process: RankService p50 {inner['service_p50_ms']:.2f} ms, ranker call p50 {inner['ranker_p50_ms']:.2f} ms "
-                      f"({inner['candidates_mean']:.0f} candidates); stages {inner['stages_p50_ms']}", flush=True)  # fmt: skip
+                      f"({inner['candidates_mean']:.0f} candidates); outside the ranker call {inner['outside_model_p50_ms']:.2f} ms "
+                      f"({inner['outside_model_cpu_p50_ms']:.2f} ms CPU); stages {inner['stages_p50_ms']}", flush=True)  # fmt: skip
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 config = _app_config(tmp, port)
@@ -314,6 +327,10 @@ def run(quick: bool = False) -> list[dict]:
         {"name": "serve_c1_p50", "value": b[1]["p50_ms"], "unit": "ms", "baseline": "the same request in process (RankService + ranker)",
          "baseline_value": inner["service_p50_ms"], "ratio": b[1]["p50_ms"] / inner["service_p50_ms"],
          "ratio_meaning": "HTTP + Serve latency over the in-process call", "detail": detail},
+        {"name": "serve_outside_model_share", "value": inner["outside_model_p50_ms"], "unit": "ms",
+         "baseline": f"the ranker call alone ({inner['candidates_mean']:.0f} candidates)", "baseline_value": inner["ranker_p50_ms"],
+         "ratio": inner["outside_model_p50_ms"] / inner["ranker_p50_ms"],
+         "ratio_meaning": "the endpoint's per-request time outside the model (history, cache round trip, candidates, features, slate, log) over the model's"},
         {"name": "serve_c32_throughput", "value": b[32]["rps"], "unit": "req/s", "baseline": "batching off, same run",
          "baseline_value": u[32]["rps"], "ratio": b[32]["rps"] / u[32]["rps"], "ratio_meaning": "speed-up of @serve.batch"},
         {"name": "serve_c32_vs_noop", "value": b[32]["rps"], "unit": "req/s", "baseline": "no-op scorer behind the same ingress",

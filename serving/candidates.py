@@ -7,7 +7,8 @@ chose the clusters offline, the ranker chooses items inside them).
   with no positive engagement), the most rated items outside the explore clusters, labelled exploit.
 
 Items the member rated, engaged with (in `recent` or the feedback logs) or asked to exclude are never
-candidates. One numpy pass per cluster (a handful per request), no per-item Python loop.
+candidates. One numpy pass per cluster (a handful per request, over the first n + |excluded| rows of
+each), no per-item Python loop.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ class Candidates:
 
 
 def _fresh(rows: np.ndarray, store: OnlineFeatureStore, excluded: np.ndarray, n: int) -> np.ndarray:
-    """The first n of `rows` whose item is not excluded."""
-    keep = rows[~np.isin(store.item_ids[rows], excluded, assume_unique=False)]
-    return keep[:n]
+    """The first n of `rows` whose item is not excluded (`excluded`: sorted item ids, MemberState's)."""
+    rows = rows[: n + len(excluded)]  # at most len(excluded) of them can be dropped
+    if not len(excluded):
+        return rows[:n]
+    ids = store.item_ids[rows]
+    at = np.searchsorted(excluded, ids).clip(max=len(excluded) - 1)
+    return rows[excluded[at] != ids][:n]
 
 
 def generate(

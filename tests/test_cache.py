@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -125,6 +126,56 @@ def test_lookup_many_matches_lookup_one_by_one(client, ns):
     assert [h.level for h in many] == ["exact", "backoff", "global", "exact"]
     with pytest.raises(ValueError, match="excludes has 1 items for 4 keys"):
         reader.lookup_many(keys, excludes=[[]])
+
+
+def test_async_reader_and_guarded_cache_answer_as_the_sync_reader(redis_server, client, ns):
+    """The endpoint's path (redis.asyncio, one reader per event loop) gives the sync reader's hits: exact,
+    back-off, global, no live version, a new version's meta; a dead Redis degrades to None, never raises."""
+    import asyncio
+
+    import redis.asyncio
+
+    from explore.cache import AsyncCacheReader
+    from serving.cache_client import GuardedCache
+
+    reader = CacheReader(client, ns, k=2)
+    cases = [((3, 17), (), None), ((3, 17), [8], 1), ((9, 17), (), 2), ((4, 6), {2}, None)]
+
+    async def both(areader):
+        got = [await areader.lookup(k, exclude=e, top=t) for k, e, t in cases]
+        return got, await areader.lookup_global(exclude=[1])
+
+    async def with_client(fn):
+        c = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            return await fn(AsyncCacheReader(c, ns, k=2))
+        finally:
+            await c.aclose()
+
+    none_live = asyncio.run(with_client(lambda r: r.lookup((3, 17))))
+    assert none_live == reader.lookup((3, 17)) and none_live.version is None
+    publish(client, ns, V1, novelty_model="m1")
+    got, glob = asyncio.run(with_client(both))
+    assert got == [reader.lookup(k, exclude=e, top=t) for k, e, t in cases]
+    assert [h.level for h in got] == ["exact", "exact", "backoff", "global"] and got[0].models[
+        "novelty_model"
+    ] == "m1"
+    assert glob == reader.lookup_global(exclude=[1]) and glob.clusters == (2,)
+    with pytest.raises(ValueError, match="last 2 cluster ids"):
+        asyncio.run(with_client(lambda r: r.lookup((3,))))
+
+    cache = GuardedCache(redis_server.url, namespace=ns, k=2)
+    for _ in range(2):  # two event loops (asyncio.run twice): each gets its own connections
+        hit = asyncio.run(cache.lookup((3, 17), [3], 2))
+        assert hit == cache.lookup_sync((3, 17), [3], 2) and hit.clusters == (5, 8)
+    publish(client, ns, {**V1, "3,17": ([7], [0.5])}, novelty_model="m2")  # a new version: its meta is read
+    hit = asyncio.run(cache.lookup((3, 17), [], 4))
+    assert hit.clusters == (7,) and hit.models["novelty_model"] == "m2" and cache.errors == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = GuardedCache(f"redis://127.0.0.1:{sock.getsockname()[1]}/0", namespace=ns, k=2, failures=2)
+    assert asyncio.run(dead.lookup((3, 17), [], 4)) is None and dead.errors == 1
+    assert asyncio.run(dead.lookup(None, [], 4)) is None and dead.breaker.state == "open"
 
 
 def test_new_version_replaces_the_old_one_whole_and_rollback_restores_it(client, ns):

@@ -66,7 +66,7 @@ from explore.cache.layout import (
     new_version,
     version_meta,
 )
-from explore.cache.reader import CacheHit, CacheReader
+from explore.cache.reader import AsyncCacheReader, CacheHit, CacheReader
 from explore.cache.urls import SecretURL, has_credentials, redact_url, reveal
 from explore.cache.writer import (
     CacheWriter,
@@ -80,7 +80,7 @@ from explore.cache.writer import (
 )
 
 __all__ = [
-    "GLOBAL_FIELD", "LEVELS", "RESERVED_META", "CacheError", "CacheHit", "CacheKeys", "CacheReader",
+    "GLOBAL_FIELD", "LEVELS", "RESERVED_META", "AsyncCacheReader", "CacheError", "CacheHit", "CacheKeys", "CacheReader",
     "CacheWriter", "PublishResult", "SecretURL", "StagingVersion", "check_eviction_policy", "decode_entry",
     "encode_entry", "gc_staging", "has_credentials", "key_field", "list_versions", "live_version",
     "lookup_fields", "new_version", "redact_url", "redis_errors", "reveal", "rollback", "staging_versions",

@@ -102,48 +102,115 @@ class CacheReader:
         return [self._hit(*args, top) for args in zip(keys, fields, replies, excludes, strict=True)]
 
     def _fields(self, history_key: Sequence[int]) -> list[str]:
-        key = tuple(history_key)
-        if len(key) != self.k or any(
-            isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0 for c in key
-        ):
-            raise ValueError(
-                f"history_key={key!r}: give the member's last {self.k} cluster ids (ints >= 0), oldest first."
-            )
-        return lookup_fields(key)
+        return _key_fields(history_key, self.k)
 
     @staticmethod
     def _check_top(top: int | None) -> int | None:
-        if top is not None and top < 1:
-            raise ValueError(f"top={top}: give a number of clusters >= 1, or None for all.")
-        return top
+        return _check_top(top)
 
     def _hit(self, history_key, fields: list[str], reply: list, exclude: Iterable[int], top) -> CacheHit:
-        if not reply:
-            return CacheHit(version=None)
-        version = _text(reply[0])
-        found = next(((f, v) for f, v in zip(fields, reply[1:], strict=True) if v is not None), None)
-        if found is None:
-            return CacheHit(version=version)
-        field_name, raw = found
-        drop = set(history_key) | set(exclude)
-        kept = [(c, s) for c, s in zip(*decode_entry(raw), strict=True) if c not in drop][:top]
-        level = "global" if field_name == GLOBAL_FIELD else "exact" if field_name == fields[0] else "backoff"
-        return CacheHit(
-            version=version,
-            clusters=tuple(c for c, _ in kept),
-            scores=tuple(s for _, s in kept),
-            level=level,
-            field=field_name,
-            models=self._version_meta(version),
-        )
+        found = _found(fields, reply)
+        meta = self._version_meta(_text(reply[0])) if found else {}
+        return _decode_hit(history_key, fields, reply, found, exclude, top, meta)
 
     def _version_meta(self, version: str) -> Mapping[str, str]:
         if self._meta is None or self._meta[0] != version:
-            meta = version_meta(self.client, self.keys.namespace, version)
-            if "k" in meta and int(meta["k"]) != self.k:
-                raise CacheError(
-                    f"live version {version} was built for k={meta['k']} but this reader has k={self.k}; "
-                    "build the reader with the cache's k."
-                )
-            self._meta = (version, types.MappingProxyType(meta))
+            self._meta = (
+                version,
+                _checked_meta(version, version_meta(self.client, self.keys.namespace, version), self.k),
+            )
         return self._meta[1]
+
+
+class AsyncCacheReader:
+    """CacheReader's `lookup` and `lookup_global` over a redis.asyncio client: the same one round trip
+    and the same hits, awaited on the event loop (no thread per lookup).
+
+    Args:
+        client: a redis.asyncio.Redis (its connections belong to the event loop that first uses them).
+        namespace, k: as CacheReader.
+    """
+
+    def __init__(self, client, namespace: str = "explore", *, k: int):
+        if k < 1:
+            raise ValueError(f"k={k}: the history key length must be >= 1.")
+        self.client, self.keys, self.k = client, CacheKeys(namespace), k
+        self._lookup = client.register_script(_LOOKUP)
+        self._meta: tuple[str, Mapping[str, str]] | None = None
+
+    async def lookup(
+        self, history_key: Sequence[int], *, exclude: Iterable[int] = (), top: int | None = None
+    ) -> CacheHit:
+        fields, top = _key_fields(history_key, self.k), _check_top(top)
+        reply = await self._lookup(keys=[self.keys.live], args=[self.keys.prefix, *fields])
+        return await self._hit(history_key, fields, reply, exclude, top)
+
+    async def lookup_global(self, *, exclude: Iterable[int] = (), top: int | None = None) -> CacheHit:
+        fields, top = [GLOBAL_FIELD], _check_top(top)
+        reply = await self._lookup(keys=[self.keys.live], args=[self.keys.prefix, *fields])
+        return await self._hit((), fields, reply, exclude, top)
+
+    async def _hit(
+        self, history_key, fields: list[str], reply: list, exclude: Iterable[int], top
+    ) -> CacheHit:
+        found = _found(fields, reply)
+        meta = {}
+        if found:
+            version = _text(reply[0])
+            if self._meta is None or self._meta[0] != version:
+                raw = await self.client.hgetall(self.keys.meta(version))
+                meta = {_text(f): _text(v) for f, v in raw.items()}
+                self._meta = (version, _checked_meta(version, meta, self.k))
+            meta = self._meta[1]
+        return _decode_hit(history_key, fields, reply, found, exclude, top, meta)
+
+
+def _key_fields(history_key: Sequence[int], k: int) -> list[str]:
+    key = tuple(history_key)
+    if len(key) != k or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0 for c in key):
+        raise ValueError(
+            f"history_key={key!r}: give the member's last {k} cluster ids (ints >= 0), oldest first."
+        )
+    return lookup_fields(key)
+
+
+def _check_top(top: int | None) -> int | None:
+    if top is not None and top < 1:
+        raise ValueError(f"top={top}: give a number of clusters >= 1, or None for all.")
+    return top
+
+
+def _found(fields: list[str], reply: list) -> tuple[str, bytes] | None:
+    """(field, raw entry) of the first present field of a lookup's reply; None on a miss."""
+    if not reply:
+        return None
+    return next(((f, v) for f, v in zip(fields, reply[1:], strict=True) if v is not None), None)
+
+
+def _checked_meta(version: str, meta: dict[str, str], k: int) -> Mapping[str, str]:
+    if "k" in meta and int(meta["k"]) != k:
+        raise CacheError(
+            f"live version {version} was built for k={meta['k']} but this reader has k={k}; "
+            "build the reader with the cache's k."
+        )
+    return types.MappingProxyType(meta)
+
+
+def _decode_hit(history_key, fields, reply, found, exclude: Iterable[int], top, meta) -> CacheHit:
+    if not reply:
+        return CacheHit(version=None)
+    version = _text(reply[0])
+    if found is None:
+        return CacheHit(version=version)
+    field_name, raw = found
+    drop = set(history_key) | set(exclude)
+    kept = [(c, s) for c, s in zip(*decode_entry(raw), strict=True) if c not in drop][:top]
+    level = "global" if field_name == GLOBAL_FIELD else "exact" if field_name == fields[0] else "backoff"
+    return CacheHit(
+        version=version,
+        clusters=tuple(c for c, _ in kept),
+        scores=tuple(s for _, s in kept),
+        level=level,
+        field=field_name,
+        models=meta,
+    )

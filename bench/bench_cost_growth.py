@@ -159,7 +159,7 @@ def main_job_growth(quick: bool) -> dict:
             wall, peak = _run_sampled(
                 [sys.executable, "-m", "jobs.best_of_n", "--catalog", str(tmp / "catalog"), "--novelty",
                  str(tmp / "novelty"), "--alignment", str(tmp / "alignment"), "--keys", str(keys), "--out",
-                 str(out), "--n", "20", "--slots", "4", "--num-cpus", "2", "--force"],
+                 str(out), "--n", "20", "--slots", "4", "--force"],
                 env,
             )  # fmt: skip
             s = json.loads((out / "summary.json").read_text())

@@ -192,6 +192,22 @@ def test_failed_run_leaves_the_live_version_and_no_partial_keys(published, world
     client.close()
 
 
+def test_actors_that_cannot_all_fit_are_refused_before_the_run(published, world, redis_server, tmp_path):
+    """2 CPUs per model actor on the 2-CPU Ray leaves nothing for the cache writer's actor: the streaming
+    run would stall once the sampler's output queue fills (it did, at 10^4 keys). Refused before any actor
+    starts, with the flag to change; the live version stays."""
+    from jobs.best_of_n import run
+
+    _, s = published
+    with pytest.raises(
+        ValueError, match=r"need 2\.2 CPUs at once .*--num-cpus 2 each.* has 2: .*Lower --num-cpus"
+    ):
+        run(config(world, num_cpus=2.0, limit=8, force=True), tmp_path / "run3", redis_server.url)
+    client = redis.Redis.from_url(redis_server.url)
+    assert live_version(client) == s["version"] and {v for v, _ in list_versions(client)} == {s["version"]}
+    client.close()
+
+
 def test_cache_command_reads_and_refuses_a_rollback_without_previous(published, redis_server, capsys):
     from jobs.cache import main
 

@@ -105,21 +105,23 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def _run_sampled(argv: list[str], env: dict) -> tuple[float, int]:
-    """Runs argv to the end; (wall seconds, peak resident bytes of its process tree, sampled every 0.2 s)."""
+def _run_sampled(argv: list[str], env: dict, log: Path) -> tuple[float, int]:
+    """Runs argv to the end, its output into `log` (a pipe nobody reads until the end fills up and stalls
+    the child: it did at 10^4 keys); (wall seconds, peak resident bytes of its process tree, sampled every
+    0.2 s)."""
     t0 = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, _tree_rss(proc))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
+    with open(log, "w") as out:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc, peak = psutil.Process(child.pid), 0
+        while child.poll() is None:
+            try:
+                peak = max(peak, _tree_rss(proc))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
     wall = time.perf_counter() - t0
-    output = child.stdout.read()
     if child.returncode:
-        raise RuntimeError(f"{' '.join(argv[:3])} exited {child.returncode}:\n{output[-3000:]}")
+        raise RuntimeError(f"{' '.join(argv[:3])} exited {child.returncode}:\n{log.read_text()[-3000:]}")
     return wall, peak
 
 
@@ -161,6 +163,7 @@ def main_job_growth(quick: bool) -> dict:
                  str(tmp / "novelty"), "--alignment", str(tmp / "alignment"), "--keys", str(keys), "--out",
                  str(out), "--n", "20", "--slots", "4", "--force"],
                 env,
+                tmp / f"job-{size}.log",
             )  # fmt: skip
             s = json.loads((out / "summary.json").read_text())
             r = {"keys": size, "wall_s": wall, "peak_tree_bytes": peak, "job_wall_s": s["wall_s"],

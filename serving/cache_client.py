@@ -84,15 +84,8 @@ class GuardedCache:
                 hit = self.reader.lookup_global(exclude=exclude, top=top)
             else:
                 hit = self.reader.lookup(history_key, exclude=exclude, top=top)
-        except ValueError as exc:  # Redis answered, but with an entry that does not decode: a miss
-            self.breaker.success()
-            self.bad_entries += 1
-            log.error("cache entry for %s does not decode (answered as a miss): %s", history_key, exc)
-            return CacheHit(version=None)
         except Exception as exc:  # noqa: BLE001 - Redis down, slow or odd: degrade, never a 5xx
-            self.errors += 1
-            self.breaker.failure(exc)
-            return None
+            return self._failed(exc, history_key)
         self.breaker.success()
         return hit
 
@@ -108,17 +101,22 @@ class GuardedCache:
                 hit = await reader.lookup_global(exclude=exclude, top=top)
             else:
                 hit = await reader.lookup(history_key, exclude=exclude, top=top)
-        except ValueError as exc:  # Redis answered, but with an entry that does not decode: a miss
+        except Exception as exc:  # noqa: BLE001 - Redis down, slow or odd: degrade, never a 5xx
+            return self._failed(exc, history_key)
+        self.breaker.success()
+        return hit
+
+    def _failed(self, exc: Exception, history_key) -> CacheHit | None:
+        """The answer to a lookup that raised: a miss when Redis answered with an entry that does not decode
+        (a ValueError), else None (degraded), the failure counted by the circuit breaker."""
+        if isinstance(exc, ValueError):
             self.breaker.success()
             self.bad_entries += 1
             log.error("cache entry for %s does not decode (answered as a miss): %s", history_key, exc)
             return CacheHit(version=None)
-        except Exception as exc:  # noqa: BLE001 - Redis down, slow or odd: degrade, never a 5xx
-            self.errors += 1
-            self.breaker.failure(exc)
-            return None
-        self.breaker.success()
-        return hit
+        self.errors += 1
+        self.breaker.failure(exc)
+        return None
 
     def _async_reader(self) -> AsyncCacheReader:
         loop = asyncio.get_running_loop()

@@ -158,6 +158,27 @@ def test_ray_data_engine_gives_the_same_tables(log_dir, ray_local):
     assert a.stats["events"] == b.stats["events"] == 48
 
 
+def test_preferences_known_answer_in_any_block_size():
+    """Keys in order of first appearance (rows of a key need not be adjacent), candidates in their order,
+    the preferred one outer; the same for blocks of one comparison."""
+    from alignment.aggregate import preferences
+
+    rows = [((1, 2), 5, 0.9), ((0, 1), 2, 0.0), ((1, 2), 3, 0.1), ((0, 1), 4, 1.0), ((1, 2), 7, 0.5)]
+    pairs = pa.table(
+        {
+            "history_key": pa.array([list(k) for k, _, _ in rows], pa.list_(pa.int32())),
+            "cluster_id": pa.array([c for _, c, _ in rows], pa.int32()),
+            "label": pa.array([x for _, _, x in rows], pa.float32()),
+        }
+    )
+    want = [([1, 2], 5, 3), ([1, 2], 5, 7), ([1, 2], 7, 3), ([0, 1], 4, 2)]
+    for chunk in (1, 2, 1 << 18):
+        got = preferences(pairs, 0.3, chunk=chunk).to_pylist()
+        assert [(p["history_key"], p["preferred"], p["other"]) for p in got] == want, chunk
+        assert [round(p["gap"], 4) for p in got] == [0.8, 0.4, 0.4, 1.0]
+    assert preferences(pairs.slice(0, 0), 0.3).num_rows == 0
+
+
 def test_spilled_aggregation_gives_the_in_memory_tables(tmp_path):
     """Logs above spill_mib are added up in hash partitions on disk: same pairs, preferences and counts as
     in memory, each pair added up in one partition (pairs of one key spread over several parts), and the

@@ -278,11 +278,11 @@ class BulkPipeline:
         return self
 
     def _check_cpus(self) -> None:
-        """Every actor pool of a streaming pipeline must fit at once: an actor that cannot be placed until an
-        earlier stage's actor exits waits for it forever once that stage blocks on the output queue the
-        waiting actor would drain (seen at 10^4 keys with 2 CPUs per model actor on a 2-CPU machine). On
-        one node that is an error before anything runs; on a multi-node cluster (which may autoscale) a
-        warning."""
+        """Every actor pool of a streaming pipeline must fit at once: otherwise a later stage's actor cannot
+        be placed until an earlier stage's actor exits (with 2 CPUs per model actor on a 2-CPU machine the
+        cache writer stayed pending for a whole 10^4-key run while its input queue grew), and once the
+        earlier stage blocks on that queue the run can stall. On one node that is an error before anything
+        runs; on a multi-node cluster (which may autoscale) a warning."""
         import logging
 
         import ray
@@ -294,8 +294,8 @@ class BulkPipeline:
         parts = " + ".join(f"{name}: {c:g}" for name, c in self._cpu_demand)
         message = (
             f"the pipeline's actors need {need:g} CPUs at once ({parts}) but the Ray cluster has {have:g}: a "
-            "later stage's actor would wait for an earlier one to exit, and the earlier one waits for it "
-            "(the run stalls). Lower --num-cpus per model actor (default 0.5) or the actor counts, or add CPUs."
+            "later stage's actor would wait for an earlier one to exit while the earlier one's output queues "
+            "up for it (the run can stall). Lower --num-cpus per model actor (default 0.5) or the actor counts, or add CPUs."
         )
         if len([n for n in ray.nodes() if n.get("Alive")]) <= 1:
             raise ValueError(message)

@@ -5,10 +5,12 @@
   candidate) pair per forward pass, on the same pairs and the same model; batched whole texts in detail.
 - cache_publish: CacheWriter.write (Lua-checked HSET chunks of 1,000 fields) of real-sized entries,
   plus the atomic commit, against redis-benchmark -P 16 SET with values of the same size, same server.
-- best_of_n_job: history keys per second of jobs.best_of_n (Ray Data: vLLM sampling -> alignment
-  scoring -> selection -> Redis), actor start-up included, with each stage's busy seconds, as it runs by
-  default here (without a GPU: sampling and scoring fused in one actor stage); against the same steps run
-  one after another in this process (sampler, scorer, selection, writer). Goal: >= 0.9. The separate-stage
+- best_of_n_job: history keys per second of jobs.best_of_n over every observed key of MovieLens-100K (591,
+  the demo's bulk run; Ray Data: vLLM sampling -> alignment scoring -> selection -> Redis), actor start-up
+  included, with each stage's busy seconds, as it runs by default here (without a GPU: sampling and
+  scoring fused in one actor stage, one single-threaded actor per core); against the same steps run one
+  after another in this process (sampler, scorer, selection, writer; the models' imports already done,
+  their loading timed). Goal: >= 0.9. The separate-stage
   layout (one actor per model, the GPU cluster layout) is run too, for its figures, and a plain loop: transformers
   `generate` + one alignment forward per candidate (timed on 32 keys, extrapolated to all; goal: the job >= 10x).
 """
@@ -237,7 +239,7 @@ def run(quick: bool = False) -> list[dict]:
     catalog = build_movielens_catalog()
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)
     all_keys = [tuple(k) for k in build_key_set(catalog.histories, 2, vocab.size)["history_key"].to_pylist()]
-    keys = all_keys[: 64 if quick else 256]
+    keys = all_keys[:64] if quick else all_keys  # every observed key of MovieLens-100K: the demo's bulk run
     rows = [_publish(quick)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -268,9 +270,10 @@ def run(quick: bool = False) -> list[dict]:
     share = {k: round(v / total_busy, 3) for k, v in busy.items()}
     print(
         f"  best-of-n job: {len(keys) / job_s:.2f} keys/s ({job_s:.1f}s, start-up included) vs {len(keys) / seq_s:.2f} "
-        f"keys/s in one process ({seq_s:.1f}s); stage busy seconds {busy}, publish {s['publish_s']}s, Ray Data run {s['run_s']}s, save {s['save_s']}s; after start-up: fused actor busy "
-        f"{busy['sample'] + busy['score']:.1f}s vs the one-process loop {seq_loop_s:.1f}s; fused "
-        f"{s['fused_stages']}; a plain transformers generate + per-candidate scoring loop "
+        f"keys/s in one process ({seq_s:.1f}s); stage busy seconds {busy}, publish {s['publish_s']}s, Ray Data run {s['run_s']}s, save {s['save_s']}s; after start-up: the fused actors busy "
+        f"{busy['sample'] + busy['score']:.1f}s in all ({(busy['sample'] + busy['score']) / s['novelty_actors']:.1f}s each) vs "
+        f"the one-process loop {seq_loop_s:.1f}s; fused "
+        f"{s['fused_stages']}, {s['novelty_actors']} sampling actor(s), {s['keys_per_batch']} keys per batch; a plain transformers generate + per-candidate scoring loop "
         f"{len(keys) / plain_s:.2f} keys/s ({plain_keys_s:.1f}s for {len(plain_keys)} keys, load {plain_load_s:.1f}s; "
         f"job {plain_s / job_s:.1f}x faster); separate stages {len(keys) / sep_s:.2f} keys/s ({sep_s:.1f}s, busy {s_sep['stage_busy_s']})"
     )
@@ -281,6 +284,7 @@ def run(quick: bool = False) -> list[dict]:
          "detail": {"keys": len(keys), "n": n, "slots": slots, "stage_busy_s": busy, "stage_share": share,
                     "publish_s": s["publish_s"], "job_wall_s": job_s, "sequential_s": seq_s,
                     "fused_stages": s["fused_stages"], "separate_stages_wall_s": sep_s,
+                    "novelty_actors": s["novelty_actors"], "keys_per_batch": s["keys_per_batch"],
                     "job_ray_data_run_s": s["run_s"],
                     "plain_loop_keys_timed": len(plain_keys), "plain_loop_load_s": plain_load_s,
                     "plain_loop_timed_s": plain_keys_s, "plain_loop_all_keys_s": plain_s,

@@ -13,12 +13,22 @@ model lives in alignment/, which explore/ does not import): any callable class t
 column (list<float32>, one per candidate) to NOVELTY_CANDIDATES rows fits.
 
 Without a GPU the sampler and the scorer run fused by default: one actor stage that samples a batch and
-then scores it (SampleScoreStage), each model using all the actor's threads in turn, because two model
+then scores it (SampleScoreStage), each model using the actor's threads in turn, because two model
 actors on the same few cores only take cycles from each other. With CUDA (or `Resources.fuse=False`)
 they are separate stages with their own actors and GPU shares, overlapping batches.
 
-Keys are cut into blocks of `batch_size` on the driver (a repartition task would need a whole CPU that
-the actors' fractional shares leave free on a small machine). Each model stage runs in actors that load
+How many sampling actors (`Resources.novelty_actors`, 0 = auto): with a GPU, or with separate stages on
+the CPU, one; without a GPU, fused or sampling alone, one single-threaded actor per core of this machine
+(at most MAX_AUTO_CPU_ACTORS, and no more than the Ray cluster's CPUs hold at `num_cpus` each). Much of a
+small model's step is serial Python (vLLM's scheduler, the name constraint's masks, the scorer's
+batching), so one actor with two threads keeps about 1.35 of two cores busy; two single-threaded actors
+keep both (measured on the 2-core machine: 591 keys, 0.90-0.94 of the one-process run against 0.6-0.8
+with one two-thread actor; `python -m bench best-of-n`).
+
+Keys are cut into blocks on the driver (a repartition task would need a whole CPU that the actors'
+fractional shares leave free on a small machine): at most `batch_size` keys each, and with several
+actors a multiple of the actor count of equal blocks, so the actors finish together. The output keeps
+the input's row order whatever the actor count (Ray Data's preserve_order). Each model stage runs in actors that load
 their model once; each output row carries its share of the batch's seconds in a `_<stage>_s` column
 (dropped from `table`), so a run can tell where its time went. GPUs: with CUDA each vLLM actor takes a
 whole GPU when it is the only model stage, half of one when the scorer shares it; the scorer takes half.
@@ -49,11 +59,11 @@ ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "
 class Resources:
     """How the pipeline's actors are sized. None GPUs: the defaults above (0 without CUDA)."""
 
-    batch_size: int = 64  # keys per vLLM call, per scoring call and per cache write
+    batch_size: int = 64  # at most this many keys per vLLM call, per scoring call and per cache write
     num_cpus: float = 0.5  # per model actor (fractional: a whole CPU each deadlocks 2-core machines)
     threads: int = 0  # torch/OpenMP threads per CPU actor (0: the node's cores / that stage's actors)
     kv_cache_mib: int = 256  # CPU KV cache per vLLM engine
-    novelty_actors: int = 1
+    novelty_actors: int = 0  # 0: auto (see the module's docstring)
     novelty_gpus: float | None = None
     scorer_actors: int = 1
     scorer_gpus: float | None = None
@@ -62,9 +72,11 @@ class Resources:
     fuse: bool | None = None
 
     def __post_init__(self):
-        for name in ("batch_size", "novelty_actors", "scorer_actors"):
+        for name in ("batch_size", "scorer_actors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Resources.{name}={getattr(self, name)}: must be >= 1.")
+        if self.novelty_actors < 0:
+            raise ValueError(f"Resources.novelty_actors={self.novelty_actors}: must be >= 1, or 0 for auto.")
         if self.num_cpus <= 0:
             raise ValueError(f"Resources.num_cpus={self.num_cpus}: must be > 0.")
 
@@ -136,6 +148,19 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+MAX_AUTO_CPU_ACTORS = 4  # auto never starts more CPU sampling actors (each holds an engine and a model)
+LIGHT_STAGES_CPUS = 0.2  # what the selection and the cache writer hold beside the model actors
+
+
+def balanced_batch(n_keys: int, batch_size: int, actors: int) -> int:
+    """Keys per block: at most batch_size, and with several actors equal blocks in a multiple of the actor
+    count, so no actor is left with a last block while the others wait (591 keys, 64, 2 actors: 60)."""
+    if actors <= 1:
+        return batch_size
+    blocks = actors * -(-n_keys // (actors * batch_size))
+    return max(1, -(-n_keys // blocks))
+
+
 class BulkPipeline:
     """keys (catalog.schemas.KEYS rows) -> the steps added, in order; nothing runs before `run`."""
 
@@ -150,8 +175,21 @@ class BulkPipeline:
         self._cpu_demand: list[tuple[str, float]] = []  # (stage, CPUs its actor pool holds while it runs)
         self._cuda = _cuda()
         self._pending_sample: dict | None = None  # the sampler's arguments while a scorer may fuse with it
-        blocks = [keys.slice(i, r.batch_size) for i in range(0, keys.num_rows, r.batch_size)]
-        self.ds = ray.data.from_arrow(blocks)
+        self.novelty_actors = r.novelty_actors or self._auto_novelty_actors()
+        self.batch_size = balanced_batch(keys.num_rows, r.batch_size, self.novelty_actors)
+        step = self.batch_size
+        self.ds = ray.data.from_arrow([keys.slice(i, step) for i in range(0, keys.num_rows, step)])
+
+    def _auto_novelty_actors(self) -> int:
+        """Sampling actors when Resources.novelty_actors is 0: one with a GPU or with separate stages on the
+        CPU; else one single-threaded actor per core, as many as the cluster's CPUs hold (module docstring)."""
+        import ray
+
+        if self._cuda or not self.fused:
+            return 1
+        cpus = ray.cluster_resources().get("CPU", 0.0) - LIGHT_STAGES_CPUS
+        fit = int(cpus / self.resources.num_cpus + 1e-9)
+        return max(1, min(MAX_AUTO_CPU_ACTORS, os.cpu_count() or 1, fit))
 
     def _gpus(self, given: float | None, share: bool) -> float:
         if given is not None:
@@ -175,7 +213,7 @@ class BulkPipeline:
         self.ds = self.ds.map_batches(
             timed(stage_cls) if wrap else stage_cls,
             fn_constructor_kwargs=timed_kwargs if wrap else kwargs,
-            batch_size=r.batch_size,
+            batch_size=self.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=r.num_cpus,
@@ -219,26 +257,27 @@ class BulkPipeline:
         if self.fused and share_gpu:  # a scorer follows: added with it, in the same actors
             self._pending_sample = kwargs
         else:
-            self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
+            self._actors(NoveltyStage, "sample", kwargs, self.novelty_actors, self.novelty_gpus)
         return self
 
     def _flush_sample(self) -> None:
         """Add a held-back sampler as its own stage (no scorer came to fuse with it)."""
         if self._pending_sample is not None:
             kwargs, self._pending_sample = self._pending_sample, None
-            r = self.resources
-            self._actors(NoveltyStage, "sample", kwargs, r.novelty_actors, self.novelty_gpus)
+            self._actors(NoveltyStage, "sample", kwargs, self.novelty_actors, self.novelty_gpus)
 
     def score(self, stage: type, kwargs: dict) -> BulkPipeline:
         """Scores of each key's candidates by `stage(**kwargs)` (e.g. alignment.stage.AlignmentStage); fused
-        with the sampler in its actors (novelty_actors, the sampler's GPU share) when `fused`."""
+        with the sampler in its actors (self.novelty_actors, the sampler's GPU share) when `fused`."""
         r = self.resources
         if self._pending_sample is not None:
             fused = {"novelty": self._pending_sample, "scorer": stage, "scorer_kwargs": kwargs}
             self._pending_sample = None
             self.scorer_gpus = 0.0
             self.novelty_gpus = self._gpus(r.novelty_gpus, share=False)
-            self._actors(SampleScoreStage, "sample", fused, r.novelty_actors, self.novelty_gpus, wrap=False)
+            self._actors(
+                SampleScoreStage, "sample", fused, self.novelty_actors, self.novelty_gpus, wrap=False
+            )
             self.stages.append("score")
             return self
         self.scorer_gpus = self._gpus(r.scorer_gpus, share=True)
@@ -269,7 +308,7 @@ class BulkPipeline:
             timed(CacheWriteStage),
             fn_constructor_kwargs={"stage": CacheWriteStage, "column": "_write_s", "kwargs": kwargs},
             compute=ray.data.ActorPoolStrategy(size=1),
-            batch_size=self.resources.batch_size,
+            batch_size=self.batch_size,
             batch_format="pyarrow",
             num_cpus=0.1,
         )
@@ -308,6 +347,8 @@ class BulkPipeline:
         self._flush_sample()
         self._check_cpus()
         t0 = time.perf_counter()
+        # several actors finish blocks out of order: the rows still come back in the keys' order
+        self.ds.context.execution_options.preserve_order = True
         ds = self.ds.materialize()
         table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
         timed = [s for s in self.stages if f"_{s}_s" in table.column_names]

@@ -349,6 +349,8 @@ def run(cfg: BestOfNFields, out: str | Path, redis_url: str) -> dict:
         "release_gates": gates,
         "gpus_per_actor": {"novelty": pipe.novelty_gpus, "alignment": pipe.scorer_gpus},
         "fused_stages": pipe.fused,
+        "novelty_actors": pipe.novelty_actors,  # resolved (--novelty-actors 0: auto)
+        "keys_per_batch": pipe.batch_size,
         "out": str(selected_dir),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -406,11 +408,17 @@ def summary_lines(s: dict) -> list[str]:
         f"published version {s['version']} to Redis namespace {s['namespace']!r}: {s['keys_cached']} key entries + "
         f"{s['backoff_entries']} back-off entries in {s['publish_s']:.2f}s; previous version "
         f"{s['previous_version']} kept for rollback",
-        f"{s['wall_s']:.1f}s, {s['keys_per_s']} keys/s; stage busy time ({'one fused stage' if s.get('fused_stages') else 'separate stages'}): sampling {b['sample']:.1f}s, scoring "
+        f"{s['wall_s']:.1f}s, {s['keys_per_s']} keys/s; stage busy time ({_layout(s)}): sampling {b['sample']:.1f}s, scoring "
         f"{b['score']:.1f}s, writing {b['write']:.2f}s; models novelty {s['novelty_model']}, alignment "
         f"{s['alignment_model']}; audit table in {s['out']}",
         gates_line(s["release_gates"]),
     ]
+
+
+def _layout(s: dict) -> str:
+    actors = s.get("novelty_actors", 1)
+    stage = "one fused stage" if s.get("fused_stages") else "separate stages"
+    return f"{stage}, {actors} sampling actor{'s' * (actors != 1)}, summed"
 
 
 def gates_line(record: dict) -> str:

@@ -49,7 +49,11 @@ class SamplingOptions(BaseModel):
     )
     seed: int = Field(0, description="base seed; each key's seed derives from it and the key")
     batch_size: int = Field(64, ge=1, description="keys per vLLM call (and per scoring call)")
-    novelty_actors: int = Field(1, ge=1, description="vLLM engine replicas")
+    novelty_actors: int = Field(
+        0,
+        ge=0,
+        description="vLLM engine replicas (0: one with a GPU; without one, a single-threaded actor per core, at most 4)",
+    )
     novelty_gpus: float | None = Field(
         None, ge=0, description="GPUs per vLLM actor (default with CUDA: 1, or 0.5 beside a scorer; else 0)"
     )
@@ -167,7 +171,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
         "keys_with_fewer_candidates_than_slots": sum(d < cfg.slots for d in distinct),
         "wall_s": round(wall_s, 2),
         "samples_per_s": round(n_samples / wall_s, 1),
-        "actors": cfg.novelty_actors,
+        "actors": pipe.novelty_actors,
         "num_gpus_per_actor": pipe.novelty_gpus,
         "stage_busy_s": {k: round(v, 3) for k, v in result.busy_s.items()},
         "model": str(Path(cfg.model).resolve()),

@@ -3,6 +3,7 @@ and a failure that leaves the live version alone."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -76,7 +77,13 @@ def published(world, ray_local, redis_server):
     return out, run(config(world, force=True), out, redis_server.url)
 
 
-def test_job_publishes_what_it_selected(published, redis_server):
+def test_job_publishes_what_it_selected(published, world, redis_server):
+    import torch
+
+    from catalog import Catalog
+    from explore import load_keys
+    from explore.pipeline import balanced_batch
+
     out, s = published
     client = redis.Redis.from_url(redis_server.url)
     assert live_version(client) == s["version"] and s["previous_version"] is None
@@ -84,8 +91,16 @@ def test_job_publishes_what_it_selected(published, redis_server):
     assert 0 < s["mean_selected"] <= 3 and s["keys_cached"] == 40
     assert s["entries"] == 40 + s["backoff_entries"] and s["backoff_entries"] > 1
     assert set(s["stage_busy_s"]) == {"sample", "score", "write"} and s["stage_busy_s"]["sample"] > 0
+    # auto: one single-threaded sampling actor per core without a GPU (as many as the 2-CPU Ray holds)
+    cores = os.cpu_count() or 1
+    assert s["novelty_actors"] == (1 if torch.cuda.is_available() else min(4, cores, 3))
+    assert s["keys_per_batch"] == balanced_batch(40, 16, s["novelty_actors"])
 
     table = read_table(out / "selected", BEST_OF_N)
+    # several actors finish blocks out of order; the rows still come back in the keys' order
+    catalog = Catalog.load(world["root"] / "catalog")
+    keys, _ = load_keys("observed", catalog.histories, 2, catalog.n_clusters, limit=40, per_member=False)
+    assert table["history_key"].to_pylist() == keys["history_key"].to_pylist()
     reader = CacheReader(client, k=2)
     for row in table.to_pylist()[:10]:
         key = tuple(row["history_key"])

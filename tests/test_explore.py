@@ -242,6 +242,29 @@ def test_both_llm_trainer_configs_check_their_shared_fields_alike(config, fields
     assert saved.lora.r == 4 and saved.tiny.hidden_size == 64
 
 
+@pytest.mark.parametrize(
+    ("keys", "batch", "actors", "expected"),
+    [(591, 64, 2, 60), (591, 64, 1, 64), (40, 16, 2, 10), (100, 64, 2, 50), (7, 64, 3, 3), (4, 64, 4, 1)],
+)
+def test_key_blocks_are_equal_and_a_multiple_of_the_actors(keys, batch, actors, expected):
+    """With several sampling actors the driver cuts the keys into equal blocks, as many as a multiple of the
+    actors, never over batch_size: no actor is left alone with a last block while the others wait."""
+    from explore.pipeline import balanced_batch
+
+    size = balanced_batch(keys, batch, actors)
+    assert size == expected and 1 <= size <= batch
+    if actors > 1:  # each actor gets the same number of blocks
+        assert -(-keys // size) % actors == 0
+
+
+def test_pipeline_resources_name_a_bad_actor_count():
+    from explore.pipeline import Resources
+
+    assert Resources().novelty_actors == 0  # auto
+    with pytest.raises(ValueError, match=r"Resources.novelty_actors=-1: must be >= 1, or 0 for auto"):
+        Resources(novelty_actors=-1)
+
+
 def test_the_first_n_samples_are_a_smaller_draw_with_the_same_seed():
     from explore.sampler import tally
 

@@ -22,15 +22,15 @@ the CPU, one; without a GPU, fused or sampling alone, one single-threaded actor 
 (at most MAX_AUTO_CPU_ACTORS, and no more than the Ray cluster's CPUs hold at `num_cpus` each). Much of a
 small model's step is serial Python (vLLM's scheduler, the name constraint's masks, the scorer's
 batching), so one actor with two threads keeps about 1.35 of two cores busy; two single-threaded actors
-keep both (measured on the 2-core machine: 591 keys, 0.90-0.94 of the one-process run against 0.6-0.8
-with one two-thread actor; `python -m bench best-of-n`).
+keep both (on the 2-core machine, 591 keys: 0.80 and 1.06 of the one-process run in two runs of `python
+-m bench best-of-n`, against 0.58-0.79 with one two-thread actor in ad-hoc runs; README has the figures).
 
 Keys are cut into blocks on the driver (a repartition task would need a whole CPU that the actors'
 fractional shares leave free on a small machine): at most `batch_size` keys each, and with several
 actors a multiple of the actor count of equal blocks, so the actors finish together. The output keeps
-the input's row order whatever the actor count (Ray Data's preserve_order). Each model stage runs in actors that load
-their model once; each output row carries its share of the batch's seconds in a `_<stage>_s` column
-(dropped from `table`), so a run can tell where its time went. GPUs: with CUDA each vLLM actor takes a
+the input's row order whatever the actor count (Ray Data's preserve_order). Each model stage runs in
+actors that load their model once; each output row carries its share of the batch's seconds in a
+`_<stage>_s` column (dropped from `table`), so a run can tell where its time went. GPUs: with CUDA each vLLM actor takes a
 whole GPU when it is the only model stage, half of one when the scorer shares it; the scorer takes half.
 """
 

@@ -12,6 +12,10 @@ baselines         the same number of distinct candidates per key taken from (a) 
                   (c) with retrieval augmentation, the retrieval table the prompts read (the key's most
                   frequent next clusters, then its suffixes', then overall): does the model add anything
                   to the list it is shown?
+exact (opt-in)    the model's own probability of every cluster name outside the key (prompt + name + end,
+                  one transformers forward per key, no sampling): recall of its top-m names at the same m as
+                  the sampled candidates and at m = n, beside the frequency table's top-m. It separates
+                  what the model knows from what n samples with replacement at temperature T recover of it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,42 @@ def _frequency_ranking(train: NoveltyExamples, n_clusters: int):
     return top
 
 
+def exact_name_logprobs(sampler: NoveltySampler, keys, device: str = "cpu") -> dict[tuple, dict[int, float]]:
+    """key -> {cluster: log P(its name and the end token | the key's prompt)} for every cluster outside the
+    key, from the sampler's model folder through transformers: the model's exact distribution over names
+    (not renormalised over the names, no temperature). One padded forward per key over its prompt and each
+    name; the prompts are the sampler's own (retrieved clusters included for a RAG model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from explore.tokenizer import answer_token_ids
+
+    model = (
+        AutoModelForCausalLM.from_pretrained(sampler.model_dir, torch_dtype=torch.float32).to(device).eval()
+    )
+    answers = [answer_token_ids(sampler.tokenizer, sampler.format, name) for name in sampler.vocab.names]
+    pad = sampler.tokenizer.pad_token_id if sampler.tokenizer.pad_token_id is not None else 0
+    out = {}
+    with torch.inference_mode():
+        for key in keys:
+            prompt = sampler.prompt_ids(tuple(key))
+            clusters = [c for c in range(sampler.vocab.size) if c not in key]
+            seqs = [prompt + answers[c] for c in clusters]
+            ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, seq in enumerate(seqs):
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+            logp = torch.log_softmax(logits, dim=-1)
+            row = {}
+            for i, c in enumerate(clusters):
+                steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answers[c]))
+                row[c] = float(logp[i, steps, torch.tensor(answers[c])].sum())
+            out[tuple(key)] = row
+    return out
+
+
 def evaluate_novelty(
     sampler: NoveltySampler,
     evals: NoveltyExamples,
@@ -54,8 +94,10 @@ def evaluate_novelty(
     *,
     max_examples: int = 1000,
     free_samples: int = 4,
+    exact: bool = False,
 ) -> dict:
-    """Validity, recall@n, novelty and baselines on (at most max_examples) held-out transitions."""
+    """Validity, recall@n, novelty and baselines on (at most max_examples) held-out transitions; `exact`
+    adds the recall of the model's own top-m names (exact_name_logprobs) beside the table's."""
     rng = np.random.default_rng(sampling.seed)
     if len(evals) > max_examples:
         evals = evals.subset(sorted(rng.choice(len(evals), max_examples, replace=False)))
@@ -88,6 +130,24 @@ def evaluate_novelty(
         random_recall += m / (sampler.vocab.size - len(set(key)))
     n_samples = sum(r.n_samples for r in constrained.values())
     n = len(evals)
+    exact_part = {}
+    if exact:
+        logp = exact_name_logprobs(sampler, keys)
+        ranked = {k: sorted(v, key=lambda c: (-v[c], c)) for k, v in logp.items()}
+        hits_m = hits_n = table_n = 0
+        for key, target, m in zip(evals.keys, evals.targets, distinct, strict=True):
+            hits_m += target in ranked[key][:m]
+            hits_n += target in ranked[key][: sampling.n]
+            table_n += target in top(key, sampling.n)
+        exact_part = {
+            "exact": {
+                "recall_top_m": round(hits_m / n, 4),  # m: each key's distinct sampled candidates
+                "recall_frequency_baseline_top_m": round(base_hits / n, 4),
+                "n": sampling.n,
+                "recall_top_n": round(hits_n / n, 4),
+                "recall_frequency_baseline_top_n": round(table_n / n, 4),
+            }
+        }
     rag = {} if table is None else {
         "recall_retrieval_baseline": round(table_hits / n, 4),
         "retrieval": {"version": table.version, "top": sampler.format.retrieved},
@@ -108,4 +168,5 @@ def evaluate_novelty(
         "mean_distinct_candidates": round(float(np.mean(distinct)), 2),
         "samples_per_s": round(n_samples / sample_s, 1),
         **rag,
+        **exact_part,
     }

@@ -54,6 +54,11 @@ class NoveltyTrainFields(BaseModel):
         description="top-k of the evaluation's constrained samples, as the bulk jobs' --top-k (0: all)",
     )
     eval_examples: int = Field(1000, ge=1, description="held-out transitions evaluated")
+    eval_exact: bool = Field(
+        False,
+        description="also rank every cluster name by the model's exact probability (one transformers forward "
+        "per key and name; slow for large models) and report the recall of its top-m beside the table's",
+    )
     seed: int = Field(0, description="seed of the split, the initialisation and the sampling")
     rag: bool = Field(
         False, description="retrieval augmentation: prompts list the key's most frequent next clusters"
@@ -105,7 +110,7 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
             n=cfg.eval_n, temperature=cfg.eval_temperature, top_k=cfg.eval_top_k, seed=cfg.seed
         )
         report["evaluation"] = evaluate_novelty(
-            sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples
+            sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples, exact=cfg.eval_exact
         )
         sampler.close()
         read_model_info(out).with_report(report).write(out)  # the evaluation joins the saved report
@@ -141,6 +146,13 @@ def summary_lines(report: dict) -> list[str]:
             + f"; {ev['mean_distinct_candidates']} distinct candidates per key), novelty {ev['novelty']:.1%}, "
             f"{ev['examples']} held-out transitions",
         ]
+        exact = ev.get("exact")
+        if exact:
+            lines.append(
+                f"the model's own top names (exact probabilities, no sampling): recall {exact['recall_top_m']:.3f} "
+                f"at the sampled candidates' m (frequency table {exact['recall_frequency_baseline_top_m']:.3f}), "
+                f"{exact['recall_top_n']:.3f} at m = {exact['n']} (table {exact['recall_frequency_baseline_top_n']:.3f})"
+            )
     rag = report.get("retrieval")
     if rag:
         lines.append(

@@ -127,6 +127,48 @@ def test_evaluation_reports_validity_recall_novelty(sampler, ml_catalog):
     assert ev["novelty"] > 0.5  # trained only on targets outside the key
 
 
+def test_exact_name_probabilities_rank_every_cluster_outside_the_key(sampler, ml_catalog, keys):
+    """The opt-in exact ranking: a log-probability for every cluster outside the key, the padded batch equal
+    to one sequence at a time, a distribution over names (sums to at most 1), and a top-m of every cluster
+    that recalls every target."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from explore.evaluate import evaluate_novelty, exact_name_logprobs
+    from explore.tokenizer import answer_token_ids
+
+    logp = exact_name_logprobs(sampler, keys[:3])
+    for key in keys[:3]:
+        assert set(logp[key]) == set(range(sampler.vocab.size)) - set(key)
+        assert 0 < sum(math.exp(v) for v in logp[key].values()) <= 1 + 1e-5  # names end in eos: disjoint
+    key, cluster = keys[0], next(iter(logp[keys[0]]))
+    model = AutoModelForCausalLM.from_pretrained(sampler.model_dir).eval()
+    prompt = sampler.prompt_ids(key)
+    answer = answer_token_ids(sampler.tokenizer, sampler.format, sampler.vocab.names[cluster])
+    with torch.inference_mode():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0], -1)
+    alone = sum(float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer))
+    assert logp[key][cluster] == pytest.approx(alone, abs=1e-4)
+
+    train, evals, _ = build_examples(ml_catalog.histories, EXAMPLES, sampler.vocab.size)
+    every = sampler.vocab.size  # n = every cluster: the exact top-n holds every target
+    ev = evaluate_novelty(
+        sampler, evals, train, SamplingConfig(n=every), max_examples=12, free_samples=1, exact=True
+    )
+    exact = ev["exact"]
+    assert (
+        exact["n"] == every
+        and exact["recall_top_n"] == 1.0
+        and exact["recall_frequency_baseline_top_n"] == 1.0
+    )
+    assert (
+        0 < exact["recall_top_m"] <= 1
+        and exact["recall_frequency_baseline_top_m"] == ev["recall_frequency_baseline"]
+    )
+
+
 def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(ray_local, trained, keys, tmp_path):
     from jobs.sample_novelty import SampleNoveltyConfig, sample
 

@@ -60,9 +60,7 @@ def exact_name_logprobs(sampler: NoveltySampler, keys, device: str = "cpu") -> d
 
     from explore.tokenizer import answer_token_ids
 
-    model = (
-        AutoModelForCausalLM.from_pretrained(sampler.model_dir, torch_dtype=torch.float32).to(device).eval()
-    )
+    model = AutoModelForCausalLM.from_pretrained(sampler.model_dir, dtype=torch.float32).to(device).eval()
     answers = [answer_token_ids(sampler.tokenizer, sampler.format, name) for name in sampler.vocab.names]
     pad = sampler.tokenizer.pad_token_id if sampler.tokenizer.pad_token_id is not None else 0
     out = {}

@@ -149,8 +149,11 @@ def tally(
 ) -> KeyCandidates:
     """KeyCandidates of samples in draw order (-1: named no cluster): in-history and invalid ones counted and
     dropped, the rest ranked by sample count, then mean log-probability, then cluster id."""
+    # rounded first, and the means taken over the rounded values: `first(n)` re-tallies the stored
+    # sample_logprobs, and must give the same means (a mean of unrounded values can round the other way)
+    logprobs = [round(x, 5) for x in logprobs]
     res = KeyCandidates(tuple(key), seed=seed, member_id=member_id, samples=list(samples),
-                        sample_logprobs=[round(x, 5) for x in logprobs])  # fmt: skip
+                        sample_logprobs=logprobs)  # fmt: skip
     sums: dict[int, list[float]] = {}
     for cid, lp in zip(samples, logprobs, strict=True):
         res.n_samples += 1

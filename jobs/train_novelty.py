@@ -84,6 +84,10 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     )
     from lm import LoraSettings
 
+    if cfg.eval_exact and not cfg.evaluate:
+        raise ValueError(
+            "--eval-exact is part of the evaluation, which --no-evaluate skips: drop one of the two."
+        )
     check_output_folder(out, (NoveltyModelInfo.FILE,), job="jobs.train_novelty", what="novelty model")
     catalog = Catalog.load(cfg.catalog)
     vocab = ClusterVocabulary.from_clusters(catalog.clusters)

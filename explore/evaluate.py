@@ -5,7 +5,9 @@ format validity   share of free (unconstrained) samples that name a catalog clus
                   sampling temperature, always untruncated (top_p 1, no top-k): the model's own
                   distribution, whatever truncation the bulk sampling uses.
 recall@n          share of held-out transitions whose true next novel cluster is among the distinct
-                  candidates of n constrained samples of the key.
+                  candidates of the key: n constrained samples with the default decoding, the model's
+                  top-n names with `top`, n names drawn without replacement with `distinct`
+                  (explore.sampler.DECODINGS).
 novelty           share of constrained samples naming a cluster outside the key.
 baselines         the same number of distinct candidates per key taken from (a) the most frequent
                   training targets of the key, then overall popularity, (b) uniformly at random, and
@@ -13,7 +15,7 @@ baselines         the same number of distinct candidates per key taken from (a) 
                   frequent next clusters, then its suffixes', then overall): does the model add anything
                   to the list it is shown?
 exact (opt-in)    the model's own probability of every cluster name outside the key (prompt + name + end,
-                  one transformers forward per key, no sampling): recall of its top-m names at the same m as
+                  vLLM's prompt log-probabilities, no sampling): recall of its top-m names at the same m as
                   the sampled candidates and at m = n, beside the frequency table's top-m. It separates
                   what the model knows from what n samples with replacement at temperature T recover of it.
 """
@@ -50,38 +52,13 @@ def _frequency_ranking(train: NoveltyExamples, n_clusters: int):
     return top
 
 
-def exact_name_logprobs(sampler: NoveltySampler, keys, device: str = "cpu") -> dict[tuple, dict[int, float]]:
+def exact_name_logprobs(sampler: NoveltySampler, keys) -> dict[tuple, dict[int, float]]:
     """key -> {cluster: log P(its name and the end token | the key's prompt)} for every cluster outside the
-    key, from the sampler's model folder through transformers: the model's exact distribution over names
-    (not renormalised over the names, no temperature). One padded forward per key over its prompt and each
-    name; the prompts are the sampler's own (retrieved clusters included for a RAG model)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from explore.tokenizer import answer_token_ids
-
-    model = AutoModelForCausalLM.from_pretrained(sampler.model_dir, dtype=torch.float32).to(device).eval()
-    answers = [answer_token_ids(sampler.tokenizer, sampler.format, name) for name in sampler.vocab.names]
-    pad = sampler.tokenizer.pad_token_id if sampler.tokenizer.pad_token_id is not None else 0
-    out = {}
-    with torch.inference_mode():
-        for key in keys:
-            prompt = sampler.prompt_ids(tuple(key))
-            clusters = [c for c in range(sampler.vocab.size) if c not in key]
-            seqs = [prompt + answers[c] for c in clusters]
-            ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, seq in enumerate(seqs):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            logp = torch.log_softmax(logits, dim=-1)
-            row = {}
-            for i, c in enumerate(clusters):
-                steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answers[c]))
-                row[c] = float(logp[i, steps, torch.tensor(answers[c])].sum())
-            out[tuple(key)] = row
-    return out
+    key (NoveltySampler.name_logprobs, through the sampler's vLLM engine): the model's exact distribution
+    over names, not renormalised, no temperature; the prompts are the sampler's own (retrieved clusters
+    included for a RAG model)."""
+    keys = [tuple(k) for k in keys]
+    return dict(zip(keys, sampler.name_logprobs(keys), strict=True))
 
 
 def evaluate_novelty(
@@ -107,7 +84,15 @@ def evaluate_novelty(
     for temperature in sorted({1.0, sampling.temperature}):
         free = sampler.sample(
             keys,
-            replace(sampling, n=free_samples, temperature=temperature, constrained=False, top_p=1.0, top_k=0),
+            replace(
+                sampling,
+                n=free_samples,
+                temperature=temperature,
+                constrained=False,
+                top_p=1.0,
+                top_k=0,
+                decoding="sample",
+            ),
         )
         drawn = sum(r.n_samples for r in free)
         validity[f"t={temperature:g}"] = round(1 - sum(r.n_invalid for r in free) / drawn, 4)
@@ -155,6 +140,7 @@ def evaluate_novelty(
         "keys": len(keys),
         "n": sampling.n,
         "temperature": sampling.temperature,
+        "decoding": sampling.decoding,
         **({"top_k": sampling.top_k} if sampling.top_k else {}),
         **({"top_p": sampling.top_p} if sampling.top_p < 1 else {}),
         "validity_free": validity,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -242,13 +242,7 @@ class BulkPipeline:
         self.novelty_gpus = self._gpus(r.novelty_gpus, share=share_gpu)
         kwargs = {
             "model": str(Path(model).resolve()),
-            "sampling": {
-                "n": sampling.n,
-                "temperature": sampling.temperature,
-                "seed": sampling.seed,
-                "top_p": sampling.top_p,
-                "top_k": sampling.top_k,
-            },  # fmt: skip
+            "sampling": asdict(sampling),
             "engine": {"kv_cache_memory_bytes": r.kv_cache_mib << 20},
             "catalog_signature": catalog_signature,
             "rag": rag,

@@ -32,7 +32,16 @@ from catalog.schemas import NOVELTY_CANDIDATES
 from catalog.vocabulary import ClusterVocabulary
 from explore.model_info import read_model_info
 from explore.retrieval import RetrievalTable
-from explore.tokenizer import check_expressible, encode_prompt
+from explore.tokenizer import answer_token_ids, check_expressible, encode_prompt
+
+# How a key's candidates are drawn from the novelty LLM:
+#   sample    n samples with replacement at `temperature` through vLLM, each constrained to a cluster name
+#             (the papers' high-temperature exploration); repeats and clusters of the key are counted, dropped
+#   top       the model's exact log-probability of every cluster name outside the key (NoveltySampler.
+#             name_logprobs), and its n most likely names: deterministic, no repeats (temperature, seed unused)
+#   distinct  n different names drawn without replacement from the same exact distribution at `temperature`
+#             (Gumbel-top-n of log p / T with the key's seed): stochastic like `sample`, without its repeats
+DECODINGS = ("sample", "top", "distinct")
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,25 @@ class SamplingConfig:
     )
     seed: int = 0  # base seed; each key's seed derives from it and the key
     constrained: bool = True  # each sample is a valid cluster name (structured outputs)
+    # sample: n draws with replacement through vLLM (the papers'); top: the n names the model finds most
+    # likely; distinct: n different names drawn without replacement at `temperature` (see DECODINGS)
+    decoding: str = "sample"
 
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"SamplingConfig.n={self.n}: must be >= 1.")
+        if self.decoding not in DECODINGS:
+            raise ValueError(
+                f"SamplingConfig.decoding={self.decoding!r}: use one of {', '.join(DECODINGS)} (see README, "
+                "'Decodings')."
+            )
+        if self.decoding != "sample" and (not self.constrained or self.top_k or self.top_p < 1):
+            raise ValueError(
+                f"SamplingConfig.decoding={self.decoding!r} ranks whole cluster names by the model's exact "
+                f"probability, so constrained={self.constrained}, top_k={self.top_k}, top_p={self.top_p} (per-token "
+                "settings of sampled text) do not apply: keep constrained=True, top_k=0, top_p=1, or use "
+                "decoding='sample'."
+            )
         if not 0 < self.temperature <= 2:
             raise ValueError(
                 f"SamplingConfig.temperature={self.temperature}: must be in (0, 2] (> 0: sampling, not greedy; "
@@ -168,6 +192,24 @@ def tally(
     res.counts = [len(v) for _, v in ranked]
     res.logprobs = [round(sum(v) / len(v), 5) for _, v in ranked]
     return res
+
+
+def choose_names(logp: dict[int, float], n: int, decoding: str, temperature: float, seed: int) -> list[int]:
+    """The n clusters (fewer when `logp` holds fewer) a `top` or `distinct` decoding picks from one key's exact
+    name log-probabilities, in choice order. top: most likely first, ties by cluster id. distinct:
+    Gumbel-top-n of log p / T, which is n draws without replacement from softmax(log p / T)."""
+    import numpy as np
+
+    clusters = np.array(sorted(logp), dtype=np.int64)
+    lp = np.array([logp[c] for c in clusters.tolist()], dtype=np.float64)
+    if decoding == "top":
+        order = np.lexsort((clusters, -lp))
+    elif decoding == "distinct":
+        noise = np.random.default_rng(seed).gumbel(size=len(lp))
+        order = np.argsort(-(lp / temperature + noise), kind="stable")
+    else:
+        raise ValueError(f"decoding={decoding!r}: choose_names serves 'top' and 'distinct' only.")
+    return [int(c) for c in clusters[order[:n]]]
 
 
 def candidates_table(results: Sequence[KeyCandidates]) -> pa.Table:
@@ -300,8 +342,11 @@ class NoveltySampler:
         # under the constraint a name may be spelt in non-canonical tokens (one per byte at worst)
         self._constrained_max_tokens = max(len(c.encode()) for c in self._choices) + 1
         self._prompts: dict[tuple[int, ...], list[int]] = {}
+        self._answers = [answer_token_ids(self.tokenizer, self.format, n) for n in self.vocab.names]
         self.generated_tokens = 0  # running totals, for throughput figures
         self.prompt_tokens = 0
+        self.answer_requests = 0  # name_logprobs: (key, name) requests, and those re-run without the cache
+        self.answer_requests_recomputed = 0
 
     @property
     def k(self) -> int:
@@ -356,6 +401,8 @@ class NoveltySampler:
         if not checked:
             return []
         seeds = [key_seed(config.seed, key) for key in checked]
+        if config.decoding != "sample":
+            return self._ranked(checked, config, seeds, member_ids)
         prompts = [TokensPrompt(prompt_token_ids=self.prompt_ids(key)) for key in checked]
         params = [self._params(config, s) for s in seeds]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -369,6 +416,73 @@ class NoveltySampler:
                     key,
                     [-1 if cid is None else cid for cid in ids],
                     [c.cumulative_logprob or 0.0 for c in out.outputs],
+                    seed=seeds[i],
+                    member_id=None if member_ids is None else member_ids[i],
+                )
+            )
+        return results
+
+    def name_logprobs(self, keys: Sequence[Sequence[int]]) -> list[dict[int, float]]:
+        """For each key, {cluster: log P(the cluster's answer and the end token | the key's prompt)} over every
+        cluster outside the key: the model's exact distribution over names (canonical tokenization, before
+        any temperature, not renormalised), from vLLM's prompt log-probabilities of prompt + answer, one
+        request per (key, name).
+
+        The requests of a key share its prompt, so they read its KV blocks from the prefix cache (vLLM does
+        not by default when prompt log-probabilities are asked for: positions served from the cache get no
+        log-probability). Only the answer's positions are read, and a request whose cached prefix reaches
+        into its answer (a full cache block that holds answer tokens another name shares) is run again
+        without the cache. The cost grows with keys x clusters: fine for tens to a few hundred clusters; a
+        catalog of thousands wants a trie-shaped search instead."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        checked = [self.vocab.check_key(key, self.k, field=f"keys[{i}]") for i, key in enumerate(keys)]
+        requests, index = [], []
+        for i, key in enumerate(checked):
+            prompt = self.prompt_ids(key)
+            for c in range(self.vocab.size):
+                if c not in key:
+                    requests.append(TokensPrompt(prompt_token_ids=prompt + self._answers[c]))
+                    index.append((i, c, len(prompt)))
+        result: list[dict[int, float]] = [{} for _ in checked]
+        if not requests:
+            return result
+
+        def params(cached: bool):
+            # one generated token is the least vLLM runs; greedy, so no seed is drawn
+            return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, flat_logprobs=True,
+                                  detokenize=False, skip_reading_prefix_cache=not cached)  # fmt: skip
+
+        outputs = self.llm.generate(requests, params(True), use_tqdm=False)
+        # the answer's first log-probability comes from the prompt's last position: it must be computed
+        again = [j for j, (out, (_, _, start)) in enumerate(zip(outputs, index, strict=True))
+                 if (out.num_cached_tokens or 0) >= start]  # fmt: skip
+        if again:
+            redo = self.llm.generate([requests[j] for j in again], params(False), use_tqdm=False)
+            for j, out in zip(again, redo, strict=True):
+                outputs[j] = out
+        self.answer_requests += len(requests)
+        self.answer_requests_recomputed += len(again)
+        for (i, c, start), req, out in zip(index, requests, outputs, strict=True):
+            ids = req["prompt_token_ids"]
+            steps = out.prompt_logprobs
+            self.prompt_tokens += len(ids)
+            self.generated_tokens += 1
+            result[i][c] = float(sum(steps[j][ids[j]].logprob for j in range(start, len(ids))))
+        return result
+
+    def _ranked(self, keys, config: SamplingConfig, seeds, member_ids) -> list[KeyCandidates]:
+        """Candidates of the `top` and `distinct` decodings, from the exact name log-probabilities: the chosen
+        names in choice order as the key's samples (so `first(m)` is the first m chosen), each counted once."""
+        results = []
+        for i, (key, logp) in enumerate(zip(keys, self.name_logprobs(keys), strict=True)):
+            chosen = choose_names(logp, config.n, config.decoding, config.temperature, seeds[i])
+            results.append(
+                tally(
+                    key,
+                    chosen,
+                    [logp[c] for c in chosen],
                     seed=seeds[i],
                     member_id=None if member_ids is None else member_ids[i],
                 )

@@ -4,11 +4,14 @@
     python -m jobs.sample_novelty ... --keys all            # every M^K tuple
     python -m jobs.sample_novelty ... --keys members        # one key per member (member_id kept)
     python -m jobs.sample_novelty ... --keys my_keys.parquet  # a history_key column (+ member_id)
+    python -m jobs.sample_novelty ... --decoding top        # the model's 20 most likely names per key
     python -m jobs.sample_novelty ... --rag                 # a model trained with --rag, its own table
     python -m jobs.sample_novelty ... --rag --retrieval runs/retrieval-fresh   # a table from jobs.build_retrieval
     RAY_ADDRESS=ray://head:10001 python -m jobs.sample_novelty ...   # on a cluster (paths on shared storage)
 
-Each key gets n samples (default 5 x --slots) at --temperature, each a valid cluster name; the engine
+Each key gets n samples (default 5 x --slots) at --temperature, each a valid cluster name (--decoding
+top / distinct: the n most likely names / n different names drawn without replacement, from the model's
+exact probability of every name; explore.sampler.DECODINGS); the engine
 lives in Ray actors (fractional CPUs here, one GPU each where CUDA is present), built by
 explore.pipeline.BulkPipeline, the same pipeline jobs.best_of_n runs. A model trained with --rag
 (retrieval-augmented prompts) must be sampled with --rag, and one trained without is refused with it. Outputs in --out:
@@ -22,8 +25,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobs.cli import job_parser
 from jobs.common import merge_config, run_main
@@ -46,6 +50,11 @@ class SamplingOptions(BaseModel):
         0,
         ge=0,
         description="sample among the k most likely next tokens only, after the name constraint (0: all)",
+    )
+    decoding: Literal["sample", "top", "distinct"] = Field(
+        "sample",
+        description="sample: n draws with replacement at --temperature (the papers'); top: the model's n most "
+        "likely names (exact probabilities); distinct: n different names drawn at --temperature",
     )
     seed: int = Field(0, description="base seed; each key's seed derives from it and the key")
     batch_size: int = Field(64, ge=1, description="keys per vLLM call (and per scoring call)")
@@ -76,6 +85,15 @@ class SamplingOptions(BaseModel):
         description="with --rag: a table folder from jobs.build_retrieval (default: the model's own table)",
     )
 
+    @model_validator(mode="after")
+    def _decoding_has_no_top_k(self):
+        if self.decoding != "sample" and self.top_k:
+            raise ValueError(
+                f"--top-k {self.top_k} truncates sampled tokens; --decoding {self.decoding} ranks whole names by "
+                "the model's exact probability and has no top-k: drop --top-k or use --decoding sample."
+            )
+        return self
+
     def retrieval_version(self, model: str) -> str | None:
         """The version of the table the prompts will read (None without --rag); checks --rag against the
         model (explore.sampler.resolve_retrieval) before any Ray work."""
@@ -92,7 +110,11 @@ class SamplingOptions(BaseModel):
         from explore import SamplingConfig
 
         return SamplingConfig(
-            n=self.samples_per_key, temperature=self.temperature, top_k=self.top_k, seed=self.seed
+            n=self.samples_per_key,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=self.seed,
+            decoding=self.decoding,
         )
 
     def resources(self, **more):
@@ -165,6 +187,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
         "samples_per_key": cfg.samples_per_key,
         "temperature": cfg.temperature,
         "top_k": cfg.top_k,
+        "decoding": cfg.decoding,
         "valid_share": round(1 - invalid / n_samples, 4) if n_samples else None,
         "in_history_share": round(in_hist / n_samples, 4) if n_samples else None,
         "mean_distinct_candidates": round(sum(distinct) / len(distinct), 2) if distinct else 0,
@@ -185,7 +208,7 @@ def sample(cfg: SampleNoveltyFields, out: str | Path) -> dict:
 def summary_lines(s: dict) -> list[str]:
     return [
         f"novelty samples: {s['keys']} keys ({s['key_set']}) x {s['samples_per_key']} = {s['samples']} samples at "
-        f"T={s['temperature']}; valid {s['valid_share']:.0%}, in-history dropped {s['in_history_share']:.1%}; "
+        f"T={s['temperature']} (decoding {s['decoding']}); valid {s['valid_share']:.0%}, in-history dropped {s['in_history_share']:.1%}; "
         f"{s['mean_distinct_candidates']} distinct novel candidates per key "
         f"({s['keys_with_fewer_candidates_than_slots']} keys with fewer than the slots)",
         f"{s['wall_s']:.1f}s on {s['actors']} actor(s), {s['samples_per_s']:.0f} samples/s; "

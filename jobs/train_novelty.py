@@ -4,6 +4,8 @@
     python -m jobs.train_novelty --catalog DIR --base smollm2-135m --max-steps 200 --out runs/nov-smol
     python -m jobs.train_novelty --catalog DIR --base /models/my-causal-lm --out runs/nov-mine  # LoRA
     python -m jobs.train_novelty --catalog DIR --rag --out runs/nov-rag   # retrieval-augmented prompts
+    python -m jobs.train_novelty --catalog DIR --out runs/novelty --evaluate-only --eval-decoding top
+                                                  # re-evaluate a trained model at another decoding
 
 With --rag each prompt also lists the --rag-top clusters that training members most often moved to next
 from the key (explore.retrieval); the table is saved in the folder (retrieval.parquet, retrieval.json)
@@ -21,6 +23,7 @@ novelty model) is refused before training.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,11 +56,21 @@ class NoveltyTrainFields(BaseModel):
         ge=0,
         description="top-k of the evaluation's constrained samples, as the bulk jobs' --top-k (0: all)",
     )
+    eval_decoding: Literal["sample", "top", "distinct"] = Field(
+        "sample",
+        description="decoding of the evaluation's candidates, as the bulk jobs' --decoding (sample: n draws "
+        "with replacement; top: the n most likely names; distinct: n names drawn without replacement)",
+    )
     eval_examples: int = Field(1000, ge=1, description="held-out transitions evaluated")
     eval_exact: bool = Field(
         False,
         description="also rank every cluster name by the model's exact probability (one transformers forward "
         "per key and name; slow for large models) and report the recall of its top-m beside the table's",
+    )
+    evaluate_only: bool = Field(
+        False,
+        description="no training: evaluate the model already in --out at these --eval-* settings on its own "
+        "held-out members; the new evaluation becomes the recorded one (the earlier is kept)",
     )
     seed: int = Field(0, description="seed of the split, the initialisation and the sampling")
     rag: bool = Field(
@@ -78,12 +91,20 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
         ExampleConfig,
         NoveltyModelInfo,
         SFTConfig,
-        build_examples,
         read_model_info,
         train_novelty,
     )
     from lm import LoraSettings
 
+    if cfg.eval_decoding != "sample" and cfg.eval_top_k:
+        raise ValueError(
+            f"--eval-top-k {cfg.eval_top_k} truncates sampled tokens; --eval-decoding {cfg.eval_decoding} "
+            "ranks whole names and has no top-k: drop one of the two."
+        )
+    if cfg.evaluate_only:
+        if not cfg.evaluate:
+            raise ValueError("--evaluate-only evaluates, which --no-evaluate skips: drop one of the two.")
+        return reevaluate(cfg, out)
     if cfg.eval_exact and not cfg.evaluate:
         raise ValueError(
             "--eval-exact is part of the evaluation, which --no-evaluate skips: drop one of the two."
@@ -106,18 +127,59 @@ def train(cfg: NoveltyTrainFields, out: str | Path, *, progress: bool = True) ->
     )
     report = train_novelty(vocab, catalog.histories, out, sft, examples, progress=progress)
     if cfg.evaluate:
-        from explore import NoveltySampler, SamplingConfig, evaluate_novelty
+        report["evaluation"] = _evaluate(cfg, out, catalog, vocab, examples, rag=cfg.rag)
+        read_model_info(out).with_report(report).write(out)  # the evaluation joins the saved report
+    return report
 
-        train_ex, eval_ex, _ = build_examples(catalog.histories, examples, vocab.size)
-        sampler = NoveltySampler(out, vocab=vocab, rag=cfg.rag)
-        sampling = SamplingConfig(
-            n=cfg.eval_n, temperature=cfg.eval_temperature, top_k=cfg.eval_top_k, seed=cfg.seed
-        )
-        report["evaluation"] = evaluate_novelty(
+
+def _evaluate(cfg: NoveltyTrainFields, out, catalog, vocab, examples, *, rag: bool) -> dict:
+    from explore import NoveltySampler, SamplingConfig, build_examples, evaluate_novelty
+
+    train_ex, eval_ex, _ = build_examples(catalog.histories, examples, vocab.size)
+    sampler = NoveltySampler(out, vocab=vocab, rag=rag)
+    sampling = SamplingConfig(
+        n=cfg.eval_n,
+        temperature=cfg.eval_temperature,
+        top_k=cfg.eval_top_k,
+        seed=cfg.seed,
+        decoding=cfg.eval_decoding,
+    )
+    try:
+        return evaluate_novelty(
             sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples, exact=cfg.eval_exact
         )
+    finally:
         sampler.close()
-        read_model_info(out).with_report(report).write(out)  # the evaluation joins the saved report
+
+
+def reevaluate(cfg: NoveltyTrainFields, out: str | Path) -> dict:
+    """--evaluate-only: evaluate the model already in `out` at the --eval-* settings, without training, on
+    the held-out members of its own split (the example config recorded in its novelty.json, whatever
+    --seed, --eval-fraction and --max-per-key say). The new evaluation becomes the recorded one (what the
+    main job's release gates read); the one it replaces is kept in the report's earlier_evaluations."""
+    from catalog import Catalog, ClusterVocabulary
+    from explore import ExampleConfig, read_model_info
+
+    info = read_model_info(out)
+    catalog = Catalog.load(cfg.catalog)
+    vocab = ClusterVocabulary.from_clusters(catalog.clusters)
+    if info.vocab.signature() != vocab.signature():
+        raise ValueError(
+            f"--evaluate-only: the model in --out {out} was trained on other clusters than --catalog {cfg.catalog}; "
+            "give the catalog it was trained on."
+        )
+    if not info.example_config:
+        raise ValueError(
+            f"--evaluate-only: {Path(out) / info.FILE} records no example_config, so its held-out members are not "
+            "known; retrain it with this version of jobs.train_novelty."
+        )
+    report = dict(info.report)
+    evaluation = _evaluate(cfg, out, catalog, vocab, ExampleConfig(**info.example_config), rag=info.rag)
+    earlier = [*report.get("earlier_evaluations", [])]
+    if report.get("evaluation"):
+        earlier.append(report["evaluation"])
+    report.update(evaluation=evaluation, earlier_evaluations=earlier)
+    read_model_info(out).with_report(report).write(out)
     return report
 
 
@@ -138,7 +200,13 @@ def summary_lines(report: dict) -> list[str]:
         lines += [
             f"format validity of free generations: {validity} (gate >= 90%); constrained "
             f"{ev['validity_constrained']:.0%}",
-            f"recall@{ev['n']} of the next novel cluster (T={ev['temperature']:g}"
+            f"recall@{ev['n']} of the next novel cluster ("
+            + (
+                "the model's top names"
+                if ev.get("decoding") == "top"
+                else f"T={ev['temperature']:g}"
+                + (", without replacement" if ev.get("decoding") == "distinct" else "")
+            )
             + (f", top-k {ev['top_k']}" if ev.get("top_k") else "")
             + f"): {ev['recall_at_n']:.3f} (frequency baseline "
             f"{ev['recall_frequency_baseline']:.3f}, random {ev['recall_random_baseline']:.3f}"
@@ -173,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> int:
         cfg = merge_config(NoveltyTrainConfig, args)
         report = train(cfg, cfg.out)
+        if cfg.evaluate_only:
+            print(
+                f"re-evaluated {cfg.out} without training; the recorded evaluation is the new one "
+                f"({len(report['earlier_evaluations'])} earlier kept in its report)"
+            )
         for line in summary_lines(report):
             print(line)
         return 0

@@ -102,3 +102,16 @@ def test_the_sampling_jobs_share_one_options_model():
     shared = set(SamplingOptions.model_fields)
     assert {"slots", "n", "temperature", "seed", "novelty_actors", "novelty_gpus", "kv_cache_mib"} <= shared
     assert issubclass(BestOfNFields, SamplingOptions) and issubclass(SampleNoveltyFields, SamplingOptions)
+
+
+def test_a_ranked_decoding_with_a_token_top_k_is_refused_up_front():
+    from jobs.best_of_n import BestOfNFields
+
+    cfg = BestOfNFields(catalog="c", novelty="n", alignment="a", decoding="distinct", temperature=0.7)
+    assert cfg.sampling().decoding == "distinct" and cfg.sampling().temperature == 0.7
+    with pytest.raises(
+        ValueError, match="--top-k 5 truncates sampled tokens; --decoding top ranks whole names"
+    ):
+        BestOfNFields(catalog="c", novelty="n", alignment="a", decoding="top", top_k=5)
+    with pytest.raises(ValueError, match="decoding"):
+        BestOfNFields(catalog="c", novelty="n", alignment="a", decoding="beam")

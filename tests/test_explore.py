@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pytest
@@ -298,6 +299,57 @@ def test_the_first_n_samples_are_a_smaller_draw_with_the_same_seed():
     for n in (0, 9):
         with pytest.raises(ValueError, match=f"n={n}: this key has 8 samples"):
             full.first(n)
+
+
+def test_top_names_are_the_most_likely_first_ties_by_cluster_id():
+    from explore.sampler import choose_names
+
+    logp = {4: -1.0, 2: -0.5, 9: -1.0, 7: -3.0}
+    assert choose_names(logp, 3, "top", 1.5, seed=0) == [2, 4, 9]
+    assert choose_names(logp, 10, "top", 1.5, seed=0) == [2, 4, 9, 7]  # fewer names than n: all of them
+    with pytest.raises(ValueError, match="decoding='sample': choose_names serves 'top' and 'distinct' only"):
+        choose_names(logp, 3, "sample", 1.5, seed=0)
+
+
+def test_distinct_names_are_draws_without_replacement_at_the_temperature():
+    """Gumbel-top-n: the first name is a draw from softmax(log p / T); the second, from the rest renormalised;
+    no name twice; the same seed gives the same draw; a low temperature is the top-n."""
+    import math
+    from collections import Counter
+
+    from explore.sampler import choose_names
+
+    logp = {0: math.log(0.5), 1: math.log(0.3), 2: math.log(0.15), 3: math.log(0.05)}
+    draws = [choose_names(logp, 2, "distinct", 1.0, seed=s) for s in range(6000)]
+    assert all(len(set(d)) == 2 for d in draws)
+    first = Counter(d[0] for d in draws)
+    for c, p in ((0, 0.5), (1, 0.3), (2, 0.15), (3, 0.05)):
+        assert first[c] / len(draws) == pytest.approx(p, abs=0.02), (c, first)
+    # P(second = 1 | first = 0) = 0.3 / 0.5 = 0.6 for a draw without replacement
+    after_0 = [d[1] for d in draws if d[0] == 0]
+    assert after_0.count(1) / len(after_0) == pytest.approx(0.6, abs=0.03)
+    # T = 2 flattens: the first name's share falls to sqrt-weights, 0.5**0.5 / sum(p**0.5)
+    flat = Counter(choose_names(logp, 1, "distinct", 2.0, seed=s)[0] for s in range(6000))
+    expect = math.sqrt(0.5) / sum(math.sqrt(p) for p in (0.5, 0.3, 0.15, 0.05))
+    assert flat[0] / 6000 == pytest.approx(expect, abs=0.02)
+    assert choose_names(logp, 4, "distinct", 1.0, seed=7) == choose_names(logp, 4, "distinct", 1.0, seed=7)
+    assert choose_names(logp, 3, "distinct", 0.01, seed=7) == choose_names(logp, 3, "top", 1.0, seed=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"decoding": "beam"}, "SamplingConfig.decoding='beam': use one of sample, top, distinct"),
+        ({"decoding": "top", "top_k": 5}, "top_k=5"),
+        ({"decoding": "distinct", "top_p": 0.9}, "top_p=0.9"),
+        ({"decoding": "top", "constrained": False}, "constrained=False"),
+    ],
+)
+def test_sampling_config_names_a_decoding_that_cannot_apply(kwargs, message):
+    from explore.sampler import SamplingConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SamplingConfig(**kwargs)
 
 
 # --- retrieval augmentation (explore.retrieval) -----------------------------------------------------------

@@ -128,9 +128,9 @@ def test_evaluation_reports_validity_recall_novelty(sampler, ml_catalog):
 
 
 def test_exact_name_probabilities_rank_every_cluster_outside_the_key(sampler, ml_catalog, keys):
-    """The opt-in exact ranking: a log-probability for every cluster outside the key, the padded batch equal
-    to one sequence at a time, a distribution over names (sums to at most 1), and a top-m of every cluster
-    that recalls every target."""
+    """The opt-in exact ranking: a log-probability for every cluster outside the key from vLLM's prompt
+    log-probabilities, equal to transformers' forward of the same tokens, a distribution over names (sums to
+    at most 1), and a top-m of every cluster that recalls every target."""
     import math
 
     import torch
@@ -167,6 +167,79 @@ def test_exact_name_probabilities_rank_every_cluster_outside_the_key(sampler, ml
         0 < exact["recall_top_m"] <= 1
         and exact["recall_frequency_baseline_top_m"] == ev["recall_frequency_baseline"]
     )
+
+
+def test_name_probabilities_read_from_the_prefix_cache_equal_a_fresh_forward(sampler, ml_catalog):
+    """name_logprobs reads each key's prompt from vLLM's prefix cache; a request whose cached blocks reach into
+    its answer is re-run without the cache. Asking twice for a key whose answers cross a cache block makes
+    the second call hit that case: same values, every one equal to transformers' forward of the tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from explore.keys import build_key_set
+
+    block = sampler.engine.block_size
+    longest = max(len(a) for a in sampler._answers)
+    observed = [tuple(k) for k in build_key_set(ml_catalog.histories, 2, ml_catalog.n_clusters, "observed")
+                ["history_key"].to_pylist()]  # fmt: skip
+    key = next(k for k in observed if len(sampler.prompt_ids(k)) % block + longest > block)
+    first = sampler.name_logprobs([key])[0]
+    before = sampler.answer_requests_recomputed
+    again = sampler.name_logprobs([key])[0]
+    assert sampler.answer_requests_recomputed > before  # the fallback ran
+    assert again == pytest.approx(first, abs=1e-5)
+    model = AutoModelForCausalLM.from_pretrained(sampler.model_dir).eval()
+    prompt = sampler.prompt_ids(key)
+    clusters = sorted(first)
+    with torch.inference_mode():
+        for c in clusters:
+            answer = sampler._answers[c]
+            lp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0], -1)
+            alone = sum(float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer))
+            assert again[c] == pytest.approx(alone, abs=1e-3), c
+
+
+def test_top_decoding_proposes_the_models_most_likely_names(sampler, keys):
+    """decoding="top": each key's n candidates are its n most likely names outside the key by the exact
+    probabilities, once each, whatever the batching; first(m) is the top-m; n beyond the names gives all."""
+    logp = sampler.name_logprobs(keys[:4])
+    top = sampler.sample(keys[:4], SamplingConfig(n=5, decoding="top"))
+    for key, lp, res in zip(keys[:4], logp, top, strict=True):
+        expected = sorted(lp, key=lambda c: (-lp[c], c))[:5]
+        assert res.candidates == expected and res.samples == expected and res.counts == [1] * 5
+        assert res.logprobs == pytest.approx([lp[c] for c in expected], abs=1e-4)
+        assert (res.n_samples, res.n_in_history, res.n_invalid) == (5, 0, 0) and not set(expected) & set(key)
+        assert res.first(3).candidates == expected[:3]
+    assert sampler.sample([keys[2]], SamplingConfig(n=5, decoding="top"))[0].candidates == top[2].candidates
+    every = sampler.sample(keys[:2], SamplingConfig(n=sampler.vocab.size, decoding="top"))
+    for key, res in zip(keys[:2], every, strict=True):
+        assert sorted(res.candidates) == sorted(set(range(sampler.vocab.size)) - set(key))
+
+
+def test_distinct_decoding_draws_different_names_with_the_keys_seed(sampler, keys):
+    cfg = SamplingConfig(n=6, decoding="distinct", temperature=1.0, seed=1)
+    drawn = sampler.sample(keys[:6], cfg)
+    for key, res in zip(keys[:6], drawn, strict=True):
+        assert len(set(res.samples)) == 6 and not set(res.samples) & set(key) and res.counts == [1] * 6
+    assert [r.samples for r in sampler.sample(keys[3:6], cfg)] == [r.samples for r in drawn[3:6]]
+    other = sampler.sample(keys[:6], replace(cfg, seed=2))
+    assert [r.samples for r in other] != [r.samples for r in drawn]
+    # at T = 1 the draw order follows the probabilities only loosely; at T = 0.01 it is the top order, up to
+    # names within about 0.1 nats of each other (the Gumbel noise times T)
+    assert any(r.sample_logprobs != sorted(r.sample_logprobs, reverse=True) for r in drawn)
+    for r in sampler.sample(keys[:6], replace(cfg, temperature=0.01)):
+        assert all(a >= b - 0.15 for a, b in zip(r.sample_logprobs, r.sample_logprobs[1:], strict=False))
+
+
+def test_evaluation_of_the_top_decoding_is_all_novel_and_recorded(sampler, ml_catalog):
+    from explore.evaluate import evaluate_novelty
+
+    train, evals, _ = build_examples(ml_catalog.histories, EXAMPLES, sampler.vocab.size)
+    ev = evaluate_novelty(
+        sampler, evals, train, SamplingConfig(n=8, decoding="top"), max_examples=30, free_samples=1
+    )
+    assert ev["decoding"] == "top" and ev["novelty"] == 1.0 and ev["mean_distinct_candidates"] == 8
+    assert 0 < ev["recall_at_n"] <= 1 and "t=1" in ev["validity_free"]  # free generation still sampled
 
 
 def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(ray_local, trained, keys, tmp_path):

@@ -19,9 +19,9 @@ def _cfg(**kw):
     return BestOfNFields(catalog="c", novelty="n", alignment="a", **kw)
 
 
-def _novelty(validity=0.93, recall=0.66, base=0.65):
+def _novelty(validity=0.93, recall=0.66, base=0.65, **more):
     return {"evaluation": {"validity_free": {"t=1": validity, "t=1.5": 0.5}, "recall_at_n": recall,
-                           "recall_frequency_baseline": base}}  # fmt: skip
+                           "recall_frequency_baseline": base, **more}}  # fmt: skip
 
 
 def _alignment(auc=0.77, base=0.74):
@@ -52,6 +52,11 @@ def test_models_that_meet_the_issue_targets_pass_the_default_gates():
          "a/alignment.json). Fix: retrain the alignment model"),
         (_novelty(), _alignment(), {"alignment_auc_margin": 0.05}, ["alignment_auc"], "threshold 0.0500"),
         ({}, {}, {}, ["novelty_validity", "novelty_recall", "alignment_auc"], "is not recorded"),
+        # recall recorded at another decoding than this run's measured other candidates: not recorded
+        (_novelty(recall=0.81, base=0.77), _alignment(), {"decoding": "top"}, ["novelty_recall"],
+         "at --decoding top (its evaluation used decoding sample) is not recorded"),
+        (_novelty(recall=0.81, base=0.77, decoding="top"), _alignment(), {}, ["novelty_recall"],
+         "at --decoding sample (its evaluation used decoding top) is not recorded"),
     ],
 )  # fmt: skip
 def test_each_gate_refuses_with_its_value_threshold_and_fix(novelty, alignment, cfg, failed, text):
@@ -74,3 +79,9 @@ def test_thresholds_are_checked_at_the_boundary():
     with pytest.raises(ValueError, match="min_novelty_validity"):
         _cfg(min_novelty_validity=1.5)
     assert _cfg(novelty_recall_margin=-0.02).novelty_recall_margin == -0.02
+
+
+def test_the_recall_gate_reads_an_evaluation_of_the_runs_decoding():
+    gates = release_gates(_cfg(decoding="top"), "n", _novelty(recall=0.81, base=0.77, decoding="top"), "a",
+                          _alignment())  # fmt: skip
+    assert check_release_gates(gates, force=False)["gates"]["novelty_recall"]["value"] == pytest.approx(0.04)

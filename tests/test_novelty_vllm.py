@@ -242,7 +242,39 @@ def test_evaluation_of_the_top_decoding_is_all_novel_and_recorded(sampler, ml_ca
     assert 0 < ev["recall_at_n"] <= 1 and "t=1" in ev["validity_free"]  # free generation still sampled
 
 
-def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(ray_local, trained, keys, tmp_path):
+def test_a_trained_model_is_re_evaluated_at_another_decoding_without_training(trained, tmp_path):
+    """jobs.train_novelty --evaluate-only: the model's own held-out split, the new evaluation recorded (what
+    the release gates read), the one it replaces kept; the weights untouched."""
+    import json
+    import shutil
+
+    from explore.model_info import read_model_info
+    from jobs.train_novelty import NoveltyTrainFields, train
+
+    model = shutil.copytree(trained["model"], tmp_path / "model")
+    info = read_model_info(model)
+    info.with_report({**info.report, "evaluation": {"decoding": "sample", "recall_at_n": 0.4}}).write(model)
+    weights = (model / "model.safetensors").read_bytes()
+    cfg = NoveltyTrainFields(catalog=str(trained["catalog"]), evaluate_only=True, eval_decoding="top",
+                             eval_n=5, eval_examples=20, seed=99)  # fmt: skip
+    report = train(cfg, model)
+    saved = json.loads((model / "novelty.json").read_text())["report"]
+    assert saved["evaluation"] == report["evaluation"] and report["evaluation"]["decoding"] == "top"
+    assert report["evaluation"]["novelty"] == 1.0 and report["evaluation"]["mean_distinct_candidates"] == 5
+    assert saved["earlier_evaluations"] == [{"decoding": "sample", "recall_at_n": 0.4}]
+    assert (
+        report["steps"] == trained["report"]["steps"]
+        and (model / "model.safetensors").read_bytes() == weights
+    )
+    with pytest.raises(ValueError, match="--evaluate-only evaluates, which --no-evaluate skips"):
+        train(cfg.model_copy(update={"evaluate": False}), model)
+    with pytest.raises(ValueError, match="--eval-top-k 3 truncates sampled tokens"):
+        train(cfg.model_copy(update={"eval_top_k": 3}), model)
+
+
+def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(
+    ray_local, trained, sampler, keys, tmp_path
+):
     from jobs.sample_novelty import SampleNoveltyConfig, sample
 
     key_file = tmp_path / "keys.parquet"
@@ -259,7 +291,14 @@ def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(ray_local, tra
     assert sorted(table["member_id"].to_pylist()) == list(range(len(keys)))
     assert set(table["n_samples"].to_pylist()) == {7}
     assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 2
-    # a rerun into the same folder replaces the candidates and the quarantine, never appends to them
-    s2 = sample(cfg.model_copy(update={"keys": "observed", "limit": 3}), tmp_path / "out")
-    assert s2["keys"] == 3 and read_table(tmp_path / "out" / "candidates", NOVELTY_CANDIDATES).num_rows == 3
+    # a rerun into the same folder replaces the candidates and the quarantine, never appends to them; its
+    # decoding reaches the actors: their draws are the in-process sampler's at the same settings
+    rerun = {"keys": "observed", "limit": 3, "decoding": "distinct", "temperature": 0.7}
+    s2 = sample(cfg.model_copy(update=rerun), tmp_path / "out")
+    assert s2["keys"] == 3 and s2["decoding"] == "distinct"
+    table = read_table(tmp_path / "out" / "candidates", NOVELTY_CANDIDATES)
+    assert table.num_rows == 3
     assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 0
+    here = sampler.sample([tuple(k) for k in table["history_key"].to_pylist()],
+                          SamplingConfig(n=7, decoding="distinct", temperature=0.7))  # fmt: skip
+    assert table["samples"].to_pylist() == [r.samples for r in here]

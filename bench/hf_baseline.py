@@ -42,3 +42,32 @@ class ConstrainedGenerate:
             )  # fmt: skip
         stop = {tok.eos_token_id, tok.pad_token_id}
         return [self.cluster_of.get(tuple(t for t in row if t not in stop)) for row in out[:, plen:].tolist()]
+
+
+def exact_name_logprobs(model_dir: Path, sampler, keys) -> list[dict[int, float]]:
+    """The plain way to rank every cluster name for a key with transformers: one padded forward per key
+    over prompt + each name + end token (the prompt recomputed for every name), summing the answer tokens'
+    log-probabilities. The baseline of the sampler's `top` decoding (NoveltySampler.name_logprobs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pad = sampler.tokenizer.pad_token_id or 0
+    out = []
+    with torch.inference_mode():
+        for key in keys:
+            prompt = sampler.prompt_ids(key)
+            clusters = [c for c in range(sampler.vocab.size) if c not in key]
+            seqs = [prompt + sampler._answers[c] for c in clusters]
+            ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, seq in enumerate(seqs):
+                ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            row = {}
+            for i, c in enumerate(clusters):
+                answer = sampler._answers[c]
+                steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer))
+                row[c] = float(logp[i, steps, torch.tensor(answer)].sum())
+            out.append(row)
+    return out

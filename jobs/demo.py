@@ -97,6 +97,11 @@ class DemoConfig(CatalogFields):
     samples: int = Field(
         32, ge=1, description="novelty samples per key in the main job (the report's largest best-of-n)"
     )
+    decoding: Literal["sample", "top", "distinct"] = Field(
+        "sample",
+        description="how the novelty LLM's candidates are drawn, in its evaluation, its sampling job, the main job "
+        "and the loop (jobs.best_of_n --decoding)",
+    )
     loop_rounds: int = Field(
         1, ge=0, description="rounds of the closed loop through the endpoint (jobs.loop) after the demo"
     )
@@ -295,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                     catalog=str(catalog_dir),
                     max_steps=cfg.novelty_steps,
                     eval_n=5 * cfg.slots,
+                    eval_decoding=cfg.decoding,
                     eval_examples=cfg.novelty_eval_examples,
                     seed=cfg.seed,
                     rag=cfg.novelty_rag,
@@ -312,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                     catalog=str(catalog_dir),
                     model=str(novelty_dir),
                     slots=cfg.slots,
+                    decoding=cfg.decoding,
                     seed=cfg.seed,
                     limit=cfg.key_limit,
                     rag=cfg.novelty_rag,
@@ -377,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                     alignment=str(run_dir / "alignment"),
                     slots=cfg.slots,
                     n=cfg.samples,
+                    decoding=cfg.decoding,
                     seed=cfg.seed,
                     limit=cfg.key_limit,
                     rag=cfg.novelty_rag,
@@ -458,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                     alignment_steps=cfg.loop_alignment_steps,
                     alignment_prior=cfg.alignment_prior,
                     samples=cfg.samples,
+                    decoding=cfg.decoding,
                     comparisons=False,  # the pairwise model and the ablation: `python -m jobs.loop` (budget)
                     key_limit=cfg.key_limit,
                     num_cpus=cfg.num_cpus,

@@ -72,6 +72,10 @@ class LoopConfig(BaseModel):
         ge=1,
         description="novelty samples per key in each round's main job (the report's largest best-of-n)",
     )
+    decoding: Literal["sample", "top", "distinct"] = Field(
+        "sample",
+        description="how each round's main job draws the novelty candidates (jobs.best_of_n --decoding)",
+    )
     compare_cold: bool = Field(
         True,
         description="also retrain the ranker cold on all feedback so far (not served), for the report's "
@@ -429,6 +433,7 @@ def run_round(cfg: LoopConfig, r: int, ctx: dict) -> dict:
             alignment=str(out / "alignment"),
             slots=cfg.slots,
             n=cfg.samples,
+            decoding=cfg.decoding,
             seed=cfg.seed + r,
             limit=cfg.key_limit,
             rag=read_model_info(run / "novelty").rag,  # as trained: --rag or not

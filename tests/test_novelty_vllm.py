@@ -243,10 +243,15 @@ def test_evaluation_of_the_top_decoding_is_all_novel_and_recorded(sampler, ml_ca
 
 
 def test_a_trained_model_is_re_evaluated_at_another_decoding_without_training(trained, tmp_path):
-    """jobs.train_novelty --evaluate-only: the model's own held-out split, the new evaluation recorded (what
-    the release gates read), the one it replaces kept; the weights untouched."""
+    """`python -m jobs.train_novelty --evaluate-only`: the model's own held-out split, the new evaluation
+    recorded (what the release gates read), the one it replaces kept; the weights untouched. Run as the
+    command, in its own process: a second vLLM engine in this one would tear down the module engine's
+    process-wide state when closed."""
     import json
+    import os
     import shutil
+    import subprocess
+    import sys
 
     from explore.model_info import read_model_info
     from jobs.train_novelty import NoveltyTrainFields, train
@@ -255,17 +260,23 @@ def test_a_trained_model_is_re_evaluated_at_another_decoding_without_training(tr
     info = read_model_info(model)
     info.with_report({**info.report, "evaluation": {"decoding": "sample", "recall_at_n": 0.4}}).write(model)
     weights = (model / "model.safetensors").read_bytes()
-    cfg = NoveltyTrainFields(catalog=str(trained["catalog"]), evaluate_only=True, eval_decoding="top",
-                             eval_n=5, eval_examples=20, seed=99)  # fmt: skip
-    report = train(cfg, model)
+    args = ["--catalog", str(trained["catalog"]), "--out", str(model), "--evaluate-only", "--eval-decoding", "top",
+            "--eval-n", "5", "--eval-examples", "20", "--seed", "99"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "jobs.train_novelty", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "re-evaluated" in proc.stdout
+        and "recall@5 of the next novel cluster (the model's top names)" in proc.stdout
+    )
     saved = json.loads((model / "novelty.json").read_text())["report"]
-    assert saved["evaluation"] == report["evaluation"] and report["evaluation"]["decoding"] == "top"
-    assert report["evaluation"]["novelty"] == 1.0 and report["evaluation"]["mean_distinct_candidates"] == 5
+    ev = saved["evaluation"]
+    assert ev["decoding"] == "top" and ev["novelty"] == 1.0 and ev["mean_distinct_candidates"] == 5
     assert saved["earlier_evaluations"] == [{"decoding": "sample", "recall_at_n": 0.4}]
     assert (
-        report["steps"] == trained["report"]["steps"]
-        and (model / "model.safetensors").read_bytes() == weights
+        saved["steps"] == trained["report"]["steps"] and (model / "model.safetensors").read_bytes() == weights
     )
+    cfg = NoveltyTrainFields(catalog=str(trained["catalog"]), evaluate_only=True, eval_decoding="top")
     with pytest.raises(ValueError, match="--evaluate-only evaluates, which --no-evaluate skips"):
         train(cfg.model_copy(update={"evaluate": False}), model)
     with pytest.raises(ValueError, match="--eval-top-k 3 truncates sampled tokens"):

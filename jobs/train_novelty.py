@@ -137,13 +137,8 @@ def _evaluate(cfg: NoveltyTrainFields, out, catalog, vocab, examples, *, rag: bo
 
     train_ex, eval_ex, _ = build_examples(catalog.histories, examples, vocab.size)
     sampler = NoveltySampler(out, vocab=vocab, rag=rag)
-    sampling = SamplingConfig(
-        n=cfg.eval_n,
-        temperature=cfg.eval_temperature,
-        top_k=cfg.eval_top_k,
-        seed=cfg.seed,
-        decoding=cfg.eval_decoding,
-    )
+    sampling = SamplingConfig(n=cfg.eval_n, temperature=cfg.eval_temperature, top_k=cfg.eval_top_k,
+                              seed=cfg.seed, decoding=cfg.eval_decoding)  # fmt: skip
     try:
         return evaluate_novelty(
             sampler, eval_ex, train_ex, sampling, max_examples=cfg.eval_examples, exact=cfg.eval_exact

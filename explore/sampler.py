@@ -11,6 +11,10 @@ own log-probability of the name and its end token, before temperature and the co
     out = sampler.sample([(3, 17), (0, 9)], SamplingConfig(n=20, temperature=1.5, seed=0))
     out[0].candidates, out[0].counts, out[0].n_in_history
 
+Two other decodings (`SamplingConfig(decoding="top" | "distinct")`, see DECODINGS) rank whole names by the
+model's exact probability of each (`NoveltySampler.name_logprobs`) instead of sampling text: its n most
+likely names, or n different names drawn without replacement at the temperature.
+
 A model trained with retrieval augmentation (jobs.train_novelty --rag) is sampled with `rag=True`: each
 prompt lists the key's clusters from a retrieval table (explore.retrieval), by default the one saved with
 the model, or a fresher one (`retrieval=`, built by jobs.build_retrieval). A RAG model sampled without

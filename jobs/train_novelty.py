@@ -38,7 +38,9 @@ class NoveltyTrainFields(BaseModel):
     epochs: float = Field(3.0, gt=0, description="passes over the examples")
     max_steps: int = Field(0, ge=0, description="stop after N optimizer steps (0: epochs decide)")
     batch_size: int = Field(32, ge=1, description="examples per step")
-    lr: float = Field(0.0, ge=0, description="learning rate (0: 3e-3 full training of tiny, 2e-4 LoRA)")
+    lr: float = Field(
+        0.0, ge=0, description="learning rate (0: 3e-3 full training of tiny, 1e-3 with --rag, 2e-4 LoRA)"
+    )
     lora_r: int = Field(
         16, ge=1, description="LoRA rank for pretrained bases (alpha and dropout keep their defaults)"
     )

@@ -301,6 +301,14 @@ def test_the_first_n_samples_are_a_smaller_draw_with_the_same_seed():
             full.first(n)
 
 
+def test_the_default_learning_rate_is_lower_with_retrieval():
+    """Full training of tiny: 3e-3, but 1e-3 with retrieval (3e-3 degraded the RAG model after 300 steps);
+    LoRA 2e-4 either way; an explicit lr wins."""
+    assert SFTConfig().learning_rate == 3e-3 and SFTConfig(rag_top=10).learning_rate == 1e-3
+    assert SFTConfig(base="smollm2-135m", rag_top=10).learning_rate == 2e-4
+    assert SFTConfig(rag_top=10, lr=5e-3).learning_rate == 5e-3
+
+
 def test_top_names_are_the_most_likely_first_ties_by_cluster_id():
     from explore.sampler import choose_names
 

@@ -170,6 +170,11 @@ def reevaluate(cfg: NoveltyTrainFields, out: str | Path) -> dict:
             f"--evaluate-only: {Path(out) / info.FILE} records no example_config, so its held-out members are not "
             "known; retrain it with this version of jobs.train_novelty."
         )
+    if cfg.rag and not info.rag:
+        raise ValueError(
+            f"--evaluate-only --rag: the model in --out {out} was trained without retrieval augmentation; drop "
+            "--rag (a RAG model is evaluated with its retrieval table whatever --rag says)."
+        )
     report = dict(info.report)
     evaluation = _evaluate(cfg, out, catalog, vocab, ExampleConfig(**info.example_config), rag=info.rag)
     earlier = [*report.get("earlier_evaluations", [])]

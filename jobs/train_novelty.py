@@ -154,6 +154,8 @@ def reevaluate(cfg: NoveltyTrainFields, out: str | Path) -> dict:
     the held-out members of its own split (the example config recorded in its novelty.json, whatever
     --seed, --eval-fraction and --max-per-key say). The new evaluation becomes the recorded one (what the
     main job's release gates read); the one it replaces is kept in the report's earlier_evaluations."""
+    from dataclasses import fields
+
     from catalog import Catalog, ClusterVocabulary
     from explore import ExampleConfig, read_model_info
 
@@ -174,6 +176,14 @@ def reevaluate(cfg: NoveltyTrainFields, out: str | Path) -> dict:
         raise ValueError(
             f"--evaluate-only --rag: the model in --out {out} was trained without retrieval augmentation; drop "
             "--rag (a RAG model is evaluated with its retrieval table whatever --rag says)."
+        )
+    known = {f.name for f in fields(ExampleConfig)}
+    unknown = sorted(set(info.example_config) - known)
+    if unknown:
+        raise ValueError(
+            f"--evaluate-only: {Path(out) / info.FILE} records example_config fields {unknown} that this version "
+            f"of jobs.train_novelty does not know (it knows {sorted(known)}), so it cannot rebuild the model's "
+            "held-out split; evaluate it with the version that trained it, or retrain it with this one."
         )
     report = dict(info.report)
     evaluation = _evaluate(cfg, out, catalog, vocab, ExampleConfig(**info.example_config), rag=info.rag)

@@ -281,6 +281,13 @@ def test_a_trained_model_is_re_evaluated_at_another_decoding_without_training(tr
         train(cfg.model_copy(update={"evaluate": False}), model)
     with pytest.raises(ValueError, match="--eval-top-k 3 truncates sampled tokens"):
         train(cfg.model_copy(update={"eval_top_k": 3}), model)
+    # a model whose split was built with a field this version does not know: named, nothing evaluated
+    info = read_model_info(model)
+    info.example_config["min_gap"] = 2
+    info.write(model)
+    with pytest.raises(ValueError, match=r"example_config fields \['min_gap'\] that this version"):
+        train(cfg, model)
+    assert json.loads((model / "novelty.json").read_text())["report"]["evaluation"] == ev
 
 
 def test_ray_data_job_keeps_every_sample_and_quarantines_bad_keys(

@@ -377,6 +377,11 @@ def check_report(run):
     assert points["random"]["novelty"] == points["oracle"]["novelty"] == 1.0
     assert points["most-frequent"]["novelty"] < 0.9
     assert points["oracle"]["like_novel"] > points["random"]["like_novel"] + 0.1
+    # the alignment model against the global-rate scorer on the same samples, paired over members
+    paired = report["operating_curve"]["paired"]["best-of-32 minus best-of-32, global-rate scorer"]
+    assert paired["members"] == points["best-of-32"]["members"] and paired["like_novel_members"] > 0
+    assert -1 <= paired["like_novel_diff"] <= 1 and paired["like_novel_diff_ci"] >= 0
+    assert "| best-of-32 minus best-of-32, global-rate scorer |" in (out / "report.md").read_text()
     return report
 
 

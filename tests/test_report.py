@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from catalog.schemas import BEST_OF_N, FEEDBACK_LOG
-from jobs.report import _orders, best_of_n_lists, curve_point, replay_rates
+from jobs.report import _orders, best_of_n_lists, curve_point, paired_difference, replay_rates
 
 
 def _log(rows: list[dict]) -> pa.Table:
@@ -100,6 +100,34 @@ def test_curve_point_novelty_and_like_rates_with_member_level_intervals():
     assert p["novelty"] == 0.75 and p["like_novel"] == pytest.approx(2 / 3) and p["like"] == 0.75
     # per member novelty 0.5 and 1.0: sd 0.354, half-width 1.96 * 0.354 / sqrt(2)
     assert p["novelty_ci"] == pytest.approx(1.96 * np.std([0.5, 1.0], ddof=1) / np.sqrt(2))
+
+
+def test_paired_difference_is_member_by_member_over_the_members_both_policies_showed():
+    history = {1: [3], 2: [5], 3: [7]}
+    a = _log([
+        dict(request_id="a", member_id=1, item_id=1, cluster_id=8, like=True),   # new, liked
+        dict(request_id="a", member_id=1, item_id=2, cluster_id=8, like=True),   # a repeat answer: liked
+        dict(request_id="b", member_id=2, item_id=3, cluster_id=6, like=False),  # new
+        dict(request_id="c", member_id=3, item_id=4, cluster_id=7, like=True),   # seen
+    ])  # fmt: skip
+    b = _log([
+        dict(request_id="a", member_id=1, item_id=1, cluster_id=9, like=False),  # new
+        dict(request_id="a", member_id=1, item_id=2, cluster_id=9, like=True),   # new, liked
+        dict(request_id="b", member_id=2, item_id=3, cluster_id=5, like=True),   # seen: no new cluster for 2
+        dict(request_id="c", member_id=3, item_id=4, cluster_id=8, like=True),   # new, liked
+    ])  # fmt: skip
+    d = paired_difference(a, b, history)
+    assert d["members"] == 3 and d["like_novel_members"] == 1  # only member 1 saw new clusters in both
+    assert d["like_novel_diff"] == pytest.approx(1.0 - 0.5) and np.isnan(
+        d["like_novel_diff_ci"]
+    )  # one member
+    # novelty per member: a (1, 1, 0), b (1, 0, 1): differences (0, 1, -1)
+    assert d["novelty_diff"] == pytest.approx(0.0)
+    assert d["novelty_diff_ci"] == pytest.approx(1.96 * np.std([0, 1, -1], ddof=1) / np.sqrt(3))
+    same = paired_difference(a, a, history)
+    assert (
+        same["like_novel_diff"] == 0 and same["like_novel_diff_ci"] == 0 and same["like_novel_members"] == 2
+    )
 
 
 def test_best_of_n_with_the_global_rate_scorer_ranks_the_same_samples_by_rate():

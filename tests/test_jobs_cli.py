@@ -379,7 +379,13 @@ def check_report(run):
     assert points["oracle"]["like_novel"] > points["random"]["like_novel"] + 0.1
     # the alignment model against the global-rate scorer on the same samples, paired over members
     paired = report["operating_curve"]["paired"]["best-of-32 minus best-of-32, global-rate scorer"]
-    assert paired["members"] == points["best-of-32"]["members"] and paired["like_novel_members"] > 0
+    shown = [  # the members each policy showed an explore slot (a cluster whose items they all rated shows none)
+        {r["member_id"] for r in read_feedback_log(out / "curve" / points[name]["log"]).to_pylist()
+         if r["source"] == "explore"}
+        for name in ("best-of-32", "best-of-32, global-rate scorer")
+    ]  # fmt: skip
+    assert paired["members"] == len(shown[0] & shown[1]) > 0
+    assert 0 < paired["like_novel_members"] <= paired["members"]
     assert -1 <= paired["like_novel_diff"] <= 1 and paired["like_novel_diff_ci"] >= 0
     assert "| best-of-32 minus best-of-32, global-rate scorer |" in (out / "report.md").read_text()
     return report

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "incremental": "bench.bench_incremental",
     "novelty": "bench.bench_novelty",
     "best-of-n": "bench.bench_best_of_n",
+    "alignment-ceiling": "bench.bench_alignment_ceiling",
     "serve": "bench.bench_serve",
 }
 RESULTS = Path(__file__).resolve().parent / "results"

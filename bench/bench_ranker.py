@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from catalog.build import build_movielens_catalog
-from ranking import Featurizer, RankerConfig, TrainConfig, Trainer, build_model, movielens_ctr
+from ranking import Featurizer, Ranker, RankerConfig, TrainConfig, Trainer, build_model, movielens_ctr
 from ranking.ablation import baseline_config
 from ranking.layers.embeddings import QREmbedding
 from ranking.layers.quantization import QuantizedEmbedding, embedding_bytes, quantize_embeddings
@@ -50,6 +50,61 @@ def _latency_ms(model, batch, reps: int) -> float:
             model.run(batch)
             times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
+
+
+def _member_requests(model, schema, config, test, members: int, reps: int, n: int = 1000) -> dict:
+    """One serving request per member: n candidate rows that all carry that member's history, for members
+    drawn uniformly from the test part's members, one row of each (its real history length). Ranker.score,
+    which cuts the history positions no row fills, against the model run on the whole padded batch,
+    alternated request by request in the same run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(0)
+    ranker = Ranker(model, schema, config, device="cpu")
+    featurizer = Featurizer(schema, with_labels=False)
+    base = test.slice(0, n)
+    ids = test["member_id"].to_numpy()
+    drawn = rng.choice(np.unique(ids), members, replace=False)  # members uniformly, not by rating count
+    picked = [int(rng.choice(np.flatnonzero(ids == m))) for m in drawn]
+    lengths = np.minimum(pc.list_value_length(test["hist_items"]).to_numpy()[picked], schema.history.length)
+    cut_ms, full_ms = [], []
+    model.eval()
+    for row in picked:
+        request = base
+        for column in ("hist_items", "hist_actions"):
+            one = pa.array([test[column][int(row)].as_py()] * n, test.schema.field(column).type)
+            request = request.set_column(request.schema.get_field_index(column), column, one)
+        batch = featurizer(request)
+        with torch.no_grad():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                ranker.score(request)
+                cut_ms.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                featurizer(request)
+                model.run(batch)
+                full_ms.append((time.perf_counter() - t0) * 1000)
+    cut, full = float(np.mean(cut_ms)), float(np.mean(full_ms))
+    return {
+        "name": f"ranker_member_request_{n}",
+        "value": cut,
+        "unit": "ms mean (score call)",
+        "baseline": "the same requests, featurized and run padded to the full history length",
+        "baseline_value": full,
+        "ratio": cut / full,
+        "ratio_meaning": "time of a request with unfilled history positions cut over the padded one",
+        "detail": {
+            "members": members,
+            "candidates": n,
+            "history_lengths": {
+                "mean": float(lengths.mean()),
+                "median": float(np.median(lengths)),
+                "full_share": float((lengths >= schema.history.length).mean()),
+            },
+            "reps_per_member": reps,
+        },
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -136,6 +191,10 @@ def run(quick: bool = False) -> list[dict]:
                 },
             }
         )
+
+    rows.append(
+        _member_requests(model, schema, config, examples.test, 10 if quick else 40, 3 if quick else 10)
+    )
 
     # embedding memory: the model's tables, and one field of 1M ids three ways
     f32, i8 = embedding_bytes(model), embedding_bytes(qmodel)

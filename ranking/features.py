@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +61,28 @@ class Batch:
     def select(self, rows: torch.Tensor) -> Batch:
         """The rows at `rows` (an int64 index tensor on the batch's device), copied."""
         return Batch(**{f.name: _take(getattr(self, f.name), rows) for f in fields(self)})
+
+    def trim_history(self, keep: int) -> Batch:
+        """The batch without the leading history positions that no row fills, keeping at least the last
+        `keep` (TransAct's last_k). Histories are right-aligned, so those positions are padding in every
+        row: TransAct masks them as keys and leaves them out of its max-pool, so its output is unchanged,
+        and its cost, linear in L (attention quadratic), falls with the longest history in the batch.
+        One serving request is one member: its own history length. (B, L) -> (B, L')."""
+        L = self.hist_mask.shape[1]
+        if L <= keep:
+            return self
+        filled = self.hist_mask.any(dim=0)  # (L,)
+        first = int(filled.to(torch.uint8).argmax()) if bool(filled.any()) else L
+        start = min(first, L - keep)
+        if start == 0:
+            return self
+        cut = slice(start, L)
+        return replace(
+            self,
+            hist_items=self.hist_items[:, cut],
+            hist_actions=self.hist_actions[:, cut],
+            hist_mask=self.hist_mask[:, cut],
+        )
 
     def pin_memory(self) -> Batch:
         return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})

@@ -114,8 +114,10 @@ class Ranker:
             probs = np.zeros((0, len(self.schema.tasks)), np.float32)
             phi = None
         else:
-            batch = self.featurizer(candidates).to(self.device)
-            out = self.model.run(batch)
+            batch = self.featurizer(candidates)
+            if self.model.history is not None:  # positions no row fills cost TransAct time, change nothing
+                batch = batch.trim_history(self.model.history.last_k)
+            out = self.model.run(batch.to(self.device))
             probs = torch.sigmoid(out.logits).cpu().numpy()
             phi = out.phi[:, self.task_index]  # (N, H)
         results, start = [], 0

@@ -589,3 +589,35 @@ def test_a_bandit_update_keeps_what_the_checkpoint_carried(ml_examples, tmp_path
     )
     assert json.loads((folder / "metrics.json").read_text()) == {"auc": {"like": 0.7}}
     assert json.loads((folder / "config.json").read_text())["train"] == {"epochs": 1}
+
+
+def test_scoring_drops_history_positions_no_row_fills_without_changing_a_score(trained, ml_examples):
+    """A serving request is one member: positions before its first action are padding in every row, so
+    Ranker.score cuts them (TransAct's cost falls with them) and every probability stays what the full
+    batch gives; at least last_k positions stay, also for a member without a history."""
+    test = ml_examples.test
+    lengths = pc.list_value_length(test["hist_items"]).to_numpy()
+    L, keep = trained.schema.history.length, trained.config.last_k
+    featurizer = Featurizer(trained.schema, with_labels=False)
+    ranker = Ranker(trained.model, trained.schema, trained.config, device="cpu")
+    for want in (7, 1, 0):  # a short history, shorter than last_k, empty
+        (rows,) = np.nonzero(lengths == want)
+        member = test["member_id"].to_numpy()[rows[0]]
+        request = test.filter(pc.equal(test["member_id"], member)).slice(0, 40)
+        for column in ("hist_items", "hist_actions"):  # every candidate row carries that one history
+            one = pa.array(
+                [test[column][int(rows[0])].as_py()] * request.num_rows, test.schema.field(column).type
+            )
+            request = request.set_column(request.schema.get_field_index(column), column, one)
+        full = featurizer(request)
+        cut = full.trim_history(keep)
+        assert full.hist_mask.shape[1] == L and cut.hist_mask.shape[1] == max(want, keep)
+        assert cut.hist_mask.sum() == full.hist_mask.sum()  # no real action dropped
+        with torch.no_grad():
+            expected = torch.sigmoid(trained.model.run(full).logits).numpy()
+        got = ranker.score(request)
+        for t, task in enumerate(trained.schema.tasks):
+            np.testing.assert_allclose(got[task], expected[:, t], atol=1e-6)
+    # a batch whose longest history fills every position is left whole
+    full = featurizer(test.slice(int(np.argmax(lengths >= L)), 1))
+    assert full.trim_history(keep) is full

@@ -212,6 +212,8 @@ def demo(tmp_path_factory):
             "20",
             "--key-limit",
             "120",
+            "--ranker-preset",
+            "tiny",  # the default preset's code paths, at test size (its speed is bench ranker's)
             "--ranker-epochs",
             "1",
             "--loop-members",

@@ -9,7 +9,7 @@ scorer can select better than the global-rate table. The scorers, from the basel
 - key offset: that plus one logit offset per key (`alignment.evaluate.key_offsets`); moves AUC, not key_auc.
 - learned taste factorisation: key offset + u_h . v_c (rank 8), both sides learned from the training
   labels alone, its L2 chosen on a validation part. No simulator knowledge: what a model that learns
-  per-key tastes from these labels can reach; the alignment LLM sees no more than this.
+  per-key tastes from these labels can reach; the alignment LLM learns from the same labels.
 - pooled taste (simulator's factors): the mean member factor over members whose key holds each of the
   key's clusters, dotted with the shown items' true factors, on top of the key offset. What generalising
   from the key's clusters could give at best.
@@ -196,7 +196,8 @@ def run(quick: bool = False) -> list[dict]:
         print(
             f"  {rounds} rounds: {c['explore_impressions']:,} explore impressions, {c['pairs']:,} pairs of "
             f"{c['keys']} keys, {c['impressions_per_pair']:.1f} impressions per held-out pair "
-            f"({c['heldout_pairs']:,}); AUC / logloss / within-key AUC:"
+            f"({c['heldout_pairs']:,}); factorisation L2 {c['factorisation_l2']} (validation); AUC / logloss / "
+            "within-key AUC:"
         )
         for name, v in s.items():
             print(f"    {name:<32} {v['auc']:.4f} / {v['logloss']:.4f} / {v['key_auc']:.4f}")

@@ -591,7 +591,9 @@ def test_a_bandit_update_keeps_what_the_checkpoint_carried(ml_examples, tmp_path
     assert json.loads((folder / "config.json").read_text())["train"] == {"epochs": 1}
 
 
-def test_scoring_drops_history_positions_no_row_fills_without_changing_a_score(trained, ml_examples):
+def test_scoring_drops_history_positions_no_row_fills_without_changing_a_score(
+    trained, ml_examples, monkeypatch
+):
     """A serving request is one member: positions before its first action are padding in every row, so
     Ranker.score cuts them (TransAct's cost falls with them) and every probability stays what the full
     batch gives; at least last_k positions stay, also for a member without a history."""
@@ -600,6 +602,11 @@ def test_scoring_drops_history_positions_no_row_fills_without_changing_a_score(t
     L, keep = trained.schema.history.length, trained.config.last_k
     featurizer = Featurizer(trained.schema, with_labels=False)
     ranker = Ranker(trained.model, trained.schema, trained.config, device="cpu")
+    seen = []  # the history length of every batch Ranker.score hands the model
+    run = ranker.model.run
+    monkeypatch.setattr(
+        ranker.model, "run", lambda batch: seen.append(batch.hist_mask.shape[1]) or run(batch)
+    )
     for want in (7, 1, 0):  # a short history, shorter than last_k, empty
         (rows,) = np.nonzero(lengths == want)
         member = test["member_id"].to_numpy()[rows[0]]
@@ -616,6 +623,7 @@ def test_scoring_drops_history_positions_no_row_fills_without_changing_a_score(t
         with torch.no_grad():
             expected = torch.sigmoid(trained.model.run(full).logits).numpy()
         got = ranker.score(request)
+        assert seen[-1] == max(want, keep)  # the model ran on the cut batch
         for t, task in enumerate(trained.schema.tasks):
             np.testing.assert_allclose(got[task], expected[:, t], atol=1e-6)
     # a batch whose longest history fills every position is left whole
